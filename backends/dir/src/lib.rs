@@ -1,0 +1,587 @@
+//! The `dir` storage backend: volumes are plain directories under the workdir, so it works on any
+//! local filesystem. Clones and snapshots are full copies (reflinks where the filesystem shares
+//! blocks, e.g. XFS or btrfs), made in a hidden place and renamed into view, so a volume is
+//! either complete or absent. A sealed stage is its own seal snapshot: sealing copies nothing.
+//!
+//! Layout under the workdir:
+//! ```text
+//! stages/NAME  roots/NAME  kernels/NAME  cache/NAME     the volumes
+//! .autogentoo/volumes/KIND/NAME.json                    metadata: origin, snapshots, properties
+//! .autogentoo/snapshots/KIND/NAME/SNAP/                 snapshot trees, never written to again
+//! .autogentoo/pending/KIND.NAME.PID.N/                  volumes being filled, and trees being removed
+//! .autogentoo/lock                                      serialises metadata changes between processes
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use autogentoo_core::mountinfo;
+use autogentoo_core::registry::StorageSettings;
+use autogentoo_core::storage::{
+    check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage, StorageError, Usage, Volume,
+    VolumeId, VolumeKind,
+};
+use autogentoo_core::tree_copy::copy_tree;
+use rustix::fs::{FlockOperation, RenameFlags};
+use serde::{Deserialize, Serialize};
+
+/// The name this backend registers under.
+pub const NAME: &str = "dir";
+
+/// The `dir` backend over one workdir.
+pub struct DirStorage {
+    workdir: PathBuf,
+    capabilities: Capabilities,
+}
+
+/// What we keep about a volume beside its tree.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    created: i64,
+    origin: Option<(String, String, String)>,
+    sealed: Option<String>,
+    snapshots: Vec<SnapMeta>,
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapMeta {
+    name: String,
+    created: i64,
+}
+
+/// Opens the `dir` backend; the registry's factory.
+pub fn open(settings: &StorageSettings) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(Box::new(DirStorage::open(&settings.workdir)?))
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn kind_from_str(s: &str) -> Option<VolumeKind> {
+    VolumeKind::ALL.into_iter().find(|k| k.as_str() == s)
+}
+
+impl DirStorage {
+    /// Opens a workdir; nothing is created until [`Storage::init`].
+    pub fn open(workdir: &Path) -> Result<Self, StorageError> {
+        let workdir = if workdir.is_absolute() {
+            workdir.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(io_err("resolve", workdir))?
+                .join(workdir)
+        };
+        let capabilities = Capabilities {
+            cheap_clone: false,
+            cheap_snapshot: false,
+            enforced_read_only: false,
+            xattrs: true,
+            special_files: true,
+            shared_blocks: false,
+        };
+        let mut storage = Self { workdir, capabilities };
+        if storage.state().is_dir() {
+            storage.capabilities = storage.probe()?;
+        }
+        Ok(storage)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.workdir.join(".autogentoo")
+    }
+
+    fn kind_dir(&self, kind: VolumeKind) -> PathBuf {
+        self.workdir.join(kind.plural())
+    }
+
+    fn volume_dir(&self, id: &VolumeId) -> PathBuf {
+        self.kind_dir(id.kind()).join(id.name())
+    }
+
+    fn meta_path(&self, id: &VolumeId) -> PathBuf {
+        self.state().join("volumes").join(id.kind().as_str()).join(format!("{}.json", id.name()))
+    }
+
+    fn snapshots_dir(&self, id: &VolumeId) -> PathBuf {
+        self.state().join("snapshots").join(id.kind().as_str()).join(id.name())
+    }
+
+    fn pending_dir(&self) -> PathBuf {
+        self.state().join("pending")
+    }
+
+    /// A fresh hidden directory name for work in progress by this process.
+    fn pending_name(&self, label: &str) -> PathBuf {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        self.pending_dir().join(format!("{label}.{}.{n}", std::process::id()))
+    }
+
+    /// Finds out what the filesystem under the workdir can do.
+    fn probe(&self) -> Result<Capabilities, StorageError> {
+        let a = self.pending_name("probe-a");
+        let b = self.pending_name("probe-b");
+        fs::write(&a, b"probe").map_err(io_err("write", &a))?;
+        let src = File::open(&a).map_err(io_err("open", &a))?;
+        let dst = File::create(&b).map_err(io_err("create", &b))?;
+        let reflink = rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
+        let xattrs = rustix::fs::fsetxattr(&src, "user.autogentoo.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+        drop((src, dst));
+        let _ = fs::remove_file(&a);
+        let _ = fs::remove_file(&b);
+        Ok(Capabilities {
+            shared_blocks: reflink,
+            xattrs,
+            ..self.capabilities
+        })
+    }
+
+    /// Holds the workdir's lock until dropped; metadata changes happen under it.
+    fn lock(&self) -> Result<File, StorageError> {
+        let path = self.state().join("lock");
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.uninitialised_or(e, "open", &path))?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
+        Ok(file)
+    }
+
+    fn uninitialised_or(&self, err: std::io::Error, op: &'static str, path: &Path) -> StorageError {
+        if err.kind() == ErrorKind::NotFound && !self.state().is_dir() {
+            StorageError::MissingPrerequisite {
+                what: format!("an initialised workdir at {}", self.workdir.display()),
+                hint: "run `autogentoo workdir init` first".into(),
+            }
+        } else {
+            io_err(op, path)(err)
+        }
+    }
+
+    fn read_meta(&self, id: &VolumeId) -> Result<Meta, StorageError> {
+        let dir = self.volume_dir(id);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(StorageError::Corrupt(format!("{} is not a directory", dir.display()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::NotFound(id.to_string())),
+            Err(e) => return Err(io_err("inspect", &dir)(e)),
+        }
+        let path = self.meta_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StorageError::Corrupt(format!("{}: {e}; remove it to reset the metadata", path.display()))),
+            // A volume whose metadata was never written (a crash right after its rename) is plain.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Meta::default()),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
+        let path = self.meta_path(id);
+        let tmp = path.with_extension(format!("json.{}", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+        fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+
+    fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
+        let origin = match meta.origin {
+            Some((kind, volume, snapshot)) => {
+                let kind = kind_from_str(&kind)
+                    .ok_or_else(|| StorageError::Corrupt(format!("{id}: unknown origin kind '{kind}'")))?;
+                Some(SnapshotId::new(VolumeId::new(kind, &volume)?, &snapshot)?)
+            }
+            None => None,
+        };
+        Ok(Volume {
+            id: id.clone(),
+            path: self.volume_dir(id),
+            origin,
+            sealed: meta.sealed.is_some(),
+            created: meta.created,
+            properties: meta.properties,
+        })
+    }
+
+    /// Where a snapshot's tree is: the volume itself for a seal snapshot.
+    fn snapshot_dir(&self, id: &SnapshotId, meta: &Meta) -> PathBuf {
+        if meta.sealed.as_deref() == Some(id.name()) {
+            self.volume_dir(id.volume())
+        } else {
+            self.snapshots_dir(id.volume()).join(id.name())
+        }
+    }
+
+    /// Volumes cloned from `snapshot` (any snapshot of `volume` when `snapshot` is `None`).
+    fn clones_of(&self, volume: &VolumeId, snapshot: Option<&str>) -> Result<Vec<VolumeId>, StorageError> {
+        let mut out = Vec::new();
+        for kind in VolumeKind::ALL {
+            for candidate in self.list(kind)? {
+                if let Some(origin) = &candidate.origin {
+                    if origin.volume() == volume && snapshot.is_none_or(|s| s == origin.name()) {
+                        out.push(candidate.id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a tree out of view at once, then deletes it. Refuses a tree with mounts in it:
+    /// deleting would reach into the mounted filesystems.
+    fn remove_tree(&self, path: &Path) -> Result<(), StorageError> {
+        refuse_mounts(path)?;
+        let trash = self.pending_name("trash");
+        match fs::rename(path, &trash) {
+            Ok(()) => fs::remove_dir_all(&trash).map_err(io_err("remove", &trash)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("move out of view", path)(e)),
+        }
+    }
+
+    /// Copies `source` into a new hidden directory and returns it.
+    fn copy_to_pending(&self, source: &Path, label: &str) -> Result<PathBuf, StorageError> {
+        let pending = self.pending_name(label);
+        fs::create_dir(&pending).map_err(|e| self.uninitialised_or(e, "create", &pending))?;
+        if let Err(err) = copy_tree(source, &pending) {
+            let _ = fs::remove_dir_all(&pending);
+            return Err(err);
+        }
+        Ok(pending)
+    }
+
+    /// Renames a finished hidden tree to `target`, failing if `target` exists.
+    fn publish(&self, pending: &Path, target: &Path, what: impl FnOnce() -> String) -> Result<(), StorageError> {
+        match rustix::fs::renameat_with(rustix::fs::CWD, pending, rustix::fs::CWD, target, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = fs::remove_dir_all(pending);
+                if e == rustix::io::Errno::EXIST || e == rustix::io::Errno::NOTEMPTY {
+                    Err(StorageError::AlreadyExists(what()))
+                } else {
+                    Err(io_err("rename into place", target)(e.into()))
+                }
+            }
+        }
+    }
+
+    fn new_volume_from(&self, pending: &Path, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
+        let _lock = self.lock()?;
+        self.publish(pending, &self.volume_dir(id), || id.to_string())?;
+        let _ = fs::remove_dir_all(self.snapshots_dir(id));
+        self.write_meta(id, &meta)?;
+        self.volume(id, meta)
+    }
+}
+
+impl Storage for DirStorage {
+    fn backend_name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn init(&self) -> Result<(), StorageError> {
+        let mut dirs = vec![self.pending_dir()];
+        for kind in VolumeKind::ALL {
+            dirs.push(self.kind_dir(kind));
+            dirs.push(self.state().join("volumes").join(kind.as_str()));
+            dirs.push(self.state().join("snapshots").join(kind.as_str()));
+        }
+        for dir in dirs {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<Usage, StorageError> {
+        let st = rustix::fs::statvfs(&self.workdir).map_err(|e| io_err("measure", &self.workdir)(e.into()))?;
+        let total = st.f_blocks * st.f_frsize;
+        let free = st.f_bfree * st.f_frsize;
+        Ok(Usage {
+            total_bytes: total,
+            used_bytes: total - free,
+            available_bytes: st.f_bavail * st.f_frsize,
+        })
+    }
+
+    fn create(&self, id: &VolumeId) -> Result<Volume, StorageError> {
+        let pending = self.create_pending(id)?;
+        self.commit(pending)
+    }
+
+    fn create_pending(&self, id: &VolumeId) -> Result<PendingVolume, StorageError> {
+        if self.volume_dir(id).exists() {
+            return Err(StorageError::AlreadyExists(id.to_string()));
+        }
+        let path = self.pending_name(&format!("{}.{}", id.kind(), id.name()));
+        fs::create_dir(&path).map_err(|e| self.uninitialised_or(e, "create", &path))?;
+        let token = path.file_name().expect("named").to_string_lossy().into_owned();
+        Ok(PendingVolume {
+            id: id.clone(),
+            path,
+            token,
+        })
+    }
+
+    fn commit(&self, pending: PendingVolume) -> Result<Volume, StorageError> {
+        let meta = Meta {
+            created: now(),
+            ..Meta::default()
+        };
+        self.new_volume_from(&pending.path, &pending.id, meta)
+    }
+
+    fn discard(&self, pending: PendingVolume) -> Result<(), StorageError> {
+        match fs::remove_dir_all(&pending.path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", &pending.path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn sweep_abandoned(&self) -> Result<usize, StorageError> {
+        let dir = self.pending_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("read", &dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // KIND.NAME.PID.N: the owner is the second field from the end.
+            let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let path = entry.path();
+                let result = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                result.map_err(io_err("remove", &path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot, StorageError> {
+        let volume = id.volume();
+        let meta = self.read_meta(volume)?;
+        if meta.snapshots.iter().any(|s| s.name == id.name()) {
+            return Err(StorageError::AlreadyExists(id.to_string()));
+        }
+        let pending = self.copy_to_pending(&self.volume_dir(volume), "snapshot")?;
+        let _lock = self.lock()?;
+        let mut meta = self.read_meta(volume)?;
+        let parent = self.snapshots_dir(volume);
+        fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+        self.publish(&pending, &parent.join(id.name()), || id.to_string())?;
+        let created = now();
+        meta.snapshots.push(SnapMeta {
+            name: id.name().to_owned(),
+            created,
+        });
+        self.write_meta(volume, &meta)?;
+        Ok(Snapshot {
+            id: id.clone(),
+            created,
+        })
+    }
+
+    fn seal(&self, id: &VolumeId, snapshot: &str) -> Result<Snapshot, StorageError> {
+        let snap_id = SnapshotId::new(id.clone(), snapshot)?;
+        let _lock = self.lock()?;
+        let mut meta = self.read_meta(id)?;
+        if meta.sealed.is_some() || meta.snapshots.iter().any(|s| s.name == snapshot) {
+            return Err(StorageError::AlreadyExists(snap_id.to_string()));
+        }
+        let created = now();
+        meta.sealed = Some(snapshot.to_owned());
+        meta.snapshots.push(SnapMeta {
+            name: snapshot.to_owned(),
+            created,
+        });
+        self.write_meta(id, &meta)?;
+        Ok(Snapshot { id: snap_id, created })
+    }
+
+    fn snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, StorageError> {
+        let meta = self.read_meta(id)?;
+        meta.snapshots
+            .iter()
+            .map(|s| {
+                Ok(Snapshot {
+                    id: SnapshotId::new(id.clone(), &s.name)?,
+                    created: s.created,
+                })
+            })
+            .collect()
+    }
+
+    fn clone_snapshot(&self, from: &SnapshotId, id: &VolumeId) -> Result<Volume, StorageError> {
+        let origin_meta = self.read_meta(from.volume())?;
+        if !origin_meta.snapshots.iter().any(|s| s.name == from.name()) {
+            return Err(StorageError::NotFound(from.to_string()));
+        }
+        if self.volume_dir(id).exists() {
+            return Err(StorageError::AlreadyExists(id.to_string()));
+        }
+        let pending = self.copy_to_pending(&self.snapshot_dir(from, &origin_meta), "clone")?;
+        let meta = Meta {
+            created: now(),
+            origin: Some((
+                from.volume().kind().as_str().to_owned(),
+                from.volume().name().to_owned(),
+                from.name().to_owned(),
+            )),
+            ..Meta::default()
+        };
+        // The origin may have been destroyed while we copied; the lock makes the check final.
+        {
+            let _lock = self.lock()?;
+            let origin_now = self.read_meta(from.volume())?;
+            if !origin_now.snapshots.iter().any(|s| s.name == from.name()) {
+                let _ = fs::remove_dir_all(&pending);
+                return Err(StorageError::NotFound(from.to_string()));
+            }
+        }
+        self.new_volume_from(&pending, id, meta)
+    }
+
+    fn rollback(&self, to: &SnapshotId) -> Result<(), StorageError> {
+        let volume = to.volume();
+        let meta = self.read_meta(volume)?;
+        if meta.sealed.is_some() {
+            return Err(StorageError::ReadOnly(volume.to_string()));
+        }
+        let position = meta
+            .snapshots
+            .iter()
+            .position(|s| s.name == to.name())
+            .ok_or_else(|| StorageError::NotFound(to.to_string()))?;
+        let newer: Vec<String> = meta.snapshots[position + 1..].iter().map(|s| s.name.clone()).collect();
+        let mut blocking = Vec::new();
+        for name in &newer {
+            blocking.extend(self.clones_of(volume, Some(name))?);
+        }
+        if !blocking.is_empty() {
+            return Err(StorageError::HasDependants {
+                what: format!("a snapshot of {volume} newer than '{}'", to.name()),
+                dependants: blocking,
+            });
+        }
+        refuse_mounts(&self.volume_dir(volume))?;
+        let pending = self.copy_to_pending(&self.snapshot_dir(to, &meta), "rollback")?;
+        let _lock = self.lock()?;
+        let target = self.volume_dir(volume);
+        // Swap in one step, so the volume is never missing or half-restored.
+        rustix::fs::renameat_with(rustix::fs::CWD, &pending, rustix::fs::CWD, &target, RenameFlags::EXCHANGE)
+            .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
+        fs::remove_dir_all(&pending).map_err(io_err("remove", &pending))?;
+        let mut meta = self.read_meta(volume)?;
+        for name in &newer {
+            self.remove_tree(&self.snapshots_dir(volume).join(name))?;
+        }
+        meta.snapshots.truncate(position + 1);
+        self.write_meta(volume, &meta)
+    }
+
+    fn destroy(&self, id: &VolumeId) -> Result<(), StorageError> {
+        let _lock = self.lock()?;
+        self.read_meta(id)?;
+        let dependants = self.clones_of(id, None)?;
+        if !dependants.is_empty() {
+            return Err(StorageError::HasDependants {
+                what: id.to_string(),
+                dependants,
+            });
+        }
+        self.remove_tree(&self.volume_dir(id))?;
+        self.remove_tree(&self.snapshots_dir(id))?;
+        match fs::remove_file(self.meta_path(id)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", self.meta_path(id))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn destroy_snapshot(&self, id: &SnapshotId) -> Result<(), StorageError> {
+        let _lock = self.lock()?;
+        let mut meta = self.read_meta(id.volume())?;
+        let position = meta
+            .snapshots
+            .iter()
+            .position(|s| s.name == id.name())
+            .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
+        if meta.sealed.as_deref() == Some(id.name()) {
+            return Err(StorageError::ReadOnly(format!(
+                "{id} (it goes only with its volume)"
+            )));
+        }
+        let dependants = self.clones_of(id.volume(), Some(id.name()))?;
+        if !dependants.is_empty() {
+            return Err(StorageError::HasDependants {
+                what: id.to_string(),
+                dependants,
+            });
+        }
+        self.remove_tree(&self.snapshots_dir(id.volume()).join(id.name()))?;
+        meta.snapshots.remove(position);
+        self.write_meta(id.volume(), &meta)
+    }
+
+    fn list(&self, kind: VolumeKind) -> Result<Vec<Volume>, StorageError> {
+        let dir = self.kind_dir(kind);
+        let entries = fs::read_dir(&dir).map_err(|e| self.uninitialised_or(e, "read", &dir))?;
+        let mut volumes = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            // Anything else someone put there is not ours to list.
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Ok(id) = VolumeId::new(kind, &name) else { continue };
+            match self.read_meta(&id) {
+                Ok(meta) => volumes.push(self.volume(&id, meta)?),
+                // Removed between read_dir and now.
+                Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        volumes.sort_by(|a, b| a.id.name().cmp(b.id.name()));
+        Ok(volumes)
+    }
+
+    fn get(&self, id: &VolumeId) -> Result<Volume, StorageError> {
+        let meta = self.read_meta(id)?;
+        self.volume(id, meta)
+    }
+
+    fn set_property(&self, id: &VolumeId, key: &str, value: &str) -> Result<(), StorageError> {
+        check_property(key, value)?;
+        let _lock = self.lock()?;
+        let mut meta = self.read_meta(id)?;
+        meta.properties.insert(key.to_owned(), value.to_owned());
+        self.write_meta(id, &meta)
+    }
+}
+
+/// Replacing or deleting a tree with filesystems mounted in it would reach into them.
+fn refuse_mounts(path: &Path) -> Result<(), StorageError> {
+    let mounts = mountinfo::mounts_below(path).map_err(io_err("read mounts under", path))?;
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+    Err(StorageError::Unsupported {
+        message: format!("{} has mounts below it ({}); unmount them first", path.display(), list.join(", ")),
+    })
+}

@@ -1,0 +1,26 @@
+//! `autogentoo root …`
+
+pub mod create;
+pub mod list;
+pub mod path;
+pub mod remove;
+pub mod rollback;
+pub mod snapshot;
+
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum RootCommand {
+    /// Create a read-write root cloned from a stage
+    Create(create::CreateArgs),
+    /// List the roots
+    List(list::ListArgs),
+    /// Print a root's directory
+    Path(path::PathArgs),
+    /// Take a read-only snapshot of a root
+    Snapshot(snapshot::SnapshotArgs),
+    /// Return a root to one of its snapshots
+    Rollback(rollback::RollbackArgs),
+    /// Remove a root and its snapshots
+    Remove(remove::RemoveArgs),
+}

@@ -1,0 +1,25 @@
+//! `autogentoo root path`
+
+use anyhow::Result;
+use autogentoo_core::storage::{VolumeId, VolumeKind};
+use clap::Args;
+
+use crate::context::Context;
+
+/// Print a root's directory, for scripts.
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    /// The root
+    pub name: String,
+}
+
+pub fn run(ctx: &Context, args: PathArgs) -> Result<()> {
+    let id = VolumeId::new(VolumeKind::Root, &args.name)?;
+    let path = ctx.storage()?.path(&id)?;
+    if ctx.json {
+        crate::output::json(&serde_json::json!({ "path": path }));
+    } else {
+        println!("{}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! `autogentoo root rollback`
+
+use anyhow::Result;
+use autogentoo_core::storage::{SnapshotId, VolumeId, VolumeKind};
+use clap::Args;
+
+use crate::context::Context;
+
+/// Return a root to one of its snapshots. Changes since then are lost, and newer snapshots are
+/// removed; refused if any of those has clones.
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The root
+    pub name: String,
+
+    /// The snapshot to return to
+    pub snapshot: String,
+}
+
+pub fn run(ctx: &Context, args: RollbackArgs) -> Result<()> {
+    let root = VolumeId::new(VolumeKind::Root, &args.name)?;
+    let id = SnapshotId::new(root, &args.snapshot)?;
+    ctx.storage()?.rollback(&id)?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! `autogentoo workdir init`
+
+use anyhow::{Context as _, Result};
+use autogentoo_core::workdir::{self, Layout};
+use clap::Args;
+
+use crate::context::Context;
+
+/// Create the storage layout (stages, roots, kernels, caches with distfiles and binpkgs, repos,
+/// out) in the workdir. Existing volumes are left as they are.
+#[derive(Args, Debug)]
+pub struct InitArgs {}
+
+pub fn run(ctx: &Context, _args: InitArgs) -> Result<()> {
+    let storage = ctx.storage()?;
+    let layout = Layout::new(&ctx.settings.workdir);
+    workdir::init(&*storage, &layout)
+        .with_context(|| format!("cannot initialise the workdir {}", layout.workdir.display()))?;
+    if ctx.json {
+        crate::output::json(&serde_json::json!({
+            "backend": storage.backend_name(),
+            "workdir": layout.workdir,
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `autogentoo workdir status`
+
+use anyhow::{Context as _, Result};
+use autogentoo_core::storage::Capabilities;
+use autogentoo_core::workdir::{self, Layout};
+use clap::Args;
+
+use crate::context::Context;
+use crate::output;
+
+/// Show the backend, what it can do, the volumes of each kind and the space used.
+#[derive(Args, Debug)]
+pub struct StatusArgs {}
+
+pub fn run(ctx: &Context, _args: StatusArgs) -> Result<()> {
+    let storage = ctx.storage()?;
+    let layout = Layout::new(&ctx.settings.workdir);
+    let status = workdir::status(&*storage, &layout)
+        .with_context(|| format!("cannot read the workdir {}", layout.workdir.display()))?;
+    if ctx.json {
+        output::json(&status);
+        return Ok(());
+    }
+    println!("backend:      {}", status.backend);
+    println!("workdir:      {}", status.workdir.display());
+    println!("capabilities: {}", describe(&status.capabilities));
+    println!(
+        "space:        {} used, {} available",
+        output::bytes(status.usage.used_bytes),
+        output::bytes(status.usage.available_bytes)
+    );
+    for (kind, names) in &status.volumes {
+        let label = format!("{}:", kind.plural());
+        if names.is_empty() {
+            println!("{label:<13} none");
+        } else {
+            println!("{label:<13} {} ({})", names.len(), names.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn describe(caps: &Capabilities) -> String {
+    let flags = [
+        (caps.cheap_clone, "cheap clones"),
+        (caps.cheap_snapshot, "cheap snapshots"),
+        (caps.enforced_read_only, "read-only snapshots"),
+        (caps.shared_blocks, "shared blocks"),
+        (caps.xattrs, "xattrs"),
+        (caps.special_files, "device nodes"),
+    ];
+    let have: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+    if have.is_empty() {
+        "none".into()
+    } else {
+        have.join(", ")
+    }
+}

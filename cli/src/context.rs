@@ -1,0 +1,83 @@
+//! What every command needs: the site configuration, the global options laid over it, and the
+//! storage backend they select.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use autogentoo_core::registry::{Registry, StorageSettings};
+use autogentoo_core::site_config::SiteConfig;
+use autogentoo_core::storage::Storage;
+use clap::Args;
+
+/// The site configuration read when neither `--config` nor `AUTOGENTOO_CONFIG` names one.
+const SYSTEM_CONFIG: &str = "/etc/autogentoo/autogentoo.toml";
+
+/// Options that mean the same in every command.
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Storage backend (dir, zfs, btrfs, or one a plugin provides); overrides `storage.backend`
+    #[arg(long, global = true, env = "AUTOGENTOO_BACKEND", value_name = "NAME")]
+    pub backend: Option<String>,
+
+    /// Site configuration file [default: /etc/autogentoo/autogentoo.toml if it exists]
+    #[arg(long, global = true, env = "AUTOGENTOO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where stages, roots and caches live; overrides `storage.workdir`
+    #[arg(long, global = true, env = "AUTOGENTOO_WORKDIR", value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// More detail on stderr (-v, -vv, -vvv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr, no progress bars
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Machine-readable output on stdout (stable field names)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The resolved run context.
+pub struct Context {
+    pub backend: String,
+    pub settings: StorageSettings,
+    pub json: bool,
+    pub quiet: bool,
+    registry: Registry,
+}
+
+impl Context {
+    pub fn new(global: &GlobalArgs) -> Result<Self> {
+        let config = match &global.config {
+            Some(path) => SiteConfig::load(path)?,
+            None if std::path::Path::new(SYSTEM_CONFIG).exists() => SiteConfig::load(std::path::Path::new(SYSTEM_CONFIG))?,
+            None => SiteConfig::default(),
+        };
+        let backend = global.backend.clone().unwrap_or_else(|| config.storage.backend.clone());
+        let workdir = global.workdir.clone().unwrap_or_else(|| config.storage.workdir.clone());
+        let workdir = std::path::absolute(&workdir)
+            .with_context(|| format!("cannot resolve the workdir {}", workdir.display()))?;
+        let settings = StorageSettings {
+            workdir,
+            dataset: config.storage.zfs_dataset.clone(),
+        };
+        let mut registry = Registry::default();
+        registry.register_storage(autogentoo_backend_dir::NAME, autogentoo_backend_dir::open);
+        Ok(Self {
+            backend,
+            settings,
+            json: global.json,
+            quiet: global.quiet,
+            registry,
+        })
+    }
+
+    /// Opens the selected backend over the workdir.
+    pub fn storage(&self) -> Result<Box<dyn Storage>> {
+        let factory = self.registry.storage(&self.backend)?;
+        Ok(factory(&self.settings)?)
+    }
+}

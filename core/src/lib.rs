@@ -1,0 +1,18 @@
+//! The autogentoo model: the [`storage::Storage`] trait that backends implement and its
+//! conformance suite, the backend registry, stage import, and the site configuration.
+//! The command-line program and the backends build on this crate; it never prints and never
+//! exits, it returns typed errors that carry the path and the operation.
+
+pub mod digests;
+pub mod in_root;
+pub mod mountinfo;
+pub mod names;
+pub mod registry;
+pub mod site_config;
+pub mod stage_import;
+pub mod storage;
+pub mod tree_copy;
+pub mod workdir;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -1,0 +1,717 @@
+//! Importing a stage: a stage3 tarball (plain, gzip, xz, bzip2 or zstd; recognised by its magic
+//! bytes, not its name) or a directory, into a new stage volume that roots are cloned from.
+//!
+//! The tree lands exactly as GNU `tar --xattrs --numeric-owner -xpf` would leave it: numeric
+//! owners, full modes, mtimes, xattrs (file capabilities), device nodes and fifos (which the tar
+//! crate would write as plain files, so we make them ourselves), symlinks and hardlinks. Every
+//! path is resolved inside the new volume, so a hostile tarball cannot write outside it.
+//!
+//! The import fills a pending volume that no listing shows; only a complete import is committed
+//! and sealed. A failure or an interruption discards it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use crate::digests::{self, DigestError};
+use crate::in_root::{InnerPath, RootDir};
+use crate::storage::{io_err, PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
+use crate::tree_copy;
+
+/// The snapshot of a stage that roots are cloned from.
+pub const SEAL_SNAPSHOT: &str = "imported";
+
+/// Reports how far an import has come. The library never draws; the binary does.
+pub trait Progress: Sync {
+    /// The total amount of work, in bytes of the source as read.
+    fn start(&self, total: u64);
+    /// `n` more bytes of the source were read.
+    fn advance(&self, n: u64);
+}
+
+/// A [`Progress`] that reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// What to import and how.
+pub struct ImportRequest<'a> {
+    /// A tarball or a directory.
+    pub source: &'a Path,
+    /// The new stage's name.
+    pub name: &'a str,
+    /// A Gentoo DIGESTS file whose SHA512 line must match the tarball.
+    pub digests: Option<&'a Path>,
+    pub progress: &'a dyn Progress,
+    /// Set (from a signal handler) to stop the import; nothing is left behind.
+    pub cancel: &'a AtomicBool,
+}
+
+/// What an import produced.
+#[derive(Debug, serde::Serialize)]
+pub struct ImportReport {
+    pub volume: Volume,
+    /// Entries written (files, directories, links, nodes).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// The verified SHA512 of the tarball, when a DIGESTS file was given.
+    pub sha512: Option<String>,
+}
+
+/// Why an import failed. In every case nothing new is visible in the storage.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error("cannot read {}: {source}", .path.display())]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is neither a directory nor a tarball (.tar, .tar.gz, .tar.xz, .tar.bz2, .tar.zst)", .path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("{} is truncated or corrupt ({source}); download it again", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: entry '{entry}' {reason}", .path.display())]
+    BadEntry {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("{}: a DIGESTS check needs a tarball, not a directory", .path.display())]
+    DigestsForDirectory { path: PathBuf },
+    #[error("interrupted; nothing was imported")]
+    Interrupted,
+}
+
+/// Imports a stage and seals it; see the module documentation.
+pub fn import_stage(storage: &dyn Storage, request: &ImportRequest) -> Result<ImportReport, ImportError> {
+    let id = VolumeId::new(VolumeKind::Stage, request.name)?;
+    let source = request.source;
+    let meta = std::fs::metadata(source).map_err(|e| ImportError::Source {
+        path: source.to_owned(),
+        source: e,
+    })?;
+    let swept = storage.sweep_abandoned()?;
+    if swept > 0 {
+        tracing::info!("removed {swept} unfinished volume(s) left by interrupted runs");
+    }
+    if storage.get(&id).is_ok() {
+        return Err(StorageError::AlreadyExists(id.to_string()).into());
+    }
+    let sha512 = match request.digests {
+        Some(_) if meta.is_dir() => {
+            return Err(ImportError::DigestsForDirectory {
+                path: source.to_owned(),
+            })
+        }
+        Some(digests) => Some(digests::verify(source, digests)?),
+        None => None,
+    };
+
+    let pending = PendingGuard::new(storage, &id)?;
+    let (entries, bytes) = if meta.is_dir() {
+        let stats = tree_copy::copy_tree(source, pending.path())?;
+        if request.cancel.load(Ordering::Relaxed) {
+            return Err(ImportError::Interrupted);
+        }
+        (stats.files, stats.bytes)
+    } else {
+        request.progress.start(meta.len());
+        let mut extractor = Extractor::new(pending.path(), source, request.cancel)?;
+        extractor.extract(open_decompressed(source, request.progress)?)?;
+        (extractor.entries, extractor.bytes)
+    };
+
+    let volume = pending.commit()?;
+    let finish = || -> Result<Volume, StorageError> {
+        storage.set_property(&id, "source", &source.display().to_string())?;
+        if let Some(hash) = &sha512 {
+            storage.set_property(&id, "sha512", hash)?;
+        }
+        storage.seal(&id, SEAL_SNAPSHOT)?;
+        storage.get(&id)
+    };
+    match finish() {
+        Ok(volume) => Ok(ImportReport {
+            volume,
+            entries,
+            bytes,
+            sha512,
+        }),
+        Err(err) => {
+            if let Err(cleanup) = storage.destroy(&volume.id) {
+                tracing::warn!("could not remove the unsealed {}: {cleanup}", volume.id);
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// Compression formats, recognised by magic bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Xz,
+    Bzip2,
+    Zstd,
+}
+
+fn sniff(head: &[u8]) -> Option<Compression> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(Compression::Xz)
+    } else if head.starts_with(b"BZh") {
+        Some(Compression::Bzip2)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(Compression::Zstd)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(Compression::None)
+    } else {
+        None
+    }
+}
+
+/// The tarball's tar stream, decompressed on a thread of its own so that decompression and
+/// writing files overlap (as GNU tar does by running the compressor as a separate process).
+fn open_decompressed<'a>(path: &Path, progress: &'a dyn Progress) -> Result<TarStream<'a>, ImportError> {
+    let source_err = |e| ImportError::Source {
+        path: path.to_owned(),
+        source: e,
+    };
+    let mut file = File::open(path).map_err(source_err)?;
+    let mut head = [0u8; 512];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]).map_err(source_err)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let compression = sniff(&head[..filled]).ok_or_else(|| ImportError::UnknownFormat {
+        path: path.to_owned(),
+    })?;
+    let file = File::open(path).map_err(source_err)?;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    let (count_tx, count_rx) = mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("decompress".into())
+        .spawn(move || {
+            let counted = CountingSend { inner: file, tx: count_tx };
+            let buffered = BufReader::with_capacity(1 << 20, counted);
+            let mut reader: Box<dyn Read> = match compression {
+                Compression::None => Box::new(buffered),
+                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+                Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_parallel(buffered)),
+                Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
+                Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
+                    Ok(d) => Box::new(d),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                },
+            };
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                match read_full(&mut reader, &mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(source_err)?;
+    Ok(TarStream {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+        counts: count_rx,
+        progress,
+    })
+}
+
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The file reader on the decompression thread, sending how much it read.
+struct CountingSend {
+    inner: File,
+    tx: mpsc::Sender<u64>,
+}
+
+impl Read for CountingSend {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let _ = self.tx.send(n as u64);
+        Ok(n)
+    }
+}
+
+/// The receiving end: a `Read` over the decompressed chunks.
+struct TarStream<'a> {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    counts: mpsc::Receiver<u64>,
+    progress: &'a dyn Progress,
+}
+
+impl Read for TarStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            let read: u64 = self.counts.try_iter().sum();
+            if read > 0 {
+                self.progress.advance(read);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Metadata of one entry, with the pax records applied.
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Writes a tar stream into a root directory.
+struct Extractor<'a> {
+    root: RootDir,
+    archive: &'a Path,
+    cancel: &'a AtomicBool,
+    /// The directory of the previous entry: tarballs list a directory's entries together.
+    last_parent: Option<(Vec<std::ffi::OsString>, OwnedFd)>,
+    /// Directory metadata, applied deepest first at the end (creating entries changes mtimes).
+    dirs: Vec<(InnerPath, EntryMeta)>,
+    entries: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Extractor<'a> {
+    fn new(dest: &Path, archive: &'a Path, cancel: &'a AtomicBool) -> Result<Self, ImportError> {
+        Ok(Self {
+            root: RootDir::open(dest)?,
+            archive,
+            cancel,
+            last_parent: None,
+            dirs: Vec::new(),
+            entries: 0,
+            bytes: 0,
+            buf: vec![0u8; 1 << 18],
+        })
+    }
+
+    fn corrupt(&self, source: io::Error) -> ImportError {
+        ImportError::Corrupt {
+            path: self.archive.to_owned(),
+            source,
+        }
+    }
+
+    fn bad_entry(&self, entry: &InnerPath, reason: impl Into<String>) -> ImportError {
+        ImportError::BadEntry {
+            path: self.archive.to_owned(),
+            entry: entry.relative().display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn extract(&mut self, stream: impl Read) -> Result<(), ImportError> {
+        let mut archive = tar::Archive::new(stream);
+        let entries = archive.entries().map_err(|e| self.corrupt(e))?;
+        for entry in entries {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(ImportError::Interrupted);
+            }
+            let mut entry = entry.map_err(|e| self.corrupt(e))?;
+            self.entry(&mut entry)?;
+            self.entries += 1;
+        }
+        self.last_parent = None;
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
+        for (path, meta) in &dirs {
+            let fd = self
+                .root
+                .open_at(&path.relative(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+                .map_err(|e| self.write_err("open directory", path, e))?;
+            self.apply_meta(&fd, path, meta)?;
+        }
+        Ok(())
+    }
+
+    fn write_err(&self, op: &'static str, path: &InnerPath, errno: Errno) -> ImportError {
+        io_err(op, self.root.display_path(&path.relative()))(errno.into()).into()
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), ImportError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let path = InnerPath::parse(&raw_path).ok_or_else(|| ImportError::BadEntry {
+            path: self.archive.to_owned(),
+            entry: String::from_utf8_lossy(&raw_path).into_owned(),
+            reason: "climbs out of the stage with '..'".into(),
+        })?;
+        let meta = self.meta(entry)?;
+        let kind = entry.header().entry_type();
+        if path.is_root() {
+            if kind == EntryType::Directory {
+                self.dirs.push((path, meta));
+            }
+            return Ok(());
+        }
+        let (parent_components, name) = path.split_last().expect("not the root");
+        let parent = self.parent(parent_components, &path)?;
+        match kind {
+            EntryType::Directory => {
+                match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) if is_dir_at(&parent, name) => {}
+                    Err(Errno::EXIST) => {
+                        remove_at(&parent, name).map_err(|e| self.write_err("replace", &path, e))?;
+                        rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
+                            .map_err(|e| self.write_err("create directory", &path, e))?;
+                    }
+                    Err(e) => return Err(self.write_err("create directory", &path, e)),
+                }
+                self.dirs.push((path.clone(), meta));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let fd = create_at(&parent, name, |flags| {
+                    rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o600))
+                })
+                .map_err(|e| self.write_err("create", &path, e))?;
+                let mut file = File::from(fd);
+                self.copy_content(entry, &mut file, &path)?;
+                self.apply_meta(&file, &path, &meta)?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.bad_entry(&path, "is a symlink without a target"))?;
+                let target = OsStr::from_bytes(&target).to_owned();
+                create_at(&parent, name, |_| rustix::fs::symlinkat(&target, &parent, name))
+                    .map_err(|e| self.write_err("create symlink", &path, e))?;
+                self.apply_meta_at(&parent, name, &path, &meta, true)?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.bad_entry(&path, "is a hardlink without a target"))?;
+                let target = InnerPath::parse(&target)
+                    .and_then(|t| if t.is_root() { None } else { Some(t) })
+                    .ok_or_else(|| self.bad_entry(&path, "links to a path outside the stage"))?;
+                let (target_parent, target_name) = target.split_last().expect("not the root");
+                let target_dir = self.root.dir(target_parent, false)?;
+                create_at(&parent, name, |_| {
+                    rustix::fs::linkat(&target_dir, target_name, &parent, name, AtFlags::empty())
+                })
+                .map_err(|e| self.write_err("create hardlink", &path, e))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let (file_type, dev) = match kind {
+                    EntryType::Char => (FileType::CharacterDevice, self.device(entry, &path)?),
+                    EntryType::Block => (FileType::BlockDevice, self.device(entry, &path)?),
+                    _ => (FileType::Fifo, 0),
+                };
+                create_at(&parent, name, |_| {
+                    rustix::fs::mknodat(&parent, name, file_type, Mode::from_raw_mode(0o600), dev)
+                })
+                .map_err(|e| self.write_err("create node", &path, e))?;
+                self.apply_meta_at(&parent, name, &path, &meta, false)?;
+            }
+            // pax and GNU long-name headers are consumed by the tar crate; anything else
+            // (sockets cannot be archived) has no place in a stage.
+            other => {
+                return Err(self.bad_entry(&path, format!("has an unsupported type {other:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn device<R: Read>(&self, entry: &tar::Entry<R>, path: &InnerPath) -> Result<u64, ImportError> {
+        let header = entry.header();
+        let major = header.device_major().ok().flatten();
+        let minor = header.device_minor().ok().flatten();
+        match (major, minor) {
+            (Some(major), Some(minor)) => Ok(rustix::fs::makedev(major, minor)),
+            _ => Err(self.bad_entry(path, "is a device without valid numbers")),
+        }
+    }
+
+    /// The directory `components`, reusing the previous entry's when it is the same.
+    fn parent(&mut self, components: &[std::ffi::OsString], path: &InnerPath) -> Result<OwnedFd, ImportError> {
+        if let Some((last, fd)) = &self.last_parent {
+            if last.as_slice() == components {
+                return fd
+                    .try_clone()
+                    .map_err(|e| io_err("open directory", self.root.display_path(&path.relative()))(e).into());
+            }
+        }
+        let fd = self.root.dir(components, true)?;
+        let copy = fd
+            .try_clone()
+            .map_err(|e| io_err("open directory", self.root.display_path(&path.relative()))(e))?;
+        self.last_parent = Some((components.to_vec(), copy));
+        Ok(fd)
+    }
+
+    fn copy_content(&mut self, entry: &mut impl Read, file: &mut File, path: &InnerPath) -> Result<(), ImportError> {
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.corrupt(e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| io_err("write", self.root.display_path(&path.relative()))(e))?;
+            self.bytes += n as u64;
+        }
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<R>) -> Result<EntryMeta, ImportError> {
+        let header = entry.header();
+        let invalid = |what: &str, e: io::Error| ImportError::Corrupt {
+            path: self.archive.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}")),
+        };
+        let mut meta = EntryMeta {
+            mode: header.mode().map_err(|e| invalid("mode", e))? & 0o7777,
+            uid: header.uid().map_err(|e| invalid("uid", e))? as u32,
+            gid: header.gid().map_err(|e| invalid("gid", e))? as u32,
+            mtime: Timespec {
+                tv_sec: header.mtime().map_err(|e| invalid("mtime", e))? as i64,
+                tv_nsec: 0,
+            },
+            xattrs: Vec::new(),
+        };
+        if let Some(extensions) = entry.pax_extensions().map_err(|e| self.corrupt(e))? {
+            for ext in extensions {
+                let ext = ext.map_err(|e| self.corrupt(e))?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((name.to_vec(), value.to_vec()));
+                } else if key == b"mtime" {
+                    if let Some(mtime) = parse_pax_time(value) {
+                        meta.mtime = mtime;
+                    }
+                } else if key == b"uid" {
+                    meta.uid = parse_pax_id(value).unwrap_or(meta.uid);
+                } else if key == b"gid" {
+                    meta.gid = parse_pax_id(value).unwrap_or(meta.gid);
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities),
+    /// then times, on an open file or directory.
+    fn apply_meta(&self, fd: &impl AsFd, path: &InnerPath, meta: &EntryMeta) -> Result<(), ImportError> {
+        let fail = |op, e: Errno| self.write_err(op, path, e);
+        rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+            .map_err(|e| fail("chown", e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("chmod", e))?;
+        for (name, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
+                .map_err(|e| self.xattr_err(path, name, e))?;
+        }
+        let times = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::futimens(fd, &times).map_err(|e| fail("set times of", e))?;
+        Ok(())
+    }
+
+    /// The same for entries we cannot open: symlinks and device nodes.
+    fn apply_meta_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &InnerPath,
+        meta: &EntryMeta,
+        symlink: bool,
+    ) -> Result<(), ImportError> {
+        let fail = |op, e: Errno| self.write_err(op, path, e);
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fail("chown", e))?;
+        if !symlink {
+            rustix::fs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| fail("chmod", e))?;
+        }
+        if !meta.xattrs.is_empty() {
+            // No fd can be opened on a symlink or node for fsetxattr; name it through the parent's
+            // descriptor, which `lsetxattr` does not follow at the last component.
+            let via = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name);
+            for (xname, value) in &meta.xattrs {
+                rustix::fs::lsetxattr(&via, OsStr::from_bytes(xname), value, XattrFlags::empty())
+                    .map_err(|e| self.xattr_err(path, xname, e))?;
+            }
+        }
+        let times = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fail("set times of", e))?;
+        Ok(())
+    }
+
+    fn xattr_err(&self, path: &InnerPath, name: &[u8], e: Errno) -> ImportError {
+        let name = String::from_utf8_lossy(name);
+        if e == Errno::NOTSUP || e == Errno::OPNOTSUPP {
+            self.bad_entry(
+                path,
+                format!("has the extended attribute {name}, which this storage cannot hold; use a backend with xattrs"),
+            )
+        } else {
+            self.write_err("set extended attribute of", path, e)
+        }
+    }
+}
+
+fn is_dir_at(parent: &OwnedFd, name: &OsStr) -> bool {
+    rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        .unwrap_or(false)
+}
+
+fn remove_at(parent: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
+    let flags = if is_dir_at(parent, name) {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(parent, name, flags)
+}
+
+/// Runs `create`; if the name exists (a later entry replaces an earlier one, as with tar),
+/// removes it and tries once more. Regular files are opened with `O_EXCL | O_NOFOLLOW`.
+fn create_at<T>(parent: &OwnedFd, name: &OsStr, create: impl Fn(OFlags) -> Result<T, Errno>) -> Result<T, Errno> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match create(flags) {
+        Err(Errno::EXIST) => {
+            remove_at(parent, name)?;
+            create(flags)
+        }
+        other => other,
+    }
+}
+
+/// A pax time: seconds, optionally with a fraction (`1700000000.123456789`).
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let tv_sec: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let tv_nsec = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+    };
+    // A negative time with a fraction counts the fraction backwards from the whole second.
+    if tv_sec < 0 && tv_nsec > 0 {
+        Some(Timespec {
+            tv_sec: tv_sec - 1,
+            tv_nsec: 1_000_000_000 - tv_nsec,
+        })
+    } else {
+        Some(Timespec { tv_sec, tv_nsec })
+    }
+}
+
+fn parse_pax_id(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_recognised_by_magic() {
+        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Some(Compression::Gzip));
+        assert_eq!(sniff(b"\xfd7zXZ\0rest"), Some(Compression::Xz));
+        assert_eq!(sniff(b"BZh91AY"), Some(Compression::Bzip2));
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some(Compression::Zstd));
+        let mut tar = vec![0u8; 512];
+        tar[257..262].copy_from_slice(b"ustar");
+        assert_eq!(sniff(&tar), Some(Compression::None));
+        assert_eq!(sniff(b"PK\x03\x04 a zip file"), None);
+    }
+
+    #[test]
+    fn pax_times_keep_nanoseconds() {
+        let t = parse_pax_time(b"1700000000.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
+        let t = parse_pax_time(b"1700000000.123456789123").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 123_456_789));
+        let t = parse_pax_time(b"1700000000").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 0));
+        assert!(parse_pax_time(b"soon").is_none());
+    }
+}
