@@ -1,0 +1,878 @@
+//! The site configuration, `autogentoo.toml`: where the storage lives, how commands run inside
+//! roots, what is mounted into them and packed out of them, and the systems the site builds. The
+//! file sits at the top of a site directory that also holds `common/` (files every image gets),
+//! `overlays/KIND/NAME/` (hardware and application overlays) and kernel configs, and relative
+//! paths in it are taken from that directory. Every key has a default, so an empty file, or none,
+//! is valid; every mistake is one line naming the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+use thiserror::Error;
+use toml::de::{DeArray, DeTable};
+
+use crate::names;
+
+/// The architectures Gentoo keywords packages for, as in the repository's `profiles/arch.list`.
+pub const GENTOO_ARCHES: &[&str] = &[
+    "alpha", "amd64", "arm", "arm64", "hppa", "loong", "m68k", "mips", "ppc", "ppc64", "riscv",
+    "s390", "sparc", "x86",
+];
+
+/// A site configuration that cannot be read or does not make sense.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the site config {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A syntax, type or validation error at `line` (when it could be found) of `file`.
+    #[error("{}", located(file, *line, key, message))]
+    Invalid {
+        file: PathBuf,
+        line: Option<usize>,
+        /// The key path, like `pack.level` or `systems.demo.overlays[1]`; empty for the file as a
+        /// whole.
+        key: String,
+        message: String,
+    },
+    #[error("`{overlay}` is not an overlay: {reason}")]
+    BadOverlay { overlay: String, reason: String },
+    #[error(
+        "overlay `{overlay}` needs a site directory; pass --config with the site's autogentoo.toml"
+    )]
+    NoSite { overlay: String },
+    #[error("overlay `{overlay}` not found: expected the directory {}", path.display())]
+    MissingOverlay { overlay: String, path: PathBuf },
+    #[error("unknown system `{name}`; {}", known_systems(known))]
+    UnknownSystem { name: String, known: Vec<String> },
+}
+
+fn located(file: &Path, line: Option<usize>, key: &str, message: &str) -> String {
+    let mut text = file.display().to_string();
+    if let Some(line) = line {
+        text.push_str(&format!(":{line}"));
+    }
+    if !key.is_empty() {
+        text.push_str(&format!(": {key}"));
+    }
+    format!("{text}: {message}")
+}
+
+fn known_systems(known: &[String]) -> String {
+    if known.is_empty() {
+        "the site config defines none; add a [systems.NAME] table".to_owned()
+    } else {
+        format!("the site config defines {}", known.join(", "))
+    }
+}
+
+/// The whole site configuration: one `autogentoo.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Where the volumes live and which backend keeps them.
+    pub storage: StorageSection,
+    /// How commands run inside roots.
+    pub build: BuildSection,
+    /// What is mounted into a root, and where.
+    pub mounts: MountsSection,
+    /// How a root and the site files are packed into an initramfs.
+    pub pack: PackSection,
+    /// The systems the site builds with `autogentoo build NAME`, one `[systems.NAME]` table each.
+    pub systems: BTreeMap<String, SystemConfig>,
+    /// Where plugins are loaded from.
+    pub plugins: PluginsSection,
+    /// The directory holding the file, which its relative paths were resolved against; `None`
+    /// for the built-in defaults.
+    #[serde(skip)]
+    pub site_dir: Option<PathBuf>,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// The storage backend: `dir`, `btrfs`, `zfs`, or one a plugin adds. `--backend` overrides it.
+    pub backend: String,
+    /// The top of the storage layout (stages, roots, kernels, caches, output), relative to the
+    /// site directory unless absolute. `--workdir` overrides it.
+    pub workdir: PathBuf,
+    /// The dataset the `zfs` backend keeps its volumes under, like `tank/autogentoo`.
+    pub zfs_dataset: Option<String>,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            backend: "dir".to_owned(),
+            workdir: PathBuf::from("/var/lib/autogentoo"),
+            zfs_dataset: None,
+        }
+    }
+}
+
+/// `[build]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildSection {
+    /// Parallel jobs for builds inside roots, at least 1; the default is the number of CPUs.
+    pub jobs: u32,
+    /// `MAKEOPTS` inside roots, like `-j8 -l8`; unset means `-j` with `jobs`.
+    pub makeopts: Option<String>,
+    /// The Gentoo architecture of the roots: amd64, x86, arm64, arm, ppc64, riscv, …
+    pub arch: String,
+    /// Environment for every command run inside a root, like `FEATURES` or `EMERGE_DEFAULT_OPTS`.
+    pub env: BTreeMap<String, String>,
+}
+
+impl BuildSection {
+    /// `MAKEOPTS` as configured, or `-j{jobs}`.
+    pub fn makeopts(&self) -> String {
+        match &self.makeopts {
+            Some(makeopts) => makeopts.clone(),
+            None => format!("-j{}", self.jobs),
+        }
+    }
+}
+
+impl Default for BuildSection {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            jobs: u32::try_from(cpus).unwrap_or(u32::MAX),
+            makeopts: None,
+            arch: "amd64".to_owned(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[mounts]`: mount points inside a root, relative to its top.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MountsSection {
+    /// Where the shared distfiles cache is mounted (`DISTDIR`).
+    pub distfiles: PathBuf,
+    /// Where the shared binary packages are mounted (`PKGDIR`).
+    pub binpkgs: PathBuf,
+    /// Where the ebuild repository snapshot is mounted, read-only.
+    pub repo: PathBuf,
+    /// The SquashFS snapshot of the ebuild repository to mount, as `autogentoo repo list` names
+    /// it; unset means the newest.
+    pub repo_image: Option<String>,
+    /// Give a mounted root the host's `/etc/resolv.conf`, so that emerge can fetch.
+    pub resolv_conf: bool,
+}
+
+impl Default for MountsSection {
+    fn default() -> Self {
+        Self {
+            distfiles: PathBuf::from("var/cache/distfiles"),
+            binpkgs: PathBuf::from("var/cache/binpkgs"),
+            repo: PathBuf::from("var/db/repos/gentoo"),
+            repo_image: None,
+            resolv_conf: true,
+        }
+    }
+}
+
+/// `[pack]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackSection {
+    /// The initramfs compression: `gzip`, `zstd` or `none`. The kernel must be able to unpack it
+    /// (`CONFIG_RD_GZIP`, `CONFIG_RD_ZSTD`).
+    pub compression: Compression,
+    /// The compression level, 1-9 for gzip and 1-19 for zstd; unset means the compressor's
+    /// default.
+    pub level: Option<u32>,
+    /// Directories of the root, relative to its top, whose contents are left out of the image;
+    /// the directories themselves are kept, empty, as mount points. Setting it replaces the
+    /// default list.
+    pub exclude: Vec<String>,
+    /// The program the kernel starts from the initramfs (`rdinit=`), an absolute path inside it.
+    pub rdinit: String,
+    /// Pack the site files (`common/` and overlays) with their owners on disk instead of as
+    /// root's, for sites that ship files owned by service users.
+    pub keep_site_owners: bool,
+}
+
+impl Default for PackSection {
+    fn default() -> Self {
+        let exclude = [
+            "var/cache/distfiles",
+            "var/cache/binpkgs",
+            "var/db/repos",
+            "usr/src",
+            "var/tmp",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+        ];
+        Self {
+            compression: Compression::default(),
+            level: None,
+            exclude: exclude.map(str::to_owned).to_vec(),
+            rdinit: "/init".to_owned(),
+            keep_site_owners: false,
+        }
+    }
+}
+
+/// How an initramfs is compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// The levels the compressor accepts; `None` when there is no compressor to take one.
+    pub fn levels(self) -> Option<RangeInclusive<u32>> {
+        match self {
+            Self::Gzip => Some(1..=9),
+            Self::Zstd => Some(1..=19),
+            Self::None => None,
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::None => "none",
+        })
+    }
+}
+
+/// `[systems.NAME]`: one system the site builds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// The imported stage the system's root is cloned from. Required.
+    pub stage: String,
+    /// The root volume the system is built in; unset means the system's own name.
+    pub root: Option<String>,
+    /// Overlays packed over the root after `common/`, in order, each `KIND/NAME` under the
+    /// site's `overlays/`, like `hardware/qemu-x86_64`.
+    #[serde(default)]
+    pub overlays: Vec<String>,
+    /// The kernel config, relative to the site directory unless absolute, like
+    /// `kernel/qemu-x86_64.kconfig`.
+    pub kernel_config: Option<PathBuf>,
+    /// The kernel source volume the system's kernel is built from.
+    pub kernel: Option<String>,
+    /// The kernel command line, like `console=ttyS0 rdinit=/init`.
+    pub cmdline: Option<String>,
+    /// Commands run inside the root, in order, before it is packed, like `emerge -uDN @world`.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+impl SystemConfig {
+    /// The root volume of the system called `system`.
+    pub fn root_name<'a>(&'a self, system: &'a str) -> &'a str {
+        self.root.as_deref().unwrap_or(system)
+    }
+}
+
+/// `[plugins]`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Directories searched for plugin libraries, relative to the site directory unless absolute.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl SiteConfig {
+    /// Reads, parses and checks the site file at `path`. Its directory becomes the absolute
+    /// [`site_dir`](Self::site_dir), so the paths stay valid whatever the working directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let text = fs::read_to_string(path).map_err(read_error)?;
+        let absolute = std::path::absolute(path).map_err(read_error)?;
+        Self::parse_in(&text, path, directory_of(&absolute))
+    }
+
+    /// Parses and checks `text`, read from `origin`: errors name `origin`, and relative paths are
+    /// taken from its directory.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        Self::parse_in(text, origin, directory_of(origin))
+    }
+
+    fn parse_in(text: &str, origin: &Path, site_dir: PathBuf) -> Result<Self, ConfigError> {
+        // Parsing once into spanned tables gives serde its input and the checks below the lines
+        // of the keys they refuse.
+        let doc = DeTable::parse(text).map_err(|error| toml_error(origin, text, "", &error))?;
+        let deserializer = toml::de::Deserializer::from(doc.clone());
+        let mut config: Self = serde_path_to_error::deserialize(deserializer)
+            .map_err(|error| toml_error(origin, text, &serde_key(&error), error.inner()))?;
+        config.check(&Checker {
+            origin,
+            text,
+            doc: doc.get_ref(),
+        })?;
+        config.storage.workdir = site_dir.join(&config.storage.workdir);
+        for system in config.systems.values_mut() {
+            if let Some(kernel_config) = &mut system.kernel_config {
+                *kernel_config = site_dir.join(&*kernel_config);
+            }
+        }
+        for dir in &mut config.plugins.dirs {
+            *dir = site_dir.join(&*dir);
+        }
+        config.site_dir = Some(site_dir);
+        Ok(config)
+    }
+
+    /// The site's `common/` directory, whose files every image gets; `None` without a site or
+    /// when the site has none.
+    pub fn common_dir(&self) -> Option<PathBuf> {
+        let dir = self.site_dir.as_ref()?.join("common");
+        dir.is_dir().then_some(dir)
+    }
+
+    /// The directory of `overlay`, given as `KIND/NAME` (like `hardware/qemu-x86_64`), under the
+    /// site's `overlays/`. It must exist.
+    pub fn overlay_dir(&self, overlay: &str) -> Result<PathBuf, ConfigError> {
+        check_overlay(overlay).map_err(|reason| ConfigError::BadOverlay {
+            overlay: overlay.to_owned(),
+            reason,
+        })?;
+        let site_dir = self.site_dir.as_ref().ok_or_else(|| ConfigError::NoSite {
+            overlay: overlay.to_owned(),
+        })?;
+        let dir = site_dir.join("overlays").join(overlay);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(ConfigError::MissingOverlay {
+                overlay: overlay.to_owned(),
+                path: dir,
+            })
+        }
+    }
+
+    /// The system called `name`.
+    pub fn system(&self, name: &str) -> Result<&SystemConfig, ConfigError> {
+        self.systems
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownSystem {
+                name: name.to_owned(),
+                known: self.systems.keys().cloned().collect(),
+            })
+    }
+
+    /// The checks serde cannot make, each refusing the first bad value it finds.
+    fn check(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+        use Key::{Field, Item};
+
+        if let Some(dataset) = &self.storage.zfs_dataset {
+            for part in dataset.split('/') {
+                names::check(part).map_err(|error| {
+                    c.error(
+                        &[Field("storage"), Field("zfs_dataset")],
+                        format!("`{dataset}` is not a dataset like tank/autogentoo: {error}"),
+                    )
+                })?;
+            }
+        }
+
+        let build = &self.build;
+        if build.jobs == 0 {
+            return Err(c.error(
+                &[Field("build"), Field("jobs")],
+                "0 jobs would build nothing; give at least 1",
+            ));
+        }
+        if !GENTOO_ARCHES.contains(&build.arch.as_str()) {
+            return Err(c.error(
+                &[Field("build"), Field("arch")],
+                format!(
+                    "unknown arch `{}`; Gentoo's are {}",
+                    build.arch,
+                    GENTOO_ARCHES.join(", ")
+                ),
+            ));
+        }
+        for name in build.env.keys() {
+            if !is_env_name(name) {
+                return Err(c.error(
+                    &[Field("build"), Field("env"), Field(name)],
+                    format!(
+                        "`{name}` is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                    ),
+                ));
+            }
+        }
+
+        let mounts = &self.mounts;
+        for (key, target) in [
+            ("distfiles", &mounts.distfiles),
+            ("binpkgs", &mounts.binpkgs),
+            ("repo", &mounts.repo),
+        ] {
+            check_inside_root(target)
+                .map_err(|message| c.error(&[Field("mounts"), Field(key)], message))?;
+        }
+        if let Some(image) = &mounts.repo_image {
+            names::check(image).map_err(|error| {
+                c.error(
+                    &[Field("mounts"), Field("repo_image")],
+                    format!("`{image}` is not a repo image name: {error}"),
+                )
+            })?;
+        }
+
+        let pack = &self.pack;
+        if let Some(level) = pack.level {
+            let bad = match pack.compression.levels() {
+                None => Some("`none` compression takes no level; remove it".to_owned()),
+                Some(levels) if !levels.contains(&level) => Some(format!(
+                    "{level} is out of range for {} ({}-{})",
+                    pack.compression,
+                    levels.start(),
+                    levels.end()
+                )),
+                Some(_) => None,
+            };
+            if let Some(message) = bad {
+                return Err(c.error(&[Field("pack"), Field("level")], message));
+            }
+        }
+        for (index, dir) in pack.exclude.iter().enumerate() {
+            check_inside_root(Path::new(dir)).map_err(|message| {
+                c.error(&[Field("pack"), Field("exclude"), Item(index)], message)
+            })?;
+        }
+        if !pack.rdinit.starts_with('/') {
+            return Err(c.error(
+                &[Field("pack"), Field("rdinit")],
+                format!(
+                    "`{}` is not an absolute path inside the image, like /init",
+                    pack.rdinit
+                ),
+            ));
+        }
+
+        for (name, system) in &self.systems {
+            names::check(name).map_err(|error| {
+                c.error(
+                    &[Field("systems"), Field(name)],
+                    format!("`{name}` is not a system name: {error}"),
+                )
+            })?;
+            let volumes = [
+                ("stage", Some(&system.stage)),
+                ("root", system.root.as_ref()),
+                ("kernel", system.kernel.as_ref()),
+            ];
+            for (key, volume) in volumes {
+                if let Some(volume) = volume {
+                    names::check(volume).map_err(|error| {
+                        c.error(
+                            &[Field("systems"), Field(name), Field(key)],
+                            format!("`{volume}` is not a {key} name: {error}"),
+                        )
+                    })?;
+                }
+            }
+            for (index, overlay) in system.overlays.iter().enumerate() {
+                check_overlay(overlay).map_err(|reason| {
+                    c.error(
+                        &[
+                            Field("systems"),
+                            Field(name),
+                            Field("overlays"),
+                            Item(index),
+                        ],
+                        format!("`{overlay}` is not an overlay: {reason}"),
+                    )
+                })?;
+            }
+            for (index, command) in system.commands.iter().enumerate() {
+                if command.trim().is_empty() {
+                    return Err(c.error(
+                        &[
+                            Field("systems"),
+                            Field(name),
+                            Field("commands"),
+                            Item(index),
+                        ],
+                        "an empty command; remove it",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory of a file, `.` for a bare file name, so that joining onto it stays relative to
+/// the working directory rather than becoming absolute.
+fn directory_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn toml_error(origin: &Path, text: &str, key: &str, error: &toml::de::Error) -> ConfigError {
+    ConfigError::Invalid {
+        file: origin.to_owned(),
+        line: error.span().map(|span| line_of(text, span.start)),
+        key: key.to_owned(),
+        message: one_line(error.message()),
+    }
+}
+
+/// The key path of a serde error. An unknown key is named by the message already, so the path
+/// stops at the table that does not know it.
+fn serde_key(error: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let path = error.path();
+    let Some(last) = path.iter().next_back() else {
+        return String::new();
+    };
+    let key = path.to_string();
+    if let Segment::Map { key: unknown } = last {
+        if error
+            .inner()
+            .message()
+            .starts_with(&format!("unknown field `{unknown}`"))
+        {
+            let table = &key[..key.len() - unknown.len()];
+            return table.trim_end_matches('.').to_owned();
+        }
+    }
+    key
+}
+
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines.join("; ")
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Refuses paths that would leave, or be, the top of the root they are used in.
+fn check_inside_root(path: &Path) -> Result<(), String> {
+    if path.is_absolute() {
+        return Err(format!(
+            "`{}` is absolute; give it relative to the root's top, without the leading /",
+            path.display()
+        ));
+    }
+    if path.components().any(|part| part == Component::ParentDir) {
+        return Err(format!(
+            "`{}` leads out of the root with ..",
+            path.display()
+        ));
+    }
+    if !path
+        .components()
+        .any(|part| matches!(part, Component::Normal(_)))
+    {
+        return Err(format!(
+            "`{}` is the root's top itself; name a directory inside it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn check_overlay(overlay: &str) -> Result<(), String> {
+    let Some((kind, name)) = overlay.split_once('/') else {
+        return Err("name it KIND/NAME, like hardware/qemu-x86_64".to_owned());
+    };
+    for part in [kind, name] {
+        names::check(part).map_err(|error| format!("`{part}`: {error}"))?;
+    }
+    Ok(())
+}
+
+/// One step of a key path.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Field(&'a str),
+    Item(usize),
+}
+
+/// Turns a refused value into an error pointing at its line.
+struct Checker<'a> {
+    origin: &'a Path,
+    text: &'a str,
+    doc: &'a DeTable<'a>,
+}
+
+impl Checker<'_> {
+    fn error(&self, key: &[Key<'_>], message: impl Into<String>) -> ConfigError {
+        let mut path = String::new();
+        for step in key {
+            match step {
+                Key::Field(name) if path.is_empty() => path.push_str(name),
+                Key::Field(name) => path.push_str(&format!(".{name}")),
+                Key::Item(index) => path.push_str(&format!("[{index}]")),
+            }
+        }
+        ConfigError::Invalid {
+            file: self.origin.to_owned(),
+            line: self.span(key).map(|span| line_of(self.text, span.start)),
+            key: path,
+            message: message.into(),
+        }
+    }
+
+    /// Where the key was written: the key itself for a table entry, the value for an array
+    /// item. `None` for a key the file does not have.
+    fn span(&self, key: &[Key<'_>]) -> Option<Range<usize>> {
+        let mut table = Some(self.doc);
+        let mut array: Option<&DeArray<'_>> = None;
+        let mut span = None;
+        for step in key {
+            let value = match *step {
+                Key::Field(name) => {
+                    let (written, value) = table?.get_key_value(name)?;
+                    span = Some(written.span());
+                    value
+                }
+                Key::Item(index) => {
+                    let value = array?.get(index)?;
+                    span = Some(value.span());
+                    value
+                }
+            };
+            table = value.get_ref().as_table();
+            array = value.get_ref().as_array();
+        }
+        span
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "config/autogentoo.toml";
+
+    fn error(text: &str) -> String {
+        SiteConfig::parse(text, Path::new(ORIGIN))
+            .expect_err("the config should be refused")
+            .to_string()
+    }
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/autogentoo.toml")
+    }
+
+    #[test]
+    fn the_shipped_example_loads_and_its_files_exist() {
+        let config = SiteConfig::load(&example_path()).unwrap();
+        let site_dir = config.site_dir.clone().unwrap();
+        assert!(site_dir.is_absolute());
+        assert_eq!(config.common_dir(), Some(site_dir.join("common")));
+
+        let demo = config.system("demo").unwrap();
+        assert_eq!(demo.stage, "demo");
+        assert_eq!(demo.root_name("demo"), "demo");
+        assert!(demo.commands.is_empty());
+        assert!(demo.kernel_config.as_ref().unwrap().is_file());
+        assert_eq!(
+            demo.overlays,
+            ["hardware/qemu-x86_64", "secret-sauce/hello"]
+        );
+        for overlay in &demo.overlays {
+            assert!(config.overlay_dir(overlay).unwrap().is_dir());
+        }
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = SiteConfig::parse("", Path::new(ORIGIN)).unwrap();
+        assert_eq!(config.site_dir.as_deref(), Some(Path::new("config")));
+        assert_eq!(
+            SiteConfig {
+                site_dir: None,
+                ..config
+            },
+            SiteConfig::default()
+        );
+
+        let defaults = SiteConfig::default();
+        assert_eq!(defaults.storage.backend, "dir");
+        assert_eq!(defaults.storage.workdir, Path::new("/var/lib/autogentoo"));
+        assert!(defaults.build.jobs >= 1);
+        assert_eq!(
+            defaults.build.makeopts(),
+            format!("-j{}", defaults.build.jobs)
+        );
+        assert_eq!(defaults.pack.compression, Compression::Gzip);
+        assert!(defaults
+            .pack
+            .exclude
+            .iter()
+            .any(|dir| dir == "var/db/repos"));
+        assert_eq!(defaults.common_dir(), None);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_site_directory() {
+        let text = "[storage]\nworkdir = \"../work\"\n\
+                    [plugins]\ndirs = [\"plugins\", \"/usr/lib/autogentoo\"]\n\
+                    [systems.demo]\nstage = \"demo\"\nkernel_config = \"kernel/x.kconfig\"\n";
+        let config = SiteConfig::parse(text, Path::new("/srv/site/autogentoo.toml")).unwrap();
+        assert_eq!(config.storage.workdir, Path::new("/srv/site/../work"));
+        assert_eq!(
+            config.plugins.dirs,
+            [
+                Path::new("/srv/site/plugins"),
+                Path::new("/usr/lib/autogentoo")
+            ]
+        );
+        assert_eq!(
+            config.systems["demo"].kernel_config.as_deref(),
+            Some(Path::new("/srv/site/kernel/x.kconfig"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_section_and_the_known_ones() {
+        assert_eq!(
+            error("backend = \"dir\"\n"),
+            "config/autogentoo.toml:1: unknown field `backend`, \
+             expected one of `storage`, `build`, `mounts`, `pack`, `systems`, `plugins`"
+        );
+        assert_eq!(
+            error("# site\n\n[storage]\nbakend = \"zfs\"\n"),
+            "config/autogentoo.toml:4: storage: unknown field `bakend`, \
+             expected one of `backend`, `workdir`, `zfs_dataset`"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        assert_eq!(
+            error("[storage]\nbackend = \"dir\"\n\n[build]\narch = \"amd64\"\njobs = \"four\"\n"),
+            "config/autogentoo.toml:6: build.jobs: invalid type: string \"four\", expected u32"
+        );
+    }
+
+    #[test]
+    fn a_level_out_of_range_names_the_compressor() {
+        assert_eq!(
+            error("[pack]\ncompression = \"gzip\"\nlevel = 12\n"),
+            "config/autogentoo.toml:3: pack.level: 12 is out of range for gzip (1-9)"
+        );
+        assert!(SiteConfig::parse(
+            "[pack]\ncompression = \"zstd\"\nlevel = 12\n",
+            Path::new(ORIGIN)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_absolute_mount_target_is_refused() {
+        assert_eq!(
+            error("[mounts]\nresolv_conf = false\ndistfiles = \"/var/cache/distfiles\"\n"),
+            "config/autogentoo.toml:3: mounts.distfiles: `/var/cache/distfiles` is absolute; \
+             give it relative to the root's top, without the leading /"
+        );
+        assert_eq!(
+            error("[mounts]\nrepo = \"var/../../etc\"\n"),
+            "config/autogentoo.toml:2: mounts.repo: `var/../../etc` leads out of the root with .."
+        );
+    }
+
+    #[test]
+    fn a_bad_system_name_is_refused() {
+        assert_eq!(
+            error("[systems.demo]\nstage = \"demo\"\n\n[systems.\"../up\"]\nstage = \"demo\"\n"),
+            "config/autogentoo.toml:4: systems.../up: `../up` is not a system name: \
+             a name starts with a letter or a digit"
+        );
+        assert_eq!(
+            error("[systems.demo]\nstage = \"demo\"\noverlays = [\"hardware/qemu\", \"../x\"]\n"),
+            "config/autogentoo.toml:3: systems.demo.overlays[1]: `../x` is not an overlay: \
+             `..`: a name starts with a letter or a digit"
+        );
+    }
+
+    #[test]
+    fn an_unknown_system_lists_the_known_ones() {
+        let config = SiteConfig::parse(
+            "[systems.demo]\nstage = \"demo\"\n[systems.web]\nstage = \"stage3\"\n",
+            Path::new(ORIGIN),
+        )
+        .unwrap();
+        assert_eq!(
+            config.system("dmeo").unwrap_err().to_string(),
+            "unknown system `dmeo`; the site config defines demo, web"
+        );
+    }
+
+    #[test]
+    fn overlays_must_exist_and_stay_in_the_site() {
+        let config = SiteConfig::load(&example_path()).unwrap();
+        let err = config.overlay_dir("hardware/nope").unwrap_err().to_string();
+        assert!(err.starts_with("overlay `hardware/nope` not found: expected the directory "));
+        assert!(err.ends_with("config/overlays/hardware/nope"), "{err}");
+        for bad in ["../etc", "/etc/x", "hardware", "hardware/a/b"] {
+            assert!(
+                matches!(config.overlay_dir(bad), Err(ConfigError::BadOverlay { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_and_other_checks_are_one_line() {
+        for text in [
+            "[build\njobs = 1\n",
+            "[build]\nenv = { \"1X\" = \"y\" }\n",
+            "[build]\narch = \"amd46\"\n",
+            "[pack]\ncompression = \"xz\"\n",
+            "[systems.demo]\nroot = \"x\"\n",
+        ] {
+            let message = error(text);
+            assert!(message.starts_with("config/autogentoo.toml:"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+}
