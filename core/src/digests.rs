@@ -47,7 +47,10 @@ pub fn expected_sha512(digests: &str, file_name: &str) -> Option<String> {
             continue;
         }
         if let Some(header) = line.strip_prefix('#') {
-            section = header.split_whitespace().next().map(str::to_ascii_uppercase);
+            section = header
+                .split_whitespace()
+                .next()
+                .map(str::to_ascii_uppercase);
             continue;
         }
         let mut fields = line.split_whitespace();
@@ -143,7 +146,10 @@ mod tests {
     #[test]
     fn plain_sha512sum_output_is_accepted() {
         let text = format!("{}  ./dist/stage.tar\n", SHA512_A.to_uppercase());
-        assert_eq!(expected_sha512(&text, "stage.tar").as_deref(), Some(SHA512_A));
+        assert_eq!(
+            expected_sha512(&text, "stage.tar").as_deref(),
+            Some(SHA512_A)
+        );
     }
 
     #[test]

@@ -123,9 +123,14 @@ impl RootDir {
             Err(Errno::NOENT) if create && !components.is_empty() => {
                 let (last, parent) = components.split_last().expect("not empty");
                 let parent_fd = self.dir(parent, true)?;
-                match rustix::fs::mkdirat(&parent_fd, last.as_os_str(), Mode::from_raw_mode(0o755)) {
+                match rustix::fs::mkdirat(&parent_fd, last.as_os_str(), Mode::from_raw_mode(0o755))
+                {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(io_err("create directory", self.display_path(&rel))(e.into())),
+                    Err(e) => {
+                        return Err(io_err("create directory", self.display_path(&rel))(
+                            e.into(),
+                        ))
+                    }
                 }
                 self.open_at(&rel, flags, Mode::empty())
                     .map_err(|e| io_err("open directory", self.display_path(&rel))(e.into()))
@@ -165,9 +170,17 @@ mod tests {
         let name = |s: &str| OsString::from(s);
         // The absolute symlink points at `outside` inside the root, which does not exist there.
         dir.dir(&[name("escape"), name("sub")], true).unwrap();
-        assert!(root.join(outside.strip_prefix("/").unwrap()).join("sub").is_dir());
-        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing created outside");
-        dir.dir(&[name("etc"), name("up"), name("x")], true).unwrap();
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("sub")
+            .is_dir());
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing created outside"
+        );
+        dir.dir(&[name("etc"), name("up"), name("x")], true)
+            .unwrap();
         assert!(root.join("x").is_dir(), "'..' stops at the root");
     }
 }

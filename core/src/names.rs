@@ -55,7 +55,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in ["gentoo", "stage3-amd64-20261124", "a", "x_1.2", &"a".repeat(MAX_LEN)] {
+        for name in [
+            "gentoo",
+            "stage3-amd64-20261124",
+            "a",
+            "x_1.2",
+            &"a".repeat(MAX_LEN),
+        ] {
             assert_eq!(check(name), Ok(()), "{name}");
         }
     }

@@ -46,10 +46,13 @@ impl Registry {
 
     /// The factory registered under `name`.
     pub fn storage(&self, name: &str) -> Result<StorageFactory, UnknownBackend> {
-        self.storage.get(name).copied().ok_or_else(|| UnknownBackend {
-            name: name.to_owned(),
-            known: self.storage_names(),
-        })
+        self.storage
+            .get(name)
+            .copied()
+            .ok_or_else(|| UnknownBackend {
+                name: name.to_owned(),
+                known: self.storage_names(),
+            })
     }
 }
 
@@ -68,7 +71,9 @@ mod tests {
         let mut registry = Registry::default();
         registry.register_storage("zfs", refuse);
         registry.register_storage("dir", refuse);
-        let err = registry.storage("btrfs").err().expect("btrfs is not registered");
+        let err = registry
+            .storage("btrfs")
+            .expect_err("btrfs is not registered");
         assert_eq!(
             err.to_string(),
             "unknown storage backend 'btrfs'; known backends: dir, zfs"

@@ -105,7 +105,10 @@ pub enum ImportError {
 }
 
 /// Imports a stage and seals it; see the module documentation.
-pub fn import_stage(storage: &dyn Storage, request: &ImportRequest) -> Result<ImportReport, ImportError> {
+pub fn import_stage(
+    storage: &dyn Storage,
+    request: &ImportRequest,
+) -> Result<ImportReport, ImportError> {
     let id = VolumeId::new(VolumeKind::Stage, request.name)?;
     let source = request.source;
     let meta = std::fs::metadata(source).map_err(|e| ImportError::Source {
@@ -196,7 +199,10 @@ fn sniff(head: &[u8]) -> Option<Compression> {
 
 /// The tarball's tar stream, decompressed on a thread of its own so that decompression and
 /// writing files overlap (as GNU tar does by running the compressor as a separate process).
-fn open_decompressed<'a>(path: &Path, progress: &'a dyn Progress) -> Result<TarStream<'a>, ImportError> {
+fn open_decompressed<'a>(
+    path: &Path,
+    progress: &'a dyn Progress,
+) -> Result<TarStream<'a>, ImportError> {
     let source_err = |e| ImportError::Source {
         path: path.to_owned(),
         source: e,
@@ -213,13 +219,17 @@ fn open_decompressed<'a>(path: &Path, progress: &'a dyn Progress) -> Result<TarS
     let compression = sniff(&head[..filled]).ok_or_else(|| ImportError::UnknownFormat {
         path: path.to_owned(),
     })?;
-    let file = File::open(path).map_err(source_err)?;
+    // Read the source once, head included, so a pipe or fifo works as well as a file.
+    let file = io::Cursor::new(head[..filled].to_vec()).chain(file);
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
     let (count_tx, count_rx) = mpsc::channel::<u64>();
     std::thread::Builder::new()
         .name("decompress".into())
         .spawn(move || {
-            let counted = CountingSend { inner: file, tx: count_tx };
+            let counted = CountingSend {
+                inner: file,
+                tx: count_tx,
+            };
             let buffered = BufReader::with_capacity(1 << 20, counted);
             let mut reader: Box<dyn Read> = match compression {
                 Compression::None => Box::new(buffered),
@@ -275,12 +285,12 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// The file reader on the decompression thread, sending how much it read.
-struct CountingSend {
-    inner: File,
+struct CountingSend<R> {
+    inner: R,
     tx: mpsc::Sender<u64>,
 }
 
-impl Read for CountingSend {
+impl<R: Read> Read for CountingSend<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let _ = self.tx.send(n as u64);
@@ -389,7 +399,11 @@ impl<'a> Extractor<'a> {
         for (path, meta) in &dirs {
             let fd = self
                 .root
-                .open_at(&path.relative(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+                .open_at(
+                    &path.relative(),
+                    OFlags::DIRECTORY | OFlags::RDONLY,
+                    Mode::empty(),
+                )
                 .map_err(|e| self.write_err("open directory", path, e))?;
             self.apply_meta(&fd, path, meta)?;
         }
@@ -423,7 +437,8 @@ impl<'a> Extractor<'a> {
                     Ok(()) => {}
                     Err(Errno::EXIST) if is_dir_at(&parent, name) => {}
                     Err(Errno::EXIST) => {
-                        remove_at(&parent, name).map_err(|e| self.write_err("replace", &path, e))?;
+                        remove_at(&parent, name)
+                            .map_err(|e| self.write_err("replace", &path, e))?;
                         rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
                             .map_err(|e| self.write_err("create directory", &path, e))?;
                     }
@@ -445,8 +460,10 @@ impl<'a> Extractor<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| self.bad_entry(&path, "is a symlink without a target"))?;
                 let target = OsStr::from_bytes(&target).to_owned();
-                create_at(&parent, name, |_| rustix::fs::symlinkat(&target, &parent, name))
-                    .map_err(|e| self.write_err("create symlink", &path, e))?;
+                create_at(&parent, name, |_| {
+                    rustix::fs::symlinkat(&target, &parent, name)
+                })
+                .map_err(|e| self.write_err("create symlink", &path, e))?;
                 self.apply_meta_at(&parent, name, &path, &meta, true)?;
             }
             EntryType::Link => {
@@ -495,12 +512,16 @@ impl<'a> Extractor<'a> {
     }
 
     /// The directory `components`, reusing the previous entry's when it is the same.
-    fn parent(&mut self, components: &[std::ffi::OsString], path: &InnerPath) -> Result<OwnedFd, ImportError> {
+    fn parent(
+        &mut self,
+        components: &[std::ffi::OsString],
+        path: &InnerPath,
+    ) -> Result<OwnedFd, ImportError> {
         if let Some((last, fd)) = &self.last_parent {
             if last.as_slice() == components {
-                return fd
-                    .try_clone()
-                    .map_err(|e| io_err("open directory", self.root.display_path(&path.relative()))(e).into());
+                return fd.try_clone().map_err(|e| {
+                    io_err("open directory", self.root.display_path(&path.relative()))(e).into()
+                });
             }
         }
         let fd = self.root.dir(components, true)?;
@@ -511,7 +532,12 @@ impl<'a> Extractor<'a> {
         Ok(fd)
     }
 
-    fn copy_content(&mut self, entry: &mut impl Read, file: &mut File, path: &InnerPath) -> Result<(), ImportError> {
+    fn copy_content(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut File,
+        path: &InnerPath,
+    ) -> Result<(), ImportError> {
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => return Ok(()),
@@ -564,10 +590,19 @@ impl<'a> Extractor<'a> {
 
     /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities),
     /// then times, on an open file or directory.
-    fn apply_meta(&self, fd: &impl AsFd, path: &InnerPath, meta: &EntryMeta) -> Result<(), ImportError> {
+    fn apply_meta(
+        &self,
+        fd: &impl AsFd,
+        path: &InnerPath,
+        meta: &EntryMeta,
+    ) -> Result<(), ImportError> {
         let fail = |op, e: Errno| self.write_err(op, path, e);
-        rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-            .map_err(|e| fail("chown", e))?;
+        rustix::fs::fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| fail("chown", e))?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("chmod", e))?;
         for (name, value) in &meta.xattrs {
             rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
@@ -600,8 +635,13 @@ impl<'a> Extractor<'a> {
         )
         .map_err(|e| fail("chown", e))?;
         if !symlink {
-            rustix::fs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-                .map_err(|e| fail("chmod", e))?;
+            rustix::fs::chmodat(
+                parent,
+                name,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(|e| fail("chmod", e))?;
         }
         if !meta.xattrs.is_empty() {
             // No fd can be opened on a symlink or node for fsetxattr; name it through the parent's
@@ -651,7 +691,11 @@ fn remove_at(parent: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
 
 /// Runs `create`; if the name exists (a later entry replaces an earlier one, as with tar),
 /// removes it and tries once more. Regular files are opened with `O_EXCL | O_NOFOLLOW`.
-fn create_at<T>(parent: &OwnedFd, name: &OsStr, create: impl Fn(OFlags) -> Result<T, Errno>) -> Result<T, Errno> {
+fn create_at<T>(
+    parent: &OwnedFd,
+    name: &OsStr,
+    create: impl Fn(OFlags) -> Result<T, Errno>,
+) -> Result<T, Errno> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match create(flags) {
         Err(Errno::EXIST) => {

@@ -132,7 +132,11 @@ impl SnapshotId {
 
 impl fmt::Display for SnapshotId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "snapshot '{}@{}' of {}", self.volume.name, self.name, self.volume.kind)
+        write!(
+            f,
+            "snapshot '{}@{}' of {}",
+            self.volume.name, self.name, self.volume.kind
+        )
     }
 }
 
@@ -294,7 +298,7 @@ pub trait Storage: Send + Sync {
     fn set_property(&self, id: &VolumeId, key: &str, value: &str) -> Result<(), StorageError>;
 }
 
-impl dyn Storage {
+impl dyn Storage + '_ {
     /// The directory of a volume, for scripts.
     pub fn path(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
         Ok(self.get(id)?.path)
@@ -340,16 +344,26 @@ impl<'a> PendingGuard<'a> {
 
     /// Where to write the volume's tree.
     pub fn path(&self) -> &Path {
-        &self.pending.as_ref().expect("pending volume present until consumed").path
+        &self
+            .pending
+            .as_ref()
+            .expect("pending volume present until consumed")
+            .path
     }
 
     pub fn commit(mut self) -> Result<Volume, StorageError> {
-        let pending = self.pending.take().expect("pending volume present until consumed");
+        let pending = self
+            .pending
+            .take()
+            .expect("pending volume present until consumed");
         self.storage.commit(pending)
     }
 
     pub fn discard(mut self) -> Result<(), StorageError> {
-        let pending = self.pending.take().expect("pending volume present until consumed");
+        let pending = self
+            .pending
+            .take()
+            .expect("pending volume present until consumed");
         self.storage.discard(pending)
     }
 }
@@ -405,11 +419,17 @@ pub enum StorageError {
 }
 
 fn list_ids(ids: &[VolumeId]) -> String {
-    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Attaches the operation and the path to an io error: the one place io errors get context.
-pub fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StorageError {
+pub fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.into();
     move |source| StorageError::Io { op, path, source }
 }
@@ -419,9 +439,9 @@ pub fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io
 pub fn check_property(key: &str, value: &str) -> Result<(), StorageError> {
     let key_ok = !key.is_empty()
         && key.len() <= 64
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+        && key.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        });
     if !key_ok {
         return Err(StorageError::InvalidProperty(format!(
             "key '{key}': use lowercase letters, digits, '_', '.' and '-' (at most 64)"

@@ -65,7 +65,11 @@ pub struct Status {
 pub fn status(storage: &dyn Storage, layout: &Layout) -> Result<Status, StorageError> {
     let mut volumes = BTreeMap::new();
     for kind in VolumeKind::ALL {
-        let names = storage.list(kind)?.into_iter().map(|v| v.id.name().to_owned()).collect();
+        let names = storage
+            .list(kind)?
+            .into_iter()
+            .map(|v| v.id.name().to_owned())
+            .collect();
         volumes.insert(kind, names);
     }
     Ok(Status {

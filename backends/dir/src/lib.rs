@@ -22,8 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use autogentoo_core::mountinfo;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
-    check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage, StorageError, Usage, Volume,
-    VolumeId, VolumeKind,
+    check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
+    StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
 use autogentoo_core::tree_copy::copy_tree;
 use rustix::fs::{FlockOperation, RenameFlags};
@@ -88,7 +88,10 @@ impl DirStorage {
             special_files: true,
             shared_blocks: false,
         };
-        let mut storage = Self { workdir, capabilities };
+        let mut storage = Self {
+            workdir,
+            capabilities,
+        };
         if storage.state().is_dir() {
             storage.capabilities = storage.probe()?;
         }
@@ -108,11 +111,17 @@ impl DirStorage {
     }
 
     fn meta_path(&self, id: &VolumeId) -> PathBuf {
-        self.state().join("volumes").join(id.kind().as_str()).join(format!("{}.json", id.name()))
+        self.state()
+            .join("volumes")
+            .join(id.kind().as_str())
+            .join(format!("{}.json", id.name()))
     }
 
     fn snapshots_dir(&self, id: &VolumeId) -> PathBuf {
-        self.state().join("snapshots").join(id.kind().as_str()).join(id.name())
+        self.state()
+            .join("snapshots")
+            .join(id.kind().as_str())
+            .join(id.name())
     }
 
     fn pending_dir(&self) -> PathBuf {
@@ -123,7 +132,8 @@ impl DirStorage {
     fn pending_name(&self, label: &str) -> PathBuf {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        self.pending_dir().join(format!("{label}.{}.{n}", std::process::id()))
+        self.pending_dir()
+            .join(format!("{label}.{}.{n}", std::process::id()))
     }
 
     /// Finds out what the filesystem under the workdir can do.
@@ -134,7 +144,13 @@ impl DirStorage {
         let src = File::open(&a).map_err(io_err("open", &a))?;
         let dst = File::create(&b).map_err(io_err("create", &b))?;
         let reflink = rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
-        let xattrs = rustix::fs::fsetxattr(&src, "user.autogentoo.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+        let xattrs = rustix::fs::fsetxattr(
+            &src,
+            "user.autogentoo.probe",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok();
         drop((src, dst));
         let _ = fs::remove_file(&a);
         let _ = fs::remove_file(&b);
@@ -153,7 +169,8 @@ impl DirStorage {
             .append(true)
             .open(&path)
             .map_err(|e| self.uninitialised_or(e, "open", &path))?;
-        rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| io_err("lock", &path)(e.into()))?;
         Ok(file)
     }
 
@@ -172,14 +189,25 @@ impl DirStorage {
         let dir = self.volume_dir(id);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(StorageError::Corrupt(format!("{} is not a directory", dir.display()))),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::NotFound(id.to_string())),
+            Ok(_) => {
+                return Err(StorageError::Corrupt(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StorageError::NotFound(id.to_string()))
+            }
             Err(e) => return Err(io_err("inspect", &dir)(e)),
         }
         let path = self.meta_path(id);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StorageError::Corrupt(format!("{}: {e}; remove it to reset the metadata", path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "{}: {e}; remove it to reset the metadata",
+                    path.display()
+                ))
+            }),
             // A volume whose metadata was never written (a crash right after its rename) is plain.
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Meta::default()),
             Err(e) => Err(io_err("read", &path)(e)),
@@ -197,8 +225,9 @@ impl DirStorage {
     fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
         let origin = match meta.origin {
             Some((kind, volume, snapshot)) => {
-                let kind = kind_from_str(&kind)
-                    .ok_or_else(|| StorageError::Corrupt(format!("{id}: unknown origin kind '{kind}'")))?;
+                let kind = kind_from_str(&kind).ok_or_else(|| {
+                    StorageError::Corrupt(format!("{id}: unknown origin kind '{kind}'"))
+                })?;
                 Some(SnapshotId::new(VolumeId::new(kind, &volume)?, &snapshot)?)
             }
             None => None,
@@ -223,7 +252,11 @@ impl DirStorage {
     }
 
     /// Volumes cloned from `snapshot` (any snapshot of `volume` when `snapshot` is `None`).
-    fn clones_of(&self, volume: &VolumeId, snapshot: Option<&str>) -> Result<Vec<VolumeId>, StorageError> {
+    fn clones_of(
+        &self,
+        volume: &VolumeId,
+        snapshot: Option<&str>,
+    ) -> Result<Vec<VolumeId>, StorageError> {
         let mut out = Vec::new();
         for kind in VolumeKind::ALL {
             for candidate in self.list(kind)? {
@@ -261,8 +294,19 @@ impl DirStorage {
     }
 
     /// Renames a finished hidden tree to `target`, failing if `target` exists.
-    fn publish(&self, pending: &Path, target: &Path, what: impl FnOnce() -> String) -> Result<(), StorageError> {
-        match rustix::fs::renameat_with(rustix::fs::CWD, pending, rustix::fs::CWD, target, RenameFlags::NOREPLACE) {
+    fn publish(
+        &self,
+        pending: &Path,
+        target: &Path,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), StorageError> {
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            pending,
+            rustix::fs::CWD,
+            target,
+            RenameFlags::NOREPLACE,
+        ) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = fs::remove_dir_all(pending);
@@ -275,7 +319,12 @@ impl DirStorage {
         }
     }
 
-    fn new_volume_from(&self, pending: &Path, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
+    fn new_volume_from(
+        &self,
+        pending: &Path,
+        id: &VolumeId,
+        meta: Meta,
+    ) -> Result<Volume, StorageError> {
         let _lock = self.lock()?;
         self.publish(pending, &self.volume_dir(id), || id.to_string())?;
         let _ = fs::remove_dir_all(self.snapshots_dir(id));
@@ -307,7 +356,8 @@ impl Storage for DirStorage {
     }
 
     fn usage(&self) -> Result<Usage, StorageError> {
-        let st = rustix::fs::statvfs(&self.workdir).map_err(|e| io_err("measure", &self.workdir)(e.into()))?;
+        let st = rustix::fs::statvfs(&self.workdir)
+            .map_err(|e| io_err("measure", &self.workdir)(e.into()))?;
         let total = st.f_blocks * st.f_frsize;
         let free = st.f_bfree * st.f_frsize;
         Ok(Usage {
@@ -328,7 +378,11 @@ impl Storage for DirStorage {
         }
         let path = self.pending_name(&format!("{}.{}", id.kind(), id.name()));
         fs::create_dir(&path).map_err(|e| self.uninitialised_or(e, "create", &path))?;
-        let token = path.file_name().expect("named").to_string_lossy().into_owned();
+        let token = path
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .into_owned();
         Ok(PendingVolume {
             id: id.clone(),
             path,
@@ -367,7 +421,11 @@ impl Storage for DirStorage {
             let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
             if !alive {
                 let path = entry.path();
-                let result = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let result = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 result.map_err(io_err("remove", &path))?;
                 removed += 1;
             }
@@ -413,7 +471,10 @@ impl Storage for DirStorage {
             created,
         });
         self.write_meta(id, &meta)?;
-        Ok(Snapshot { id: snap_id, created })
+        Ok(Snapshot {
+            id: snap_id,
+            created,
+        })
     }
 
     fn snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, StorageError> {
@@ -470,7 +531,10 @@ impl Storage for DirStorage {
             .iter()
             .position(|s| s.name == to.name())
             .ok_or_else(|| StorageError::NotFound(to.to_string()))?;
-        let newer: Vec<String> = meta.snapshots[position + 1..].iter().map(|s| s.name.clone()).collect();
+        let newer: Vec<String> = meta.snapshots[position + 1..]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         let mut blocking = Vec::new();
         for name in &newer {
             blocking.extend(self.clones_of(volume, Some(name))?);
@@ -486,8 +550,14 @@ impl Storage for DirStorage {
         let _lock = self.lock()?;
         let target = self.volume_dir(volume);
         // Swap in one step, so the volume is never missing or half-restored.
-        rustix::fs::renameat_with(rustix::fs::CWD, &pending, rustix::fs::CWD, &target, RenameFlags::EXCHANGE)
-            .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &pending,
+            rustix::fs::CWD,
+            &target,
+            RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
         fs::remove_dir_all(&pending).map_err(io_err("remove", &pending))?;
         let mut meta = self.read_meta(volume)?;
         for name in &newer {
@@ -510,7 +580,9 @@ impl Storage for DirStorage {
         self.remove_tree(&self.volume_dir(id))?;
         self.remove_tree(&self.snapshots_dir(id))?;
         match fs::remove_file(self.meta_path(id)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", self.meta_path(id))(e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(io_err("remove", self.meta_path(id))(e))
+            }
             _ => Ok(()),
         }
     }
@@ -547,8 +619,12 @@ impl Storage for DirStorage {
         for entry in entries {
             let entry = entry.map_err(io_err("read", &dir))?;
             // Anything else someone put there is not ours to list.
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            let Ok(id) = VolumeId::new(kind, &name) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(id) = VolumeId::new(kind, &name) else {
+                continue;
+            };
             match self.read_meta(&id) {
                 Ok(meta) => volumes.push(self.volume(&id, meta)?),
                 // Removed between read_dir and now.
@@ -582,6 +658,10 @@ fn refuse_mounts(path: &Path) -> Result<(), StorageError> {
     }
     let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
     Err(StorageError::Unsupported {
-        message: format!("{} has mounts below it ({}); unmount them first", path.display(), list.join(", ")),
+        message: format!(
+            "{} has mounts below it ({}); unmount them first",
+            path.display(),
+            list.join(", ")
+        ),
     })
 }

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
-use crate::storage::{Storage, StorageError, SnapshotId, VolumeId, VolumeKind};
+use crate::storage::{SnapshotId, Storage, StorageError, VolumeId, VolumeKind};
 use crate::testkit::tree_diff;
 
 /// A fresh store for one case. Fields drop in order: the store first, then the guard that
@@ -103,7 +103,11 @@ fn snapshot_names(storage: &dyn Storage, id: &VolumeId) -> Vec<String> {
 }
 
 /// A volume `name` holding `a.txt` = "one", with snapshot `s1`.
-fn volume_with_snapshot(storage: &dyn Storage, kind: VolumeKind, name: &str) -> (VolumeId, SnapshotId) {
+fn volume_with_snapshot(
+    storage: &dyn Storage,
+    kind: VolumeKind,
+    name: &str,
+) -> (VolumeId, SnapshotId) {
     let id = vol(kind, name);
     storage.create(&id).unwrap();
     write(storage, &id, "a.txt", "one");
@@ -116,7 +120,10 @@ fn volume_with_snapshot(storage: &dyn Storage, kind: VolumeKind, name: &str) -> 
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StorageError>, mentions: &str) {
     match result {
         Err(err @ StorageError::NotFound(_)) => {
-            assert!(err.to_string().contains(mentions), "'{err}' should name {mentions}")
+            assert!(
+                err.to_string().contains(mentions),
+                "'{err}' should name {mentions}"
+            )
         }
         other => panic!("expected NotFound naming {mentions}, got {other:?}"),
     }
@@ -134,10 +141,15 @@ fn assert_exists<T: std::fmt::Debug>(result: Result<T, StorageError>) {
 fn assert_dependants<T: std::fmt::Debug>(result: Result<T, StorageError>, expected: &[&VolumeId]) {
     match result {
         Err(err @ StorageError::HasDependants { .. }) => {
-            let StorageError::HasDependants { dependants, .. } = &err else { unreachable!() };
+            let StorageError::HasDependants { dependants, .. } = &err else {
+                unreachable!()
+            };
             for id in expected {
                 assert!(dependants.contains(id), "'{err}' should name {id}");
-                assert!(err.to_string().contains(id.name()), "'{err}' should name {id}");
+                assert!(
+                    err.to_string().contains(id.name()),
+                    "'{err}' should name {id}"
+                );
             }
         }
         other => panic!("expected HasDependants, got {other:?}"),
@@ -160,7 +172,11 @@ pub fn create_lists_an_empty_volume(storage: &dyn Storage) {
     assert!(volume.origin.is_none());
     assert!(!volume.sealed);
     assert!(volume.path.is_dir());
-    assert_eq!(fs::read_dir(&volume.path).unwrap().count(), 0, "a new volume is empty");
+    assert_eq!(
+        fs::read_dir(&volume.path).unwrap().count(),
+        0,
+        "a new volume is empty"
+    );
     assert_eq!(names(storage, VolumeKind::Root), ["r1"]);
     assert_eq!(storage.get(&id).unwrap().path, volume.path);
     write(storage, &id, "f", "writable");
@@ -171,7 +187,11 @@ pub fn create_of_a_taken_name_is_already_exists(storage: &dyn Storage) {
     storage.create(&id).unwrap();
     write(storage, &id, "f", "x");
     assert_exists(storage.create(&id));
-    assert_eq!(read(storage, &id, "f").as_deref(), Some("x"), "the existing volume is untouched");
+    assert_eq!(
+        read(storage, &id, "f").as_deref(),
+        Some("x"),
+        "the existing volume is untouched"
+    );
 }
 
 pub fn kinds_are_separate_namespaces(storage: &dyn Storage) {
@@ -186,12 +206,28 @@ pub fn kinds_are_separate_namespaces(storage: &dyn Storage) {
 
 pub fn invalid_names_are_refused(storage: &dyn Storage) {
     let long = "a".repeat(crate::names::MAX_LEN + 1);
-    for bad in ["", ".", "..", "../x", "a/b", "/abs", ".hidden", "-x", long.as_str()] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "/abs",
+        ".hidden",
+        "-x",
+        long.as_str(),
+    ] {
         let err = VolumeId::new(VolumeKind::Root, bad).expect_err(bad);
-        assert!(matches!(err, StorageError::InvalidName { .. }), "{bad}: {err:?}");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{bad}: {err:?}"
+        );
         let valid = vol(VolumeKind::Root, "ok");
         let err = SnapshotId::new(valid, bad).expect_err(bad);
-        assert!(matches!(err, StorageError::InvalidName { .. }), "{bad}: {err:?}");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{bad}: {err:?}"
+        );
     }
     assert!(names(storage, VolumeKind::Root).is_empty());
 }
@@ -277,15 +313,24 @@ pub fn seal_makes_a_read_only_volume_with_a_snapshot(storage: &dyn Storage) {
     assert_eq!(snapshot_names(storage, &id), ["imported"]);
     assert_exists(storage.seal(&id, "imported"));
     if storage.capabilities().enforced_read_only {
-        let err = fs::write(volume.path.join("new"), "x").expect_err("a sealed volume refuses writes");
-        let refusals = [rustix::io::Errno::ROFS, rustix::io::Errno::PERM, rustix::io::Errno::ACCESS];
+        let err =
+            fs::write(volume.path.join("new"), "x").expect_err("a sealed volume refuses writes");
+        let refusals = [
+            rustix::io::Errno::ROFS,
+            rustix::io::Errno::PERM,
+            rustix::io::Errno::ACCESS,
+        ];
         assert!(
-            refusals.iter().any(|e| err.raw_os_error() == Some(e.raw_os_error())),
+            refusals
+                .iter()
+                .any(|e| err.raw_os_error() == Some(e.raw_os_error())),
             "unexpected error writing into a sealed volume: {err}"
         );
     }
     let root = vol(VolumeKind::Root, "from-seal");
-    storage.clone_snapshot(&snap(&id, "imported"), &root).unwrap();
+    storage
+        .clone_snapshot(&snap(&id, "imported"), &root)
+        .unwrap();
     assert_eq!(read(storage, &root, "a.txt").as_deref(), Some("one"));
 }
 
@@ -308,7 +353,10 @@ pub fn clone_is_independent_of_its_origin(storage: &dyn Storage) {
     assert_eq!(read(storage, &origin, "a.txt").as_deref(), Some("one"));
     assert_eq!(read(storage, &origin, "only-clone"), None);
     write(storage, &origin, "a.txt", "changed in origin");
-    assert_eq!(read(storage, &clone, "a.txt").as_deref(), Some("changed in clone"));
+    assert_eq!(
+        read(storage, &clone, "a.txt").as_deref(),
+        Some("changed in clone")
+    );
     let again = vol(VolumeKind::Root, "again");
     storage.clone_snapshot(&s1, &again).unwrap();
     assert_eq!(read(storage, &again, "a.txt").as_deref(), Some("one"));
@@ -322,7 +370,7 @@ pub fn clone_keeps_special_files_and_metadata(storage: &dyn Storage) {
     fs::create_dir_all(dir.join("usr/bin")).unwrap();
     fs::write(dir.join("usr/bin/tool"), "#!/bin/sh\n").unwrap();
     rustix::fs::chown(
-        &dir.join("usr/bin/tool"),
+        dir.join("usr/bin/tool"),
         Some(rustix::fs::Uid::from_raw(250)),
         Some(rustix::fs::Gid::from_raw(250)),
     )
@@ -333,26 +381,54 @@ pub fn clone_keeps_special_files_and_metadata(storage: &dyn Storage) {
     std::os::unix::fs::symlink("usr/bin/tool", dir.join("rel-link")).unwrap();
     if caps.special_files {
         make_node(&dir.join("fifo"), rustix::fs::FileType::Fifo, 0);
-        make_node(&dir.join("null"), rustix::fs::FileType::CharacterDevice, rustix::fs::makedev(1, 3));
-        make_node(&dir.join("loop9"), rustix::fs::FileType::BlockDevice, rustix::fs::makedev(7, 9));
+        make_node(
+            &dir.join("null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::makedev(1, 3),
+        );
+        make_node(
+            &dir.join("loop9"),
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::makedev(7, 9),
+        );
     }
     if caps.xattrs {
-        rustix::fs::setxattr(&dir.join("usr/bin/tool"), "user.autogentoo", b"kept", rustix::fs::XattrFlags::empty())
-            .unwrap();
+        rustix::fs::setxattr(
+            dir.join("usr/bin/tool"),
+            "user.autogentoo",
+            b"kept",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
     }
     storage.seal(&id, "imported").unwrap();
     let root = vol(VolumeKind::Root, "rich-root");
-    let clone = storage.clone_snapshot(&snap(&id, "imported"), &root).unwrap();
+    let clone = storage
+        .clone_snapshot(&snap(&id, "imported"), &root)
+        .unwrap();
     let diff = tree_diff(&dir, &clone.path);
-    assert!(diff.is_empty(), "the clone differs from its origin:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "the clone differs from its origin:\n{}",
+        diff.join("\n")
+    );
     if caps.special_files {
-        assert!(fs::symlink_metadata(clone.path.join("fifo")).unwrap().file_type().is_fifo());
+        assert!(fs::symlink_metadata(clone.path.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
     }
 }
 
 fn make_node(path: &Path, kind: rustix::fs::FileType, dev: rustix::fs::Dev) {
-    rustix::fs::mknodat(rustix::fs::CWD, path, kind, rustix::fs::Mode::from_raw_mode(0o644), dev)
-        .unwrap_or_else(|e| panic!("mknod {}: {e} (the suite runs as root)", path.display()));
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        dev,
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e} (the suite runs as root)", path.display()));
 }
 
 pub fn clone_of_a_missing_snapshot_is_not_found(storage: &dyn Storage) {
@@ -361,7 +437,10 @@ pub fn clone_of_a_missing_snapshot_is_not_found(storage: &dyn Storage) {
     assert_not_found(storage.clone_snapshot(&snap(&id, "nope"), &root), "nope");
     let ghost = vol(VolumeKind::Stage, "ghost");
     assert_not_found(storage.clone_snapshot(&snap(&ghost, "s1"), &root), "ghost");
-    assert!(names(storage, VolumeKind::Root).is_empty(), "nothing half-made is left");
+    assert!(
+        names(storage, VolumeKind::Root).is_empty(),
+        "nothing half-made is left"
+    );
 }
 
 pub fn clone_to_a_taken_name_is_already_exists(storage: &dyn Storage) {
@@ -402,7 +481,11 @@ pub fn rollback_is_refused_when_a_newer_snapshot_has_clones(storage: &dyn Storag
     storage.clone_snapshot(&s2, &clone).unwrap();
     write(storage, &id, "a.txt", "three");
     assert_dependants(storage.rollback(&s1), &[&clone]);
-    assert_eq!(read(storage, &id, "a.txt").as_deref(), Some("three"), "nothing changed");
+    assert_eq!(
+        read(storage, &id, "a.txt").as_deref(),
+        Some("three"),
+        "nothing changed"
+    );
     assert_eq!(snapshot_names(storage, &id), ["s1", "s2"]);
 }
 
@@ -411,7 +494,10 @@ pub fn rollback_of_a_sealed_volume_is_refused(storage: &dyn Storage) {
     storage.create(&id).unwrap();
     storage.seal(&id, "imported").unwrap();
     let result = storage.rollback(&snap(&id, "imported"));
-    assert!(matches!(result, Err(StorageError::ReadOnly(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(StorageError::ReadOnly(_))),
+        "{result:?}"
+    );
 }
 
 pub fn destroy_is_refused_while_clones_exist(storage: &dyn Storage) {
@@ -441,7 +527,10 @@ pub fn destroy_frees_the_name(storage: &dyn Storage) {
     assert!(!path.exists() || fs::read_dir(&path).map(|d| d.count() == 0).unwrap_or(true));
     assert_not_found(storage.get(&id), "'r'");
     storage.create(&id).unwrap();
-    assert!(storage.snapshots(&id).unwrap().is_empty(), "old snapshots went with the volume");
+    assert!(
+        storage.snapshots(&id).unwrap().is_empty(),
+        "old snapshots went with the volume"
+    );
     assert_eq!(read(storage, &id, "a.txt"), None);
 }
 
@@ -461,7 +550,10 @@ pub fn destroy_of_a_seal_snapshot_is_refused(storage: &dyn Storage) {
     storage.create(&id).unwrap();
     storage.seal(&id, "imported").unwrap();
     let result = storage.destroy_snapshot(&snap(&id, "imported"));
-    assert!(matches!(result, Err(StorageError::ReadOnly(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(StorageError::ReadOnly(_))),
+        "{result:?}"
+    );
     storage.destroy(&id).unwrap();
 }
 
@@ -482,17 +574,28 @@ pub fn get_of_a_missing_volume_is_not_found(storage: &dyn Storage) {
 pub fn properties_round_trip(storage: &dyn Storage) {
     let id = vol(VolumeKind::Stage, "st");
     storage.create(&id).unwrap();
-    storage.set_property(&id, "source", "stage3-amd64.tar.xz").unwrap();
+    storage
+        .set_property(&id, "source", "stage3-amd64.tar.xz")
+        .unwrap();
     storage.set_property(&id, "sha512", "abc").unwrap();
     storage.set_property(&id, "sha512", "def").unwrap();
     let props = storage.get(&id).unwrap().properties;
-    assert_eq!(props.get("source").map(String::as_str), Some("stage3-amd64.tar.xz"));
+    assert_eq!(
+        props.get("source").map(String::as_str),
+        Some("stage3-amd64.tar.xz")
+    );
     assert_eq!(props.get("sha512").map(String::as_str), Some("def"));
     let listed = storage.list(VolumeKind::Stage).unwrap();
     assert_eq!(listed[0].properties, props);
     for (key, value) in [("Bad Key", "v"), ("", "v"), ("ok", "two\nlines")] {
         let result = storage.set_property(&id, key, value);
-        assert!(matches!(result, Err(StorageError::InvalidProperty(_))), "{key:?}: {result:?}");
+        assert!(
+            matches!(result, Err(StorageError::InvalidProperty(_))),
+            "{key:?}: {result:?}"
+        );
     }
-    assert_not_found(storage.set_property(&vol(VolumeKind::Stage, "ghost"), "k", "v"), "'ghost'");
+    assert_not_found(
+        storage.set_property(&vol(VolumeKind::Stage, "ghost"), "k", "v"),
+        "'ghost'",
+    );
 }

@@ -1,0 +1,7 @@
+//! Test support shared by the backends and the end-to-end tests (feature `testkit`): the storage
+//! conformance suite and a tree comparison that knows about owners, modes, xattrs and hardlinks.
+
+pub mod conformance;
+pub mod tree;
+
+pub use tree::{assert_same_tree, tree_diff};
