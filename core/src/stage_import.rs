@@ -142,7 +142,17 @@ pub fn import_stage(
     } else {
         request.progress.start(meta.len());
         let mut extractor = Extractor::new(pending.path(), source, request.cancel)?;
-        extractor.extract(open_decompressed(source, request.progress)?)?;
+        let extracted = open_decompressed(source, request.progress)
+            .and_then(|stream| extractor.extract(stream));
+        match extracted {
+            // An interruption often shows first as a broken stream (the producer of a pipe was
+            // interrupted too); say what really happened.
+            Err(_) if request.cancel.load(Ordering::Relaxed) => {
+                return Err(ImportError::Interrupted)
+            }
+            Err(err) => return Err(err),
+            Ok(()) => {}
+        }
         (extractor.entries, extractor.bytes)
     };
 

@@ -1,0 +1,851 @@
+//! Helpers for the end-to-end tests, which drive the `autogentoo` binary the way a user or a
+//! script does: a throw-away workdir that runs it, a stage tree holding every kind of entry a
+//! stage3 tarball holds, GNU tar to pack it and to extract the reference it is compared with,
+//! and children that are always stopped by their PID.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
+use tempfile::TempDir;
+
+/// The binary under test: `AUTOGENTOO_BIN`, else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    let path = match std::env::var_os("AUTOGENTOO_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/autogentoo"),
+    };
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first: cargo build -p autogentoo-cli",
+        path.display()
+    );
+    path
+}
+
+/// These tests make device nodes, chown files and set file capabilities, as a stage import does.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the end-to-end tests make device nodes, chown files and set file capabilities: run them \
+         as root (`cargo xtask test` does)"
+    );
+}
+
+/// What one run of the binary did.
+pub struct Run {
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn new(command: String, output: Output) -> Self {
+        Self {
+            command,
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics unless the run exited with `code`, showing what it printed.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code(), Some(code), "exit code of {}", self.describe());
+        self
+    }
+
+    /// stdout parsed as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.describe()))
+    }
+
+    /// The command and everything it printed, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "`{}` ({})\n--- stdout\n{}--- stderr\n{}---",
+            self.command, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// Panics unless stderr is one `error:` line, optionally followed by `  caused by:` lines,
+    /// and nothing else (no usage text, no panic, no backtrace).
+    #[track_caller]
+    pub fn expect_one_error(&self) {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert!(
+            lines.first().is_some_and(|l| l.starts_with("error: ")),
+            "stderr starts with `error:`: {}",
+            self.describe()
+        );
+        assert!(
+            lines[1..].iter().all(|l| l.starts_with("  caused by: ")),
+            "one error, one line per cause: {}",
+            self.describe()
+        );
+    }
+}
+
+/// A fresh workdir in a temporary directory, removed on drop, with a scratch directory beside
+/// it for tarballs and trees.
+pub struct Workdir {
+    tmp: TempDir,
+    path: PathBuf,
+}
+
+impl Workdir {
+    /// An initialised workdir (`autogentoo workdir init` has run).
+    pub fn new() -> Self {
+        let workdir = Self::uninitialised();
+        workdir.ok(["workdir", "init"]);
+        workdir
+    }
+
+    /// A workdir path where nothing has been created yet.
+    pub fn uninitialised() -> Self {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("autogentoo-e2e.")
+            .tempdir()
+            .expect("a temporary directory");
+        let path = tmp.path().join("work");
+        fs::create_dir(tmp.path().join("scratch")).expect("a scratch directory");
+        Self { tmp, path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The temporary directory holding the workdir and the scratch directory.
+    pub fn top(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A directory for sources and references, outside the workdir.
+    pub fn scratch(&self) -> PathBuf {
+        self.tmp.path().join("scratch")
+    }
+
+    /// The binary with `--workdir` set and no autogentoo settings from the environment.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(binary());
+        command.arg("--workdir").arg(&self.path).args(args);
+        for var in [
+            "AUTOGENTOO_BACKEND",
+            "AUTOGENTOO_CONFIG",
+            "AUTOGENTOO_WORKDIR",
+            "AUTOGENTOO_LOG",
+        ] {
+            command.env_remove(var);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the binary with `args` and returns what it did, whatever the outcome.
+    pub fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut command = self.command(&args);
+        let shown = std::iter::once(OsString::from("autogentoo"))
+            .chain(args)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
+        Run::new(shown, output)
+    }
+
+    /// Runs the binary and panics unless it succeeds.
+    #[track_caller]
+    pub fn ok<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let run = self.run(args);
+        assert!(run.status.success(), "expected success: {}", run.describe());
+        run
+    }
+
+    /// `autogentoo stage import SOURCE --name NAME`, which must succeed; returns the stage's path
+    /// as `stage path` prints it.
+    #[track_caller]
+    pub fn import(&self, source: &Path, name: &str) -> PathBuf {
+        let run = self.ok([
+            OsStr::new("stage"),
+            OsStr::new("import"),
+            source.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(name),
+        ]);
+        let path = self.stage_path(name);
+        assert_eq!(
+            run.stdout.trim_end(),
+            path.to_str().expect("a UTF-8 workdir"),
+            "import prints the stage's path"
+        );
+        path
+    }
+
+    /// The directory `autogentoo stage path NAME` prints.
+    #[track_caller]
+    pub fn stage_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.ok(["stage", "path", name]).stdout.trim_end())
+    }
+
+    /// The directory `autogentoo root path NAME` prints.
+    #[track_caller]
+    pub fn root_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.ok(["root", "path", name]).stdout.trim_end())
+    }
+
+    /// The names `stage list --json` shows.
+    #[track_caller]
+    pub fn stage_names(&self) -> Vec<String> {
+        self.names("stage")
+    }
+
+    /// The names `root list --json` shows.
+    #[track_caller]
+    pub fn root_names(&self) -> Vec<String> {
+        self.names("root")
+    }
+
+    #[track_caller]
+    fn names(&self, kind: &str) -> Vec<String> {
+        let run = self.ok([kind, "list", "--json"]);
+        let list = run.json();
+        let list = list
+            .as_array()
+            .unwrap_or_else(|| panic!("a JSON array: {}", run.describe()));
+        list.iter()
+            .map(|v| {
+                v["id"]["name"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("id.name in {v}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// `WORKDIR/stages`.
+    pub fn stages_dir(&self) -> PathBuf {
+        self.path.join("stages")
+    }
+
+    /// Where the dir backend fills volumes before they become visible.
+    pub fn pending_dir(&self) -> PathBuf {
+        self.path.join(".autogentoo/pending")
+    }
+
+    /// What is in the pending directory now, sorted.
+    pub fn pending(&self) -> Vec<PathBuf> {
+        list_dir(&self.pending_dir())
+    }
+
+    /// Panics unless a failed import left nothing: no stage listed, nothing in `stages/`, nothing
+    /// pending.
+    #[track_caller]
+    pub fn assert_no_stage_left(&self) {
+        let listed = self.ok(["stage", "list"]);
+        assert_eq!(listed.stdout, "", "`stage list` prints nothing");
+        assert_eq!(
+            list_dir(&self.stages_dir()),
+            Vec::<PathBuf>::new(),
+            "nothing in stages/"
+        );
+        assert_eq!(self.pending(), Vec::<PathBuf>::new(), "nothing pending");
+    }
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The entries of a directory, sorted; empty if it does not exist.
+pub fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.expect("a directory entry").path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    };
+    paths.sort();
+    paths
+}
+
+/// Every path under `dir` (not following symlinks) whose last component is `name`.
+pub fn find_named(dir: &Path, name: &OsStr) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for path in list_dir(&dir) {
+            if path.file_name() == Some(name) {
+                found.push(path.clone());
+            }
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Polls `done` every 20 ms until it holds; panics naming `what` after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed (by its PID) and reaped if the test ends without waiting
+/// for it.
+pub struct Spawned {
+    child: Option<Child>,
+    command: String,
+}
+
+impl Spawned {
+    /// Starts `command` with stdout and stderr captured.
+    pub fn start(mut command: Command) -> Self {
+        let shown = format!("{command:?}");
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+        Self {
+            child: Some(child),
+            command: shown,
+        }
+    }
+
+    pub fn pid(&self) -> rustix::process::Pid {
+        let id = self.child.as_ref().expect("running").id();
+        rustix::process::Pid::from_raw(id as i32).expect("a valid PID")
+    }
+
+    /// Whether it has exited (without reaping it: `wait` still reports how).
+    pub fn has_exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        // `try_wait` reaps it, and std keeps the status for `wait`.
+        child.try_wait().expect("try_wait").is_some()
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        rustix::process::kill_process(self.pid(), signal)
+            .unwrap_or_else(|e| panic!("cannot signal {}: {e}", self.command));
+    }
+
+    /// Waits up to `timeout` for it to exit and returns what it printed.
+    #[track_caller]
+    pub fn wait(&mut self, timeout: Duration) -> Run {
+        wait_until(&format!("{} exits", self.command), timeout, || {
+            self.has_exited()
+        });
+        let mut child = self.child.take().expect("running");
+        let status = child.wait().expect("wait");
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_end(&mut stdout).expect("read stdout");
+        }
+        if let Some(mut err) = child.stderr.take() {
+            err.read_to_end(&mut stderr).expect("read stderr");
+        }
+        Run::new(
+            self.command.clone(),
+            Output {
+                status,
+                stdout,
+                stderr,
+            },
+        )
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `Child::kill` signals this child's PID, never a name.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How GNU tar compresses an archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    /// The file name suffix Gentoo mirrors use.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::None => "tar",
+            Self::Gzip => "tar.gz",
+            Self::Bzip2 => "tar.bz2",
+            Self::Xz => "tar.xz",
+            Self::Zstd => "tar.zst",
+        }
+    }
+
+    fn tar_flag(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Gzip => Some("--gzip"),
+            Self::Bzip2 => Some("--bzip2"),
+            Self::Xz => Some("--xz"),
+            Self::Zstd => Some("--zstd"),
+        }
+    }
+}
+
+/// Runs GNU tar with `args`, which must succeed; returns its stdout.
+pub fn gnu_tar<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = Command::new("tar")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run GNU tar (apt-get install tar)")?;
+    ensure!(
+        output.status.success(),
+        "tar {:?} failed ({}): {}",
+        args,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Packs `tree` as a stage3 tarball is packed: pax headers with xattrs, numeric owners.
+/// On create GNU tar stores every xattr, `security.capability` included.
+pub fn pack(tree: &Path, archive: &Path, compression: Compression) -> Result<()> {
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("--create"),
+        OsStr::new("--xattrs"),
+        OsStr::new("--numeric-owner"),
+        OsStr::new("--preserve-permissions"),
+    ];
+    args.extend(compression.tar_flag().map(OsStr::new));
+    args.extend([
+        OsStr::new("--file"),
+        archive.as_os_str(),
+        OsStr::new("-C"),
+        tree.as_os_str(),
+        OsStr::new("."),
+    ]);
+    gnu_tar(args).map(drop)
+}
+
+/// Extracts `archive` into a new directory `dest` as the Gentoo handbook says to:
+/// `tar --xattrs --xattrs-include='*' --numeric-owner -xpf`.
+pub fn extract_reference(archive: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir(dest).with_context(|| format!("create {}", dest.display()))?;
+    gnu_tar([
+        OsStr::new("--extract"),
+        OsStr::new("--xattrs"),
+        OsStr::new("--xattrs-include=*"),
+        OsStr::new("--numeric-owner"),
+        OsStr::new("--preserve-permissions"),
+        OsStr::new("--file"),
+        archive.as_os_str(),
+        OsStr::new("-C"),
+        dest.as_os_str(),
+    ])
+    .map(drop)
+}
+
+/// GNU tar's verbose listing, with every xattr name shown.
+pub fn archive_listing(archive: &Path) -> Result<String> {
+    gnu_tar([
+        OsStr::new("--list"),
+        OsStr::new("--xattrs"),
+        OsStr::new("--xattrs-include=*"),
+        OsStr::new("-vv"),
+        OsStr::new("--file"),
+        archive.as_os_str(),
+    ])
+}
+
+/// Paths of the rich tree that carry something special, for checks and for changes.
+pub mod rich {
+    /// The owner of the entries that do not belong to root (Gentoo's `portage` is 250:250).
+    pub const OTHER_ID: u32 = 250;
+    /// A file capability (`setcap cap_net_raw+ep`).
+    pub const CAP_FILE: &str = "usr/bin/ping";
+    /// A `user.*` xattr.
+    pub const USER_XATTR_FILE: &str = "etc/motd";
+    pub const USER_XATTR: &str = "user.autogentoo.origin";
+    pub const USER_XATTR_VALUE: &[u8] = b"stage3 test fixture";
+    /// Mode 4755.
+    pub const SETUID_FILE: &str = "usr/bin/su";
+    /// A setgid directory, mode 2775, group 250.
+    pub const SETGID_DIR: &str = "var/mail";
+    /// `c 1 3`.
+    pub const CHAR_DEV: &str = "dev/null";
+    /// `b 7 0`.
+    pub const BLOCK_DEV: &str = "dev/loop0";
+    pub const FIFO: &str = "run/initctl";
+    /// Three names of one inode.
+    pub const HARDLINKS: [&str; 3] = [
+        "usr/bin/gcc",
+        "usr/bin/cc",
+        "usr/bin/x86_64-pc-linux-gnu-gcc",
+    ];
+    /// An absolute symlink and its target.
+    pub const ABS_SYMLINK: (&str, &str) = ("etc/passwd-link", "/etc/passwd");
+    /// A relative symlink and its target.
+    pub const REL_SYMLINK: (&str, &str) = ("usr/lib/libbig.so", "libbig.so.1");
+    /// A directory and a file owned by 250:250.
+    pub const OTHER_DIR: &str = "home/builder";
+    pub const OTHER_FILE: &str = "home/builder/.bashrc";
+    /// A name that is not UTF-8 (Latin-1 "café").
+    pub const NON_UTF8_NAME: &[u8] = b"srv/caf\xe9";
+    pub const DEEP_FILE: &str = "usr/share/a/b/c/d/e/deep";
+    /// A file large enough that half of the compressed tarball stops inside it.
+    pub const BIG_FILE: &str = "usr/lib/libbig.so.1";
+    pub const PLAIN_FILE: &str = "etc/passwd";
+}
+
+/// `len` bytes that do not compress, the same for the same `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+fn chown(path: &Path, id: u32) -> Result<()> {
+    lchown(path, Some(id), Some(id)).with_context(|| format!("chown {id} {}", path.display()))
+}
+
+fn write(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    fs::write(path, content).with_context(|| format!("write {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn mknod(path: &Path, file_type: FileType, mode: u32, major: u32, minor: u32) -> Result<()> {
+    let dev = rustix::fs::makedev(major, minor);
+    rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(mode), dev)
+        .with_context(|| format!("mknod {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn symlink(target: &str, path: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, path)
+        .with_context(|| format!("symlink {} -> {target}", path.display()))
+}
+
+/// Builds, in the new directory `root`, a small stage tree holding every kind of entry and
+/// metadata a stage3 tarball holds (see [`rich`]), with a different sub-second mtime on every
+/// entry.
+pub fn build_rich_tree(root: &Path) -> Result<()> {
+    use rich::*;
+    mkdir(root, 0o755)?;
+    let at = |rel: &str| root.join(rel);
+    for (dir, mode) in [
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("run", 0o755),
+        ("srv", 0o755),
+        ("usr/bin", 0o755),
+        ("usr/lib", 0o755),
+        ("usr/share/a/b/c/d/e", 0o755),
+        ("var/lib/portage", 0o755),
+        ("var/empty", 0o700),
+        ("root", 0o700),
+    ] {
+        mkdir(&at(dir), mode)?;
+    }
+    symlink("usr/bin", &at("bin"))?;
+
+    write(
+        &at(PLAIN_FILE),
+        b"root:x:0:0:root:/root:/bin/bash\nportage:x:250:250::/var/lib/portage/home:/bin/false\n",
+        0o644,
+    )?;
+    write(&at("etc/shadow"), b"root:*:10770:0:::::\n", 0o640)?;
+    write(&at("etc/empty.conf"), b"", 0o644)?;
+    write(&at(USER_XATTR_FILE), b"This is a test stage.\n", 0o644)?;
+    rustix::fs::setxattr(
+        at(USER_XATTR_FILE),
+        USER_XATTR,
+        USER_XATTR_VALUE,
+        XattrFlags::empty(),
+    )
+    .context("set a user xattr (does the filesystem under the temp dir hold xattrs?)")?;
+    symlink(ABS_SYMLINK.1, &at(ABS_SYMLINK.0))?;
+    symlink("/proc/self/mounts", &at("etc/mtab"))?;
+
+    mknod(&at(CHAR_DEV), FileType::CharacterDevice, 0o666, 1, 3)?;
+    mknod(&at(BLOCK_DEV), FileType::BlockDevice, 0o660, 7, 0)?;
+    lchown(at(BLOCK_DEV), Some(0), Some(6)).context("chown dev/loop0")?;
+    mknod(&at(FIFO), FileType::Fifo, 0o600, 0, 0)?;
+
+    write(&at(SETUID_FILE), b"#!/bin/sh\necho su\n", 0o755)?;
+    set_mode(&at(SETUID_FILE), 0o4755)?;
+    write(&at(CAP_FILE), b"#!/bin/sh\necho ping\n", 0o755)?;
+    // After every chown and chmod of the file: chown clears capabilities.
+    let setcap = Command::new("setcap")
+        .arg("cap_net_raw+ep")
+        .arg(at(CAP_FILE))
+        .output()
+        .context("cannot run setcap (apt-get install libcap2-bin)")?;
+    ensure!(
+        setcap.status.success(),
+        "setcap failed: {}",
+        String::from_utf8_lossy(&setcap.stderr)
+    );
+    write(&at(HARDLINKS[0]), b"\x7fELF pretend compiler\n", 0o755)?;
+    for name in &HARDLINKS[1..] {
+        fs::hard_link(at(HARDLINKS[0]), at(name)).with_context(|| format!("link {name}"))?;
+    }
+    write(&at(BIG_FILE), &noise(384 * 1024, 1), 0o755)?;
+    symlink(REL_SYMLINK.1, &at(REL_SYMLINK.0))?;
+    write(&at(DEEP_FILE), b"deep\n", 0o644)?;
+
+    mkdir(&at(SETGID_DIR), 0o775)?;
+    lchown(at(SETGID_DIR), Some(0), Some(OTHER_ID)).context("chown var/mail")?;
+    set_mode(&at(SETGID_DIR), 0o2775)?;
+    write(&at("var/lib/portage/world"), b"app-editors/vim\n", 0o644)?;
+
+    mkdir(&at(OTHER_DIR), 0o750)?;
+    mkdir(&at("home/builder/notes"), 0o755)?;
+    write(&at(OTHER_FILE), b"export PS1='$ '\n", 0o644)?;
+    write(&at("home/builder/notes/todo"), b"build\n", 0o600)?;
+    symlink(".bashrc", &at("home/builder/.profile"))?;
+    for rel in [
+        OTHER_DIR,
+        "home/builder/notes",
+        OTHER_FILE,
+        "home/builder/notes/todo",
+        "home/builder/.profile",
+    ] {
+        chown(&at(rel), OTHER_ID)?;
+    }
+
+    let latin1 = root.join(OsStr::from_bytes(NON_UTF8_NAME));
+    write(&latin1, b"caf\xe9\n", 0o644)?;
+
+    let mut counter = 0;
+    set_times(root, &mut counter)
+}
+
+/// Gives every entry below and including `path` its own mtime with nanoseconds, children before
+/// their directory (creating an entry changes the directory's mtime).
+fn set_times(path: &Path, counter: &mut i64) -> Result<()> {
+    let meta = fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    if meta.is_dir() {
+        for child in list_dir(path) {
+            set_times(&child, counter)?;
+        }
+    }
+    *counter += 1;
+    let time = Timespec {
+        tv_sec: 1_700_000_000 + *counter * 3_607,
+        tv_nsec: 100_000_000 + *counter * 7_654_321,
+    };
+    let times = Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .with_context(|| format!("set the times of {}", path.display()))
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let len = rustix::fs::lgetxattr_query(path, name).ok()?;
+    let mut value = vec![0; len];
+    let len = rustix::fs::lgetxattr(path, name, &mut value).ok()?;
+    value.truncate(len);
+    Some(value)
+}
+
+/// Checks that `root` holds what [`build_rich_tree`] put there that is easy to lose: the
+/// capability and user xattrs, setuid and setgid bits, devices, the fifo, the hardlink group,
+/// both symlinks, the other owner, the non-UTF-8 name, nanosecond mtimes. Used on the GNU tar
+/// reference to show that the comparison with it covers all of them.
+pub fn check_rich_tree(root: &Path) -> Result<()> {
+    use rich::*;
+    let at = |rel: &str| root.join(rel);
+    let meta = |rel: &str| {
+        fs::symlink_metadata(at(rel))
+            .with_context(|| format!("{rel} is missing in {}", root.display()))
+    };
+
+    let cap = xattr(&at(CAP_FILE), "security.capability");
+    ensure!(
+        cap.as_ref().is_some_and(|v| !v.is_empty()),
+        "{CAP_FILE} has no security.capability"
+    );
+    ensure!(
+        xattr(&at(USER_XATTR_FILE), USER_XATTR).as_deref() == Some(USER_XATTR_VALUE),
+        "{USER_XATTR_FILE} lacks {USER_XATTR}"
+    );
+    ensure!(
+        meta(SETUID_FILE)?.mode() & 0o7777 == 0o4755,
+        "{SETUID_FILE} is not 4755"
+    );
+    let setgid = meta(SETGID_DIR)?;
+    ensure!(
+        setgid.is_dir() && setgid.mode() & 0o7777 == 0o2775 && setgid.gid() == OTHER_ID,
+        "{SETGID_DIR} is not a 2775 directory of group {OTHER_ID}"
+    );
+    let char_dev = meta(CHAR_DEV)?;
+    ensure!(
+        FileType::from_raw_mode(char_dev.mode()) == FileType::CharacterDevice
+            && char_dev.rdev() == rustix::fs::makedev(1, 3),
+        "{CHAR_DEV} is not c 1 3"
+    );
+    let block_dev = meta(BLOCK_DEV)?;
+    ensure!(
+        FileType::from_raw_mode(block_dev.mode()) == FileType::BlockDevice
+            && block_dev.rdev() == rustix::fs::makedev(7, 0),
+        "{BLOCK_DEV} is not b 7 0"
+    );
+    ensure!(
+        FileType::from_raw_mode(meta(FIFO)?.mode()) == FileType::Fifo,
+        "{FIFO} is not a fifo"
+    );
+    let first = meta(HARDLINKS[0])?;
+    ensure!(
+        first.nlink() == 3,
+        "{} has {} links",
+        HARDLINKS[0],
+        first.nlink()
+    );
+    for name in HARDLINKS {
+        ensure!(
+            meta(name)?.ino() == first.ino(),
+            "{name} is not linked to {}",
+            HARDLINKS[0]
+        );
+    }
+    for (link, target) in [ABS_SYMLINK, REL_SYMLINK] {
+        let found = fs::read_link(at(link)).with_context(|| format!("readlink {link}"))?;
+        ensure!(found == Path::new(target), "{link} -> {}", found.display());
+    }
+    for rel in [OTHER_DIR, OTHER_FILE] {
+        let m = meta(rel)?;
+        ensure!(
+            m.uid() == OTHER_ID && m.gid() == OTHER_ID,
+            "{rel} is owned by {}:{}",
+            m.uid(),
+            m.gid()
+        );
+    }
+    let latin1 = root.join(OsStr::from_bytes(NON_UTF8_NAME));
+    ensure!(
+        fs::symlink_metadata(&latin1).is_ok(),
+        "the non-UTF-8 name is missing"
+    );
+    ensure!(meta(DEEP_FILE)?.is_file(), "{DEEP_FILE} is missing");
+    for rel in [DEEP_FILE, ABS_SYMLINK.0, SETGID_DIR] {
+        if meta(rel)?.mtime_nsec() == 0 {
+            bail!("{rel} has no sub-second mtime");
+        }
+    }
+    Ok(())
+}
+
+/// A rich tree, its tarball and GNU tar's extraction of that tarball, in `dir`:
+/// `dir/tree`, `dir/stage.EXT`, `dir/ref`.
+pub struct RichStage {
+    pub tree: PathBuf,
+    pub archive: PathBuf,
+    pub reference: PathBuf,
+}
+
+impl RichStage {
+    pub fn build(dir: &Path, compression: Compression) -> Result<Self> {
+        let tree = dir.join("tree");
+        build_rich_tree(&tree)?;
+        let archive = dir.join(format!("stage.{}", compression.extension()));
+        pack(&tree, &archive, compression)?;
+        let reference = dir.join("ref");
+        extract_reference(&archive, &reference)?;
+        Ok(Self {
+            tree,
+            archive,
+            reference,
+        })
+    }
+}
+
+/// Builds a minimal stage tree in the new directory `root`, for tests about volumes rather than
+/// their contents.
+pub fn build_small_tree(root: &Path) -> Result<()> {
+    mkdir(&root.join("etc"), 0o755)?;
+    mkdir(&root.join("usr/bin"), 0o755)?;
+    write(&root.join("etc/hostname"), b"gentoo\n", 0o644)?;
+    write(
+        &root.join("etc/os-release"),
+        b"NAME=Gentoo\nID=gentoo\n",
+        0o644,
+    )?;
+    symlink("usr/bin", &root.join("bin"))
+}
