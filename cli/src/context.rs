@@ -53,11 +53,19 @@ impl Context {
     pub fn new(global: &GlobalArgs) -> Result<Self> {
         let config = match &global.config {
             Some(path) => SiteConfig::load(path)?,
-            None if std::path::Path::new(SYSTEM_CONFIG).exists() => SiteConfig::load(std::path::Path::new(SYSTEM_CONFIG))?,
+            None if std::path::Path::new(SYSTEM_CONFIG).exists() => {
+                SiteConfig::load(std::path::Path::new(SYSTEM_CONFIG))?
+            }
             None => SiteConfig::default(),
         };
-        let backend = global.backend.clone().unwrap_or_else(|| config.storage.backend.clone());
-        let workdir = global.workdir.clone().unwrap_or_else(|| config.storage.workdir.clone());
+        let backend = global
+            .backend
+            .clone()
+            .unwrap_or_else(|| config.storage.backend.clone());
+        let workdir = global
+            .workdir
+            .clone()
+            .unwrap_or_else(|| config.storage.workdir.clone());
         let workdir = std::path::absolute(&workdir)
             .with_context(|| format!("cannot resolve the workdir {}", workdir.display()))?;
         let settings = StorageSettings {

@@ -4,7 +4,10 @@ use serde::Serialize;
 
 /// Prints `value` as one JSON document on stdout.
 pub fn json<T: Serialize + ?Sized>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("output serialises"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serialises")
+    );
 }
 
 /// Prints an error as one line per cause. A cause whose text the line above already holds

@@ -12,7 +12,12 @@ use crate::context::{Context, GlobalArgs};
 
 /// Gentoo stages, build roots and EFI-stub images with the root inside the initramfs.
 #[derive(Parser, Debug)]
-#[command(name = "autogentoo", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "autogentoo",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -25,12 +25,16 @@ pub fn run(ctx: &Context, args: CreateArgs) -> Result<()> {
     let stage = VolumeId::new(VolumeKind::Stage, &args.stage)?;
     let root = VolumeId::new(VolumeKind::Root, &args.name)?;
     let from = SnapshotId::new(stage.clone(), SEAL_SNAPSHOT)?;
-    let volume = storage.clone_snapshot(&from, &root).map_err(|err| match err {
-        StorageError::NotFound(_) if storage.get(&stage).is_err() => {
-            anyhow::anyhow!("{stage} does not exist; `autogentoo stage list` shows the imported stages")
-        }
-        other => anyhow::Error::new(other),
-    });
+    let volume = storage
+        .clone_snapshot(&from, &root)
+        .map_err(|err| match err {
+            StorageError::NotFound(_) if storage.get(&stage).is_err() => {
+                anyhow::anyhow!(
+                    "{stage} does not exist; `autogentoo stage list` shows the imported stages"
+                )
+            }
+            other => anyhow::Error::new(other),
+        });
     let volume = volume.with_context(|| format!("cannot create root '{}'", args.name))?;
     if ctx.json {
         output::json(&volume);

@@ -22,7 +22,12 @@ pub fn run(ctx: &Context, _args: ListArgs) -> Result<()> {
             Some(o) => format!("{} {}@{}", o.volume().kind(), o.volume().name(), o.name()),
             None => "-".into(),
         };
-        println!("{}\t{}\t{}", root.id.name(), output::timestamp(root.created), origin);
+        println!(
+            "{}\t{}\t{}",
+            root.id.name(),
+            output::timestamp(root.created),
+            origin
+        );
     }
     Ok(())
 }

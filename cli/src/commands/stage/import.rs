@@ -33,7 +33,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     let storage = ctx.storage()?;
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("cannot install the interrupt handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the interrupt handler")?;
     let bar = Bar::new(&format!("importing {}", args.name), ctx.quiet);
     let request = ImportRequest {
         source: &args.source,
@@ -44,7 +45,13 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     };
     let report = import_stage(&*storage, &request);
     bar.finish();
-    let report = report.with_context(|| format!("cannot import stage '{}' from {}", args.name, args.source.display()))?;
+    let report = report.with_context(|| {
+        format!(
+            "cannot import stage '{}' from {}",
+            args.name,
+            args.source.display()
+        )
+    })?;
     if ctx.json {
         output::json(&report);
     } else {

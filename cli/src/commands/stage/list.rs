@@ -18,8 +18,17 @@ pub fn run(ctx: &Context, _args: ListArgs) -> Result<()> {
         return Ok(());
     }
     for stage in stages {
-        let source = stage.properties.get("source").map(String::as_str).unwrap_or("-");
-        println!("{}\t{}\t{}", stage.id.name(), output::timestamp(stage.created), source);
+        let source = stage
+            .properties
+            .get("source")
+            .map(String::as_str)
+            .unwrap_or("-");
+        println!(
+            "{}\t{}\t{}",
+            stage.id.name(),
+            output::timestamp(stage.created),
+            source
+        );
     }
     Ok(())
 }

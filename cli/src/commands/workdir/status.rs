@@ -49,7 +49,11 @@ fn describe(caps: &Capabilities) -> String {
         (caps.xattrs, "xattrs"),
         (caps.special_files, "device nodes"),
     ];
-    let have: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+    let have: Vec<&str> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
     if have.is_empty() {
         "none".into()
     } else {
