@@ -3,6 +3,7 @@
 
 mod root;
 mod stage;
+mod volume;
 mod workdir;
 
 use anyhow::Result;

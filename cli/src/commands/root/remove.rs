@@ -1,9 +1,10 @@
 //! `autogentoo root remove`
 
 use anyhow::Result;
-use autogentoo_core::storage::{VolumeId, VolumeKind};
+use autogentoo_core::storage::VolumeKind;
 use clap::Args;
 
+use crate::commands::volume;
 use crate::context::Context;
 
 /// Remove a root and its snapshots. Refused while other roots are cloned from its snapshots,
@@ -19,12 +20,5 @@ pub struct RemoveArgs {
 }
 
 pub fn run(ctx: &Context, args: RemoveArgs) -> Result<()> {
-    let id = VolumeId::new(VolumeKind::Root, &args.name)?;
-    let storage = ctx.storage()?;
-    if args.recursive {
-        storage.destroy_recursive(&id)?;
-    } else {
-        storage.destroy(&id)?;
-    }
-    Ok(())
+    volume::remove(ctx, VolumeKind::Root, &args.name, args.recursive)
 }

@@ -1,9 +1,10 @@
 //! `autogentoo stage path`
 
 use anyhow::Result;
-use autogentoo_core::storage::{VolumeId, VolumeKind};
+use autogentoo_core::storage::VolumeKind;
 use clap::Args;
 
+use crate::commands::volume;
 use crate::context::Context;
 
 /// Print a stage's directory, for scripts.
@@ -14,12 +15,5 @@ pub struct PathArgs {
 }
 
 pub fn run(ctx: &Context, args: PathArgs) -> Result<()> {
-    let id = VolumeId::new(VolumeKind::Stage, &args.name)?;
-    let path = ctx.storage()?.path(&id)?;
-    if ctx.json {
-        crate::output::json(&serde_json::json!({ "path": path }));
-    } else {
-        println!("{}", path.display());
-    }
-    Ok(())
+    volume::print_path(ctx, VolumeKind::Stage, &args.name)
 }

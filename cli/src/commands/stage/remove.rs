@@ -1,9 +1,10 @@
 //! `autogentoo stage remove`
 
 use anyhow::Result;
-use autogentoo_core::storage::{VolumeId, VolumeKind};
+use autogentoo_core::storage::VolumeKind;
 use clap::Args;
 
+use crate::commands::volume;
 use crate::context::Context;
 
 /// Remove a stage. Refused while roots are cloned from it, naming them; `--recursive` removes
@@ -19,12 +20,5 @@ pub struct RemoveArgs {
 }
 
 pub fn run(ctx: &Context, args: RemoveArgs) -> Result<()> {
-    let id = VolumeId::new(VolumeKind::Stage, &args.name)?;
-    let storage = ctx.storage()?;
-    if args.recursive {
-        storage.destroy_recursive(&id)?;
-    } else {
-        storage.destroy(&id)?;
-    }
-    Ok(())
+    volume::remove(ctx, VolumeKind::Stage, &args.name, args.recursive)
 }
