@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use autogentoo_core::registry::{Registry, StorageSettings};
 use autogentoo_core::site_config::SiteConfig;
 use autogentoo_core::storage::Storage;
+use autogentoo_core::workdir::Layout;
 use clap::Args;
 
 /// The site configuration read when neither `--config` nor `AUTOGENTOO_CONFIG` names one.
@@ -42,6 +43,7 @@ pub struct GlobalArgs {
 
 /// The resolved run context.
 pub struct Context {
+    pub config: SiteConfig,
     pub backend: String,
     pub settings: StorageSettings,
     pub json: bool,
@@ -75,12 +77,18 @@ impl Context {
         let mut registry = Registry::default();
         registry.register_storage(autogentoo_backend_dir::NAME, autogentoo_backend_dir::open);
         Ok(Self {
+            config,
             backend,
             settings,
             json: global.json,
             quiet: global.quiet,
             registry,
         })
+    }
+
+    /// The workdir's plain directories.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.settings.workdir)
     }
 
     /// Opens the selected backend over the workdir.

@@ -6,7 +6,7 @@
 //! see them, and nothing we create or write can land outside it.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -110,35 +110,79 @@ impl RootDir {
     }
 
     /// Opens the directory made of `components` (resolved inside the root), creating missing
-    /// directories with mode 0755 when `create` is set.
+    /// directories with mode 0755 when `create` is set. A dangling symlink on the way is
+    /// followed inside the root and its target created there, as a chroot would see it.
     pub fn dir(&self, components: &[OsString], create: bool) -> Result<OwnedFd, StorageError> {
+        self.dir_within(components, create, 0)
+    }
+
+    fn dir_within(
+        &self,
+        components: &[OsString],
+        create: bool,
+        links: usize,
+    ) -> Result<OwnedFd, StorageError> {
         let rel: PathBuf = if components.is_empty() {
             PathBuf::from(".")
         } else {
             components.iter().collect()
         };
+        let fail = |op, e: Errno| io_err(op, self.display_path(&rel))(e.into());
         let flags = OFlags::DIRECTORY | OFlags::RDONLY;
         match self.open_at(&rel, flags, Mode::empty()) {
             Ok(fd) => Ok(fd),
             Err(Errno::NOENT) if create && !components.is_empty() => {
                 let (last, parent) = components.split_last().expect("not empty");
-                let parent_fd = self.dir(parent, true)?;
+                let parent_fd = self.dir_within(parent, true, links)?;
                 match rustix::fs::mkdirat(&parent_fd, last.as_os_str(), Mode::from_raw_mode(0o755))
                 {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => {
-                        return Err(io_err("create directory", self.display_path(&rel))(
-                            e.into(),
-                        ))
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        // Something is there but does not lead to a directory: a symlink to a
+                        // missing one, made here. Anything else fails when reopened below.
+                        if let Ok(target) =
+                            rustix::fs::readlinkat(&parent_fd, last.as_os_str(), Vec::new())
+                        {
+                            if links >= MAX_LINKS {
+                                return Err(fail("follow", Errno::LOOP));
+                            }
+                            let target = self.link_target(&parent_fd, target.as_bytes())?;
+                            self.dir_within(&target, true, links + 1)?;
+                        }
                     }
+                    Err(e) => return Err(fail("create directory", e)),
                 }
                 self.open_at(&rel, flags, Mode::empty())
-                    .map_err(|e| io_err("open directory", self.display_path(&rel))(e.into()))
+                    .map_err(|e| fail("open directory", e))
             }
-            Err(e) => Err(io_err("open directory", self.display_path(&rel))(e.into())),
+            Err(e) => Err(fail("open directory", e)),
         }
     }
+
+    /// Where a symlink in the directory `parent` points, as components inside the root.
+    fn link_target(&self, parent: &OwnedFd, target: &[u8]) -> Result<Vec<OsString>, StorageError> {
+        let mut out: Vec<OsString> = Vec::new();
+        if !target.starts_with(b"/") {
+            let link = format!("/proc/self/fd/{}", parent.as_raw_fd());
+            let real = std::fs::read_link(&link).map_err(io_err("resolve", &link))?;
+            let inside = real.strip_prefix(&self.path).unwrap_or(Path::new(""));
+            out.extend(inside.iter().map(OsString::from));
+        }
+        for component in Path::new(OsStr::from_bytes(target)).components() {
+            match component {
+                Component::Normal(name) => out.push(name.to_owned()),
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// How many symlinks one lookup may follow, as the kernel's own limit.
+const MAX_LINKS: usize = 40;
 
 #[cfg(test)]
 mod tests {
@@ -168,13 +212,26 @@ mod tests {
         std::os::unix::fs::symlink("../../..", root.join("etc/up")).unwrap();
         let dir = RootDir::open(&root).unwrap();
         let name = |s: &str| OsString::from(s);
-        // The absolute symlink means `outside` inside the root, where it does not exist: creating
-        // through it fails, as with GNU tar, and nothing appears on the host.
-        assert!(dir.dir(&[name("escape"), name("sub")], true).is_err());
+        // The absolute symlink means `outside` inside the root, where it does not exist yet:
+        // it is created there, and nothing appears on the host.
+        dir.dir(&[name("escape"), name("sub")], true).unwrap();
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert!(inside.join("sub").is_dir());
         assert_eq!(
             std::fs::read_dir(&outside).unwrap().count(),
             0,
             "nothing created outside"
+        );
+        std::os::unix::fs::symlink("../../../../../elsewhere", root.join("etc/climb")).unwrap();
+        dir.dir(&[name("etc"), name("climb")], true).unwrap();
+        assert!(
+            root.join("elsewhere").is_dir(),
+            "'..' in a link target stops at the root"
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(
+            dir.dir(&[name("loop")], true).is_err(),
+            "a symlink loop is an error"
         );
         std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
         dir.dir(&[name("etc-link"), name("sub")], true).unwrap();

@@ -5,9 +5,13 @@
 
 pub mod digests;
 pub mod in_root;
+pub mod loop_device;
 pub mod mountinfo;
 pub mod names;
 pub mod registry;
+pub mod root_lock;
+pub mod root_mounts;
+pub mod root_run;
 pub mod site_config;
 pub mod stage_import;
 pub mod storage;

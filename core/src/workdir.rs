@@ -34,6 +34,11 @@ impl Layout {
     pub fn out(&self) -> PathBuf {
         self.workdir.join("out")
     }
+
+    /// Lock files, one set per root.
+    pub fn locks(&self) -> PathBuf {
+        self.workdir.join(".locks")
+    }
 }
 
 /// Creates whatever is missing of the layout; running it again changes nothing.
@@ -45,7 +50,7 @@ pub fn init(storage: &dyn Storage, layout: &Layout) -> Result<(), StorageError> 
             Err(e) => return Err(e),
         }
     }
-    for dir in [layout.repos(), layout.out()] {
+    for dir in [layout.repos(), layout.out(), layout.locks()] {
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     }
     Ok(())

@@ -17,6 +17,7 @@ const PACKAGES: &[&str] = &[
     "attr",
     "libcap2-bin",
     "busybox-static",
+    "squashfs-tools",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

@@ -1,10 +1,14 @@
 //! The command tree. Each leaf command is a module with a doc-commented `Args` struct (the doc is
 //! the help text) and one `run` function, dispatched from the single `match` in [`run`].
 
+mod chroot;
+mod internal_init;
 mod root;
 mod stage;
 mod volume;
 mod workdir;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,12 +42,17 @@ pub enum Command {
     /// Read-write build roots
     #[command(subcommand)]
     Root(root::RootCommand),
+    #[command(hide = true)]
+    InternalInit(internal_init::InitArgs),
 }
 
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the parsed command line; the exit code is the command's own for `root run|shell`.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::InternalInit(args) = cli.command {
+        return internal_init::run(args);
+    }
     let ctx = Context::new(&cli.global)?;
-    match cli.command {
+    let done = match cli.command {
         Command::Workdir(workdir::WorkdirCommand::Init(args)) => workdir::init::run(&ctx, args),
         Command::Workdir(workdir::WorkdirCommand::Status(args)) => workdir::status::run(&ctx, args),
         Command::Stage(stage::StageCommand::Import(args)) => stage::import::run(&ctx, args),
@@ -56,5 +65,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Root(root::RootCommand::Snapshot(args)) => root::snapshot::run(&ctx, args),
         Command::Root(root::RootCommand::Rollback(args)) => root::rollback::run(&ctx, args),
         Command::Root(root::RootCommand::Remove(args)) => root::remove::run(&ctx, args),
-    }
+        Command::Root(root::RootCommand::Mount(args)) => root::mount::run(&ctx, args),
+        Command::Root(root::RootCommand::Umount(args)) => root::umount::run(&ctx, args),
+        Command::Root(root::RootCommand::Run(args)) => return root::run::run(&ctx, args),
+        Command::Root(root::RootCommand::Shell(args)) => return root::shell::run(&ctx, args),
+        Command::InternalInit(_) => unreachable!("handled above"),
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

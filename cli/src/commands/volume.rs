@@ -1,7 +1,11 @@
 //! What the per-kind commands (`stage path`, `root path`, `… remove`) share: they differ only in
 //! the kind of volume they act on.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use autogentoo_core::mountinfo;
+use autogentoo_core::root_lock::{LockKind, RootLock};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 
 use crate::context::Context;
@@ -22,10 +26,29 @@ pub fn print_path(ctx: &Context, kind: VolumeKind, name: &str) -> Result<()> {
 pub fn remove(ctx: &Context, kind: VolumeKind, name: &str, recursive: bool) -> Result<()> {
     let id = VolumeId::new(kind, name)?;
     let storage = ctx.storage()?;
+    let _lock = match kind {
+        VolumeKind::Root => Some(root_to_itself(ctx, &storage.path(&id)?, name)?),
+        _ => None,
+    };
     if recursive {
         storage.destroy_recursive(&id)?;
     } else {
         storage.destroy(&id)?;
     }
     Ok(())
+}
+
+/// Takes a root for a wholesale change (remove, rollback): refused while a command runs in it or
+/// anything is mounted below it, naming who or what.
+pub fn root_to_itself(ctx: &Context, path: &Path, name: &str) -> Result<RootLock> {
+    let lock = RootLock::exclusive_now(&ctx.layout(), name, LockKind::Use)?;
+    let mounts = mountinfo::mounts_under(path)?;
+    if !mounts.is_empty() {
+        bail!(
+            "root '{name}' is mounted ({} mounts below {}); run `autogentoo root umount {name}` first",
+            mounts.len(),
+            path.display()
+        );
+    }
+    Ok(lock)
 }

@@ -2,10 +2,14 @@
 
 pub mod create;
 pub mod list;
+pub mod mount;
 pub mod path;
 pub mod remove;
 pub mod rollback;
+pub mod run;
+pub mod shell;
 pub mod snapshot;
+pub mod umount;
 
 use clap::Subcommand;
 
@@ -23,4 +27,12 @@ pub enum RootCommand {
     Rollback(rollback::RollbackArgs),
     /// Remove a root and its snapshots
     Remove(remove::RemoveArgs),
+    /// Mount proc, sys, dev, run, the caches and the repository into a root
+    Mount(mount::MountArgs),
+    /// Unmount everything below a root, in one call
+    Umount(umount::UmountArgs),
+    /// Run a command inside a root, in private namespaces
+    Run(run::RunArgs),
+    /// Open a shell inside a root
+    Shell(shell::ShellArgs),
 }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use autogentoo_core::storage::{SnapshotId, VolumeId, VolumeKind};
 use clap::Args;
 
+use crate::commands::volume;
 use crate::context::Context;
 
 /// Return a root to one of its snapshots. Changes since then are lost, and newer snapshots are
@@ -19,7 +20,9 @@ pub struct RollbackArgs {
 
 pub fn run(ctx: &Context, args: RollbackArgs) -> Result<()> {
     let root = VolumeId::new(VolumeKind::Root, &args.name)?;
+    let storage = ctx.storage()?;
+    let _lock = volume::root_to_itself(ctx, &storage.path(&root)?, &args.name)?;
     let id = SnapshotId::new(root, &args.snapshot)?;
-    ctx.storage()?.rollback(&id)?;
+    storage.rollback(&id)?;
     Ok(())
 }

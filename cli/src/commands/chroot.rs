@@ -1,0 +1,53 @@
+//! What `root run` and `root shell` share: entering the namespaces, mounting, and starting this
+//! program again as the init of the new PID namespace (`internal-init`).
+
+use std::ffi::OsString;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result};
+use autogentoo_core::root_lock::{LockKind, RootLock};
+use autogentoo_core::root_mounts::{self, mount_all};
+use autogentoo_core::root_run::{self, clean_environment};
+use autogentoo_core::storage::{VolumeId, VolumeKind};
+use nix::sys::signal::{signal, SigHandler, Signal};
+
+use crate::context::Context;
+
+/// Runs `command` inside root `name` and returns its exit code.
+pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<ExitCode> {
+    let storage = ctx.storage()?;
+    let root = storage.path(&VolumeId::new(VolumeKind::Root, name)?)?;
+    let layout = ctx.layout();
+    // Held until we exit, so `root remove` and `root rollback` see the root in use.
+    let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;
+    let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
+    root_run::enter_namespaces()?;
+    mount_all(&root, &plan)
+        .with_context(|| format!("cannot mount root '{name}' for the command"))?;
+
+    let build = &ctx.config.build;
+    let env_extra: Vec<(String, String)> = build
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut init = Command::new("/proc/self/exe");
+    init.arg("internal-init")
+        .arg("--root")
+        .arg(&root)
+        .arg("--")
+        .args(&command);
+    init.env_clear()
+        .envs(clean_environment(&build.makeopts(), &env_extra));
+    let mut child = root_run::spawn_init(init)?;
+    // Ctrl-C and Ctrl-\ are for the command (it gets them from the terminal too); we wait
+    // for it to finish and pass on how it ended.
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(sig, SigHandler::SigIgn) }.context("cannot ignore terminal signals")?;
+    }
+    let status = child.wait().context("cannot wait for the command")?;
+    Ok(ExitCode::from(
+        root_run::exit_code(status).clamp(0, 255) as u8
+    ))
+}

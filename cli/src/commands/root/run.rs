@@ -1,0 +1,28 @@
+//! `autogentoo root run`
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::commands::chroot;
+use crate::context::Context;
+
+/// Run a command inside a root, in a private mount namespace and a new PID namespace: the root's
+/// mounts exist only for the command, and nothing stays mounted or running when it exits, even
+/// if autogentoo is killed. The environment is clean: PATH, HOME, USER, TERM, MAKEOPTS and the
+/// site's `build.env`. Exits with the command's exit code (128 + N if signal N ended it).
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The root
+    pub name: String,
+
+    /// The command and its arguments (after `--`)
+    #[arg(required = true, last = true)]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
+    chroot::run_in_root(ctx, &args.name, args.command)
+}
