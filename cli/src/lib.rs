@@ -4,6 +4,7 @@
 
 mod commands;
 mod context;
+mod interrupt;
 mod output;
 mod progress;
 

@@ -3,8 +3,10 @@
 //! The command-line program and the backends build on this crate; it never prints and never
 //! exits, it returns typed errors that carry the path and the operation.
 
+pub mod cpio;
 pub mod digests;
 pub mod in_root;
+pub mod initramfs;
 pub mod loop_device;
 pub mod mountinfo;
 pub mod names;

@@ -67,6 +67,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Root(root::RootCommand::Remove(args)) => root::remove::run(&ctx, args),
         Command::Root(root::RootCommand::Mount(args)) => root::mount::run(&ctx, args),
         Command::Root(root::RootCommand::Umount(args)) => root::umount::run(&ctx, args),
+        Command::Root(root::RootCommand::Pack(args)) => root::pack::run(&ctx, args),
         Command::Root(root::RootCommand::Run(args)) => return root::run::run(&ctx, args),
         Command::Root(root::RootCommand::Shell(args)) => return root::shell::run(&ctx, args),
         Command::InternalInit(_) => unreachable!("handled above"),

@@ -3,6 +3,7 @@
 pub mod create;
 pub mod list;
 pub mod mount;
+pub mod pack;
 pub mod path;
 pub mod remove;
 pub mod rollback;
@@ -31,6 +32,8 @@ pub enum RootCommand {
     Mount(mount::MountArgs),
     /// Unmount everything below a root, in one call
     Umount(umount::UmountArgs),
+    /// Pack a root and the site files into an initramfs
+    Pack(pack::PackArgs),
     /// Run a command inside a root, in private namespaces
     Run(run::RunArgs),
     /// Open a shell inside a root

@@ -1,8 +1,6 @@
 //! `autogentoo stage import`
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use autogentoo_core::stage_import::{import_stage, ImportRequest};
@@ -31,10 +29,7 @@ pub struct ImportArgs {
 
 pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     let storage = ctx.storage()?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&cancel);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .context("cannot install the interrupt handler")?;
+    let cancel = crate::interrupt::cancel_flag()?;
     let bar = Bar::new(&format!("importing {}", args.name), ctx.quiet);
     let request = ImportRequest {
         source: &args.source,

@@ -1,0 +1,665 @@
+//! Packing a root plus site files into an initramfs: one newc cpio of the root, then
+//! `config/common`, then the overlays in order (a later layer wins), compressed with parallel
+//! gzip (one member, as pigz writes), multi-threaded zstd, or not at all.
+//!
+//! The archive is reproducible — entries sorted by path, inode numbers assigned in that order,
+//! mtimes clamped to `SOURCE_DATE_EPOCH` when it is set, no time or name in the gzip header — so
+//! the same inputs give the same bytes. It is written under a temporary name and renamed, with
+//! a manifest beside it naming the layer that supplied each entry and the archive's SHA256.
+//!
+//! The root is untrusted: it is walked through directory descriptors without following
+//! symlinks, and files are reopened inside it (`RESOLVE_IN_ROOT`), so a symlink swapped in
+//! cannot pull a host file into the image. The root is only read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cpio::{self, Header};
+use crate::in_root::RootDir;
+use crate::site_config::Compression;
+use crate::stage_import::Progress;
+use crate::storage::{io_err, StorageError};
+
+/// One tree to pack. The first layer is the root; the others are site files.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// How the manifest names it: `root:web`, `common`, `hardware/qemu-x86_64`, …
+    pub name: String,
+    pub path: PathBuf,
+    /// Site files are packed as owned by root unless `keep_site_owners`.
+    pub site: bool,
+}
+
+/// What to pack and how.
+pub struct PackRequest<'a> {
+    pub layers: Vec<Layer>,
+    /// Directories of the root layer (relative) whose contents are left out; the directories
+    /// themselves stay, as mount points.
+    pub exclude: Vec<PathBuf>,
+    /// The program the kernel runs from the initramfs, an absolute path inside it.
+    pub rdinit: String,
+    pub keep_site_owners: bool,
+    pub compression: Compression,
+    pub level: Option<u32>,
+    /// Clamp every mtime to this (the `SOURCE_DATE_EPOCH` convention).
+    pub source_date_epoch: Option<u64>,
+    pub threads: usize,
+    pub output: PathBuf,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a AtomicBool,
+}
+
+/// What a pack produced.
+#[derive(Debug, Serialize)]
+pub struct PackReport {
+    pub archive: PathBuf,
+    pub manifest: PathBuf,
+    pub sha256: String,
+    pub compression: Compression,
+    pub entries: u64,
+    /// Size of the uncompressed cpio stream.
+    pub cpio_bytes: u64,
+    /// Size of the archive as written.
+    pub archive_bytes: u64,
+}
+
+/// Why a pack failed; nothing is left at the output path or beside it.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{} is {size} bytes; a newc cpio holds files below 4 GiB: exclude it (pack.exclude) or remove it", .path.display())]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("the packed tree has no {rdinit} (the program the kernel starts); add one to the root or an overlay, or set pack.rdinit")]
+    NoInit { rdinit: String },
+    #[error("{} changed while it was packed; pack again when nothing writes to the root", .path.display())]
+    Changed { path: PathBuf },
+    #[error("writing {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interrupted; no archive was written")]
+    Interrupted,
+}
+
+/// What kind of entry, with what it needs beyond the common fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File { size: u64 },
+    Symlink { target: Vec<u8> },
+    Node { rdev: u64 },
+}
+
+/// One entry of the merged tree.
+#[derive(Clone, Debug)]
+struct Item {
+    layer: usize,
+    kind: Kind,
+    /// Type and permission bits, as `st_mode`.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    /// (device, inode) in its layer, for hardlink groups.
+    identity: Option<(u64, u64)>,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    archive: String,
+    sha256: &'a str,
+    compression: Compression,
+    entries: Vec<ManifestEntry>,
+}
+
+#[derive(Serialize)]
+struct ManifestEntry {
+    path: String,
+    layer: String,
+}
+
+/// Packs the layers into the archive at `request.output`; see the module documentation.
+pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
+    let roots: Vec<RootDir> = request
+        .layers
+        .iter()
+        .map(|layer| RootDir::open(&layer.path))
+        .collect::<Result<_, _>>()?;
+    let mut tree: BTreeMap<Vec<u8>, Item> = BTreeMap::new();
+    for (index, (layer, dir)) in request.layers.iter().zip(&roots).enumerate() {
+        let exclude: Vec<Vec<u8>> = if index == 0 {
+            request.exclude.iter().map(|p| relative_bytes(p)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut walker = Walker {
+            layer: index,
+            root: dir,
+            exclude: &exclude,
+            keep_owner: !layer.site || request.keep_site_owners,
+            tree: &mut tree,
+        };
+        walker.walk_dir(
+            dir.fd()
+                .try_clone_to_owned()
+                .map_err(io_err("open", &layer.path))?,
+            Vec::new(),
+        )?;
+    }
+    add_console(&mut tree);
+    let init = relative_bytes(Path::new(&request.rdinit));
+    match tree.get(&init) {
+        Some(item) if matches!(item.kind, Kind::File { .. } | Kind::Symlink { .. }) => {}
+        _ => {
+            return Err(PackError::NoInit {
+                rdinit: request.rdinit.clone(),
+            })
+        }
+    }
+    write_archive(request, &roots, &tree)
+}
+
+/// The path as archive bytes: relative, without `./` or a trailing `/`.
+fn relative_bytes(path: &Path) -> Vec<u8> {
+    let parts: Vec<&[u8]> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    parts.join(&b'/')
+}
+
+/// Early userspace needs a console before it can mount devtmpfs.
+fn add_console(tree: &mut BTreeMap<Vec<u8>, Item>) {
+    let root_owned = |kind, mode| Item {
+        layer: 0,
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        identity: None,
+    };
+    tree.entry(b"dev".to_vec())
+        .or_insert_with(|| root_owned(Kind::Dir, libc_mode(FileType::Directory, 0o755)));
+    tree.entry(b"dev/console".to_vec()).or_insert_with(|| {
+        root_owned(
+            Kind::Node {
+                rdev: rustix::fs::makedev(5, 1),
+            },
+            libc_mode(FileType::CharacterDevice, 0o600),
+        )
+    });
+}
+
+fn libc_mode(file_type: FileType, perm: u32) -> u32 {
+    file_type.as_raw_mode() | perm
+}
+
+/// Walks one layer into the merged tree.
+struct Walker<'a> {
+    layer: usize,
+    root: &'a RootDir,
+    exclude: &'a [Vec<u8>],
+    keep_owner: bool,
+    tree: &'a mut BTreeMap<Vec<u8>, Item>,
+}
+
+impl Walker<'_> {
+    fn shown(&self, rel: &[u8]) -> PathBuf {
+        self.root.display_path(Path::new(OsStr::from_bytes(rel)))
+    }
+
+    fn walk_dir(&mut self, dir: OwnedFd, rel: Vec<u8>) -> Result<(), PackError> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let listing =
+            Dir::read_from(&dir).map_err(|e| io_err("read", self.shown(&rel))(e.into()))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_err("read", self.shown(&rel))(e.into()))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                [rel.as_slice(), b"/", name.as_slice()].concat()
+            };
+            let name_os = OsStr::from_bytes(&name);
+            let st = rustix::fs::statat(&dir, name_os, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err("inspect", self.shown(&path))(e.into()))?;
+            let file_type = FileType::from_raw_mode(st.st_mode);
+            let kind = match file_type {
+                FileType::Directory => Kind::Dir,
+                FileType::RegularFile => {
+                    let size = st.st_size as u64;
+                    if size > cpio::MAX_FILE_SIZE {
+                        return Err(PackError::TooLarge {
+                            path: self.shown(&path),
+                            size,
+                        });
+                    }
+                    Kind::File { size }
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(&dir, name_os, Vec::new())
+                        .map_err(|e| io_err("read link", self.shown(&path))(e.into()))?;
+                    Kind::Symlink {
+                        target: target.into_bytes(),
+                    }
+                }
+                _ => Kind::Node { rdev: st.st_rdev },
+            };
+            let (uid, gid) = if self.keep_owner {
+                (st.st_uid, st.st_gid)
+            } else {
+                (0, 0)
+            };
+            let identity = (file_type == FileType::RegularFile && st.st_nlink > 1)
+                .then_some((st.st_dev, st.st_ino));
+            let item = Item {
+                layer: self.layer,
+                kind: kind.clone(),
+                mode: st.st_mode,
+                uid,
+                gid,
+                mtime: st.st_mtime,
+                identity,
+            };
+            self.insert(path.clone(), item);
+            if kind == Kind::Dir && !self.exclude.contains(&path) {
+                let child = rustix::fs::openat(
+                    &dir,
+                    name_os,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open", self.shown(&path))(e.into()))?;
+                self.walk_dir(child, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A later layer wins; an entry that replaces a directory with something else takes the
+    /// directory's contents with it.
+    fn insert(&mut self, path: Vec<u8>, item: Item) {
+        if let Some(old) = self.tree.get(&path) {
+            if old.kind == Kind::Dir && item.kind != Kind::Dir {
+                let mut prefix = path.clone();
+                prefix.push(b'/');
+                let below: Vec<Vec<u8>> = self
+                    .tree
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in below {
+                    self.tree.remove(&key);
+                }
+            }
+        }
+        self.tree.insert(path, item);
+    }
+}
+
+/// The file, hashing what is written, so the SHA256 is known without reading the archive back.
+struct Hashing {
+    file: File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The compressor in front of the file.
+enum Compressor {
+    Gzip(gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, Hashing>),
+    Zstd(zstd::stream::write::Encoder<'static, Hashing>),
+    None(Hashing),
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Gzip(w) => w.write(buf),
+            Self::Zstd(w) => w.write(buf),
+            Self::None(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Gzip(w) => w.flush(),
+            Self::Zstd(w) => w.flush(),
+            Self::None(w) => w.flush(),
+        }
+    }
+}
+
+impl Compressor {
+    fn new(
+        compression: Compression,
+        level: Option<u32>,
+        threads: usize,
+        out: Hashing,
+    ) -> io::Result<Self> {
+        let threads = threads.max(1);
+        Ok(match compression {
+            Compression::Gzip => {
+                let level = gzp::Compression::new(level.unwrap_or(6));
+                let writer =
+                    gzp::par::compress::ParCompress::<gzp::deflate::Gzip, Hashing>::builder()
+                        .compression_level(level)
+                        .num_threads(threads)
+                        .map_err(io::Error::other)?
+                        .from_writer(out);
+                Self::Gzip(writer)
+            }
+            Compression::Zstd => {
+                let mut encoder =
+                    zstd::stream::write::Encoder::new(out, level.unwrap_or(3) as i32)?;
+                encoder.multithread(threads as u32)?;
+                encoder.include_checksum(true)?;
+                Self::Zstd(encoder)
+            }
+            Compression::None => Self::None(out),
+        })
+    }
+
+    fn finish(self) -> io::Result<Hashing> {
+        match self {
+            Self::Gzip(mut w) => gzp::ZWriter::finish(&mut w).map_err(io::Error::other),
+            Self::Zstd(w) => w.finish(),
+            Self::None(mut w) => w.flush().map(|()| w),
+        }
+    }
+}
+
+fn write_archive(
+    request: &PackRequest,
+    roots: &[RootDir],
+    tree: &BTreeMap<Vec<u8>, Item>,
+) -> Result<PackReport, PackError> {
+    let output = &request.output;
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".initramfs.")
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    let write_err = |source| PackError::Write {
+        path: output.clone(),
+        source,
+    };
+    let hashing = Hashing {
+        file: temp.reopen().map_err(write_err)?,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let compressor = Compressor::new(request.compression, request.level, request.threads, hashing)
+        .map_err(write_err)?;
+    let total: u64 = tree
+        .values()
+        .map(|item| match item.kind {
+            Kind::File { size } => size,
+            _ => 0,
+        })
+        .sum();
+    request.progress.start(total);
+
+    let mut writer = cpio::Writer::new(compressor);
+    let links = hardlink_plan(tree);
+    let mut manifest = Vec::with_capacity(tree.len());
+    let mut buf = vec![0u8; 1 << 20];
+    for (number, (path, item)) in tree.iter().enumerate() {
+        if request.cancel.load(Ordering::Relaxed) {
+            return Err(PackError::Interrupted);
+        }
+        let (ino, nlink, carries_data) = match links.get(path) {
+            Some(link) => (link.ino, link.nlink, link.last),
+            None => (
+                number as u32 + 1,
+                if item.kind == Kind::Dir { 2 } else { 1 },
+                true,
+            ),
+        };
+        let size = match &item.kind {
+            Kind::File { size } if carries_data => *size,
+            Kind::Symlink { target } => target.len() as u64,
+            _ => 0,
+        };
+        let (rdev_major, rdev_minor) = match item.kind {
+            Kind::Node { rdev } => (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
+            _ => (0, 0),
+        };
+        let header = Header {
+            ino,
+            mode: item.mode,
+            uid: item.uid,
+            gid: item.gid,
+            nlink,
+            mtime: clamp_mtime(item.mtime, request.source_date_epoch),
+            size: size as u32,
+            rdev_major,
+            rdev_minor,
+        };
+        writer.header(&header, path).map_err(write_err)?;
+        match &item.kind {
+            Kind::Symlink { target } => writer.data(target).map_err(write_err)?,
+            Kind::File { size } if carries_data => copy_file(
+                &roots[item.layer],
+                path,
+                *size,
+                &mut writer,
+                &mut buf,
+                request.progress,
+            )?,
+            _ => {}
+        }
+        writer.end_entry().map_err(write_err)?;
+        manifest.push(ManifestEntry {
+            path: format!("/{}", String::from_utf8_lossy(path)),
+            layer: request.layers[item.layer].name.clone(),
+        });
+    }
+    let cpio_bytes = writer.written();
+    let hashing = writer
+        .finish()
+        .map_err(write_err)?
+        .finish()
+        .map_err(write_err)?;
+    hashing.file.sync_all().map_err(write_err)?;
+    let archive_bytes = hashing.written;
+    let sha256: String = hashing
+        .hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let manifest_path = manifest_path(output);
+    let archive_name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = serde_json::to_vec_pretty(&Manifest {
+        archive: archive_name,
+        sha256: &sha256,
+        compression: request.compression,
+        entries: manifest,
+    })
+    .expect("the manifest serialises");
+    let manifest_temp = tempfile::Builder::new()
+        .prefix(".manifest.")
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    std::fs::write(manifest_temp.path(), text).map_err(io_err("write", &manifest_path))?;
+    // Temporary files are created private; the archive and manifest are ordinary outputs.
+    for path in [temp.path(), manifest_temp.path()] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io_err("chmod", path))?;
+    }
+    temp.persist(output).map_err(|e| write_err(e.error))?;
+    manifest_temp
+        .persist(&manifest_path)
+        .map_err(|e| io_err("write", &manifest_path)(e.error))?;
+    Ok(PackReport {
+        archive: output.clone(),
+        manifest: manifest_path,
+        sha256,
+        compression: request.compression,
+        entries: tree.len() as u64,
+        cpio_bytes,
+        archive_bytes,
+    })
+}
+
+/// `initramfs.cpio.gz` → `initramfs.cpio.gz.manifest.json`.
+pub fn manifest_path(archive: &Path) -> PathBuf {
+    let mut name = archive.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    archive.with_file_name(name)
+}
+
+fn clamp_mtime(mtime: i64, epoch: Option<u64>) -> u32 {
+    let clamped = match epoch {
+        Some(epoch) => mtime.min(epoch as i64),
+        None => mtime,
+    };
+    clamped.clamp(0, u32::MAX as i64) as u32
+}
+
+/// A hardlink group member's place: the group's inode number, its link count in the archive,
+/// and whether this member carries the data (the last one, as the kernel and GNU cpio expect).
+struct Link {
+    ino: u32,
+    nlink: u32,
+    last: bool,
+}
+
+fn hardlink_plan(tree: &BTreeMap<Vec<u8>, Item>) -> HashMap<Vec<u8>, Link> {
+    // (layer, device, inode) → the members' positions in archive order.
+    let mut groups: BTreeMap<(usize, u64, u64), Vec<usize>> = BTreeMap::new();
+    let paths: Vec<&Vec<u8>> = tree.keys().collect();
+    for (number, item) in tree.values().enumerate() {
+        if let Some((dev, ino)) = item.identity {
+            groups
+                .entry((item.layer, dev, ino))
+                .or_default()
+                .push(number);
+        }
+    }
+    let mut plan = HashMap::new();
+    for members in groups.values().filter(|m| m.len() > 1) {
+        let ino = members[0] as u32 + 1;
+        for (i, number) in members.iter().enumerate() {
+            let path = paths[*number];
+            plan.insert(
+                path.clone(),
+                Link {
+                    ino,
+                    nlink: members.len() as u32,
+                    last: i + 1 == members.len(),
+                },
+            );
+        }
+    }
+    plan
+}
+
+/// Streams one file from its layer into the archive, checking it is still the file we indexed.
+fn copy_file<W: Write>(
+    root: &RootDir,
+    path: &[u8],
+    size: u64,
+    writer: &mut cpio::Writer<W>,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> Result<(), PackError> {
+    let rel = Path::new(OsStr::from_bytes(path));
+    let shown = root.display_path(rel);
+    let fd = root
+        .open_at(rel, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(|e| io_err("open", &shown)(e.into()))?;
+    let mut file = File::from(fd);
+    let st = rustix::fs::fstat(&file).map_err(|e| io_err("inspect", &shown)(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 != size {
+        return Err(PackError::Changed { path: shown });
+    }
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => return Err(PackError::Changed { path: shown }),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("read", &shown)(e).into()),
+        };
+        writer.data(&buf[..n]).map_err(|source| PackError::Write {
+            path: shown.clone(),
+            source,
+        })?;
+        progress.advance(n as u64);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtimes_are_clamped_to_the_epoch_and_to_32_bits() {
+        assert_eq!(
+            clamp_mtime(1_700_000_000, Some(1_600_000_000)),
+            1_600_000_000
+        );
+        assert_eq!(
+            clamp_mtime(1_500_000_000, Some(1_600_000_000)),
+            1_500_000_000
+        );
+        assert_eq!(clamp_mtime(-5, None), 0);
+        assert_eq!(clamp_mtime(i64::MAX, None), u32::MAX);
+    }
+
+    #[test]
+    fn manifest_sits_beside_the_archive() {
+        assert_eq!(
+            manifest_path(Path::new("out/web/initramfs.cpio.gz")),
+            PathBuf::from("out/web/initramfs.cpio.gz.manifest.json")
+        );
+    }
+}
