@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
 use rustix::io::Errno;
 
 use crate::storage::{io_err, StorageError};
@@ -19,6 +19,9 @@ use crate::storage::{io_err, StorageError};
 pub struct RootDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// The mount the root directory is on: we create only there, never inside a filesystem
+    /// mounted into the root (a bound host /dev, say).
+    mount_id: u64,
 }
 
 /// A path inside a root, checked to be relative and free of `..`; `components` is never empty.
@@ -77,10 +80,18 @@ impl RootDir {
             Mode::empty(),
         )
         .map_err(|e| io_err("open", path)(e.into()))?;
+        let mount_id = mount_id(&fd).map_err(|e| io_err("inspect", path)(e.into()))?;
         Ok(Self {
             fd,
             path: path.to_owned(),
+            mount_id,
         })
+    }
+
+    /// Whether `fd` is on the root's own mount, not on one mounted inside it.
+    pub fn on_root_mount(&self, fd: &OwnedFd) -> Result<bool, StorageError> {
+        let id = mount_id(fd).map_err(|e| io_err("inspect", self.path.clone())(e.into()))?;
+        Ok(id == self.mount_id)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -134,6 +145,14 @@ impl RootDir {
             Err(Errno::NOENT) if create && !components.is_empty() => {
                 let (last, parent) = components.split_last().expect("not empty");
                 let parent_fd = self.dir_within(parent, true, links)?;
+                if !self.on_root_mount(&parent_fd)? {
+                    return Err(StorageError::Unsupported {
+                        message: format!(
+                            "{} leads into a filesystem mounted inside the root; refusing to create directories there",
+                            self.display_path(&rel).display()
+                        ),
+                    });
+                }
                 match rustix::fs::mkdirat(&parent_fd, last.as_os_str(), Mode::from_raw_mode(0o755))
                 {
                     Ok(()) => {}
@@ -179,6 +198,12 @@ impl RootDir {
         }
         Ok(out)
     }
+}
+
+/// The id of the mount an open file is on.
+fn mount_id(fd: &OwnedFd) -> Result<u64, Errno> {
+    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+    Ok(stx.stx_mnt_id)
 }
 
 /// How many symlinks one lookup may follow, as the kernel's own limit.

@@ -71,6 +71,9 @@ pub struct PackReport {
     pub cpio_bytes: u64,
     /// Size of the archive as written.
     pub archive_bytes: u64,
+    /// Entries whose extended attributes (file capabilities, …) were left behind: newc has no
+    /// place for them.
+    pub dropped_xattrs: u64,
 }
 
 /// Why a pack failed; nothing is left at the output path or beside it.
@@ -82,6 +85,10 @@ pub enum PackError {
     TooLarge { path: PathBuf, size: u64 },
     #[error("the packed tree has no {rdinit} (the program the kernel starts); add one to the root or an overlay, or set pack.rdinit")]
     NoInit { rdinit: String },
+    #[error(
+        "{rdinit} (from {layer}) is not executable, so the kernel could not start it; chmod +x it"
+    )]
+    InitNotExecutable { rdinit: String, layer: String },
     #[error("{} changed while it was packed; pack again when nothing writes to the root", .path.display())]
     Changed { path: PathBuf },
     #[error("writing {}: {source}", .path.display())]
@@ -139,6 +146,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
         .map(|layer| RootDir::open(&layer.path))
         .collect::<Result<_, _>>()?;
     let mut tree: BTreeMap<Vec<u8>, Item> = BTreeMap::new();
+    let mut with_xattrs = 0;
     for (index, (layer, dir)) in request.layers.iter().zip(&roots).enumerate() {
         let exclude: Vec<Vec<u8>> = if index == 0 {
             request.exclude.iter().map(|p| relative_bytes(p)).collect()
@@ -151,6 +159,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
             exclude: &exclude,
             keep_owner: !layer.site || request.keep_site_owners,
             tree: &mut tree,
+            with_xattrs: 0,
         };
         walker.walk_dir(
             dir.fd()
@@ -158,18 +167,28 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
                 .map_err(io_err("open", &layer.path))?,
             Vec::new(),
         )?;
+        with_xattrs += walker.with_xattrs;
     }
     add_console(&mut tree);
     let init = relative_bytes(Path::new(&request.rdinit));
     match tree.get(&init) {
-        Some(item) if matches!(item.kind, Kind::File { .. } | Kind::Symlink { .. }) => {}
+        Some(item) if matches!(item.kind, Kind::Symlink { .. }) => {}
+        Some(item) if matches!(item.kind, Kind::File { .. }) && item.mode & 0o111 != 0 => {}
+        Some(item) if matches!(item.kind, Kind::File { .. }) => {
+            return Err(PackError::InitNotExecutable {
+                rdinit: request.rdinit.clone(),
+                layer: request.layers[item.layer].name.clone(),
+            })
+        }
         _ => {
             return Err(PackError::NoInit {
                 rdinit: request.rdinit.clone(),
             })
         }
     }
-    write_archive(request, &roots, &tree)
+    let mut report = write_archive(request, &roots, &tree)?;
+    report.dropped_xattrs = with_xattrs;
+    Ok(report)
 }
 
 /// The path as archive bytes: relative, without `./` or a trailing `/`.
@@ -218,6 +237,8 @@ struct Walker<'a> {
     exclude: &'a [Vec<u8>],
     keep_owner: bool,
     tree: &'a mut BTreeMap<Vec<u8>, Item>,
+    /// Entries with extended attributes, which newc cannot carry.
+    with_xattrs: u64,
 }
 
 impl Walker<'_> {
@@ -268,6 +289,9 @@ impl Walker<'_> {
                 }
                 _ => Kind::Node { rdev: st.st_rdev },
             };
+            if file_type != FileType::Symlink && has_xattrs(&dir, name_os) {
+                self.with_xattrs += 1;
+            }
             let (uid, gid) = if self.keep_owner {
                 (st.st_uid, st.st_gid)
             } else {
@@ -299,10 +323,15 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// A later layer wins; an entry that replaces a directory with something else takes the
+    /// A later layer wins, except over a directory with a directory: a site overlay's `etc/` or
+    /// `var/lib/app/` only carries files, and must not take the root's owners and modes from
+    /// its directories. An entry that replaces a directory with something else takes the
     /// directory's contents with it.
     fn insert(&mut self, path: Vec<u8>, item: Item) {
         if let Some(old) = self.tree.get(&path) {
+            if old.kind == Kind::Dir && item.kind == Kind::Dir {
+                return;
+            }
             if old.kind == Kind::Dir && item.kind != Kind::Dir {
                 let mut prefix = path.clone();
                 prefix.push(b'/');
@@ -319,6 +348,13 @@ impl Walker<'_> {
         }
         self.tree.insert(path, item);
     }
+}
+
+/// Whether an entry has extended attributes (file capabilities, say).
+fn has_xattrs(dir: &OwnedFd, name: &OsStr) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    rustix::fs::llistxattr_query(&path).is_ok_and(|len| len > 0)
 }
 
 /// The file, hashing what is written, so the SHA256 is known without reading the archive back.
@@ -543,6 +579,7 @@ fn write_archive(
         entries: tree.len() as u64,
         cpio_bytes,
         archive_bytes,
+        dropped_xattrs: 0,
     })
 }
 
@@ -653,6 +690,71 @@ mod tests {
         );
         assert_eq!(clamp_mtime(-5, None), 0);
         assert_eq!(clamp_mtime(i64::MAX, None), u32::MAX);
+    }
+
+    fn item(layer: usize, kind: Kind, uid: u32) -> Item {
+        Item {
+            layer,
+            kind,
+            mode: 0o40750,
+            uid,
+            gid: uid,
+            mtime: 0,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn a_later_layer_wins_but_keeps_the_directories_it_passes_through() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = RootDir::open(root.path()).unwrap();
+        let mut tree = BTreeMap::new();
+        let mut walker = Walker {
+            layer: 1,
+            root: &dir,
+            exclude: &[],
+            keep_owner: false,
+            tree: &mut tree,
+            with_xattrs: 0,
+        };
+        walker.insert(b"var/lib/app".to_vec(), item(0, Kind::Dir, 250));
+        walker.insert(
+            b"var/lib/app/db".to_vec(),
+            item(0, Kind::File { size: 1 }, 250),
+        );
+        walker.insert(b"etc/motd".to_vec(), item(0, Kind::File { size: 1 }, 0));
+        walker.insert(b"var/lib/app".to_vec(), item(1, Kind::Dir, 0));
+        walker.insert(b"etc/motd".to_vec(), item(1, Kind::File { size: 2 }, 0));
+        assert_eq!(
+            (
+                tree[&b"var/lib/app".to_vec()].layer,
+                tree[&b"var/lib/app".to_vec()].uid
+            ),
+            (0, 250)
+        );
+        assert_eq!(tree[&b"etc/motd".to_vec()].layer, 1);
+        let mut walker = Walker {
+            layer: 2,
+            root: &dir,
+            exclude: &[],
+            keep_owner: false,
+            tree: &mut tree,
+            with_xattrs: 0,
+        };
+        walker.insert(
+            b"var/lib/app".to_vec(),
+            item(
+                2,
+                Kind::Symlink {
+                    target: b"/srv".to_vec(),
+                },
+                0,
+            ),
+        );
+        assert!(
+            !tree.contains_key(b"var/lib/app/db".as_slice()),
+            "a replaced directory takes its contents"
+        );
     }
 
     #[test]

@@ -229,6 +229,17 @@ fn mount_each(
             report.already.push(host_path);
             continue;
         }
+        // A symlink in the root may lead into a filesystem we mounted there (the host's /dev):
+        // a mount there would sit on a host directory.
+        if !dir.on_root_mount(&target)? {
+            return Err(StorageError::Unsupported {
+                message: format!(
+                    "mount target {} leads out of the root's own filesystem (to {}); fix the symlink in the root",
+                    planned.target.display(),
+                    host_path.display()
+                ),
+            });
+        }
         attach(&planned.source, &target, &host_path)?;
         report.mounted.push(host_path);
     }
@@ -291,8 +302,16 @@ fn attach(source: &MountSource, target: &OwnedFd, host_path: &Path) -> Result<()
             let device_path = device.path().to_string_lossy().into_owned();
             // "ro" opens the device read-only, as the loop device is; the mount flag alone would not.
             let attrs = private | MountAttrFlags::MOUNT_ATTR_RDONLY;
-            let tree = new_fs("squashfs", &[("source", &device_path)], &["ro"], attrs)
-                .map_err(|e| io_err("mount the SquashFS image", image)(e.into()))?;
+            let tree = new_fs("squashfs", &[("source", &device_path)], &["ro"], attrs).map_err(|e| {
+                if e == Errno::INVAL {
+                    StorageError::Corrupt(format!(
+                        "{} is not a SquashFS image or is damaged; make it again with `autogentoo repo pack`",
+                        image.display()
+                    ))
+                } else {
+                    io_err("mount the SquashFS image", image)(e.into())
+                }
+            })?;
             // The mount holds the device now; autoclear detaches it when the mount goes.
             device.release();
             (tree, false)
@@ -359,6 +378,14 @@ fn copy_resolv_conf(dir: &RootDir) -> Result<(), StorageError> {
     };
     let etc = dir.dir(&[OsString::from("etc")], true)?;
     let shown = dir.display_path(Path::new("etc/resolv.conf"));
+    if !dir.on_root_mount(&etc)? {
+        return Err(StorageError::Unsupported {
+            message: format!(
+                "{} leads out of the root's own filesystem; fix the symlink in the root or set mounts.resolv_conf = false",
+                dir.display_path(Path::new("etc")).display()
+            ),
+        });
+    }
     let temp = format!(".resolv.conf.autogentoo.{}", std::process::id());
     let file = rustix::fs::openat(
         &etc,

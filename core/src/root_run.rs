@@ -5,7 +5,7 @@
 //! The caller (single-threaded: `unshare(CLONE_NEWNS)` refuses threaded processes) calls
 //! [`enter_namespaces`], mounts the root's plan in its now-private namespace, and starts an init
 //! with [`spawn_init`]. That init is PID 1 of the new namespace: it mounts a procfs of its own,
-//! chroots, runs the command, reaps orphans and exits with the command's status
+//! pivots into the root, runs the command, reaps orphans and exits with the command's status
 //! ([`init_main`]). When PID 1 exits the kernel kills everything else in the namespace; when the
 //! caller dies, its death signal kills PID 1; when the last process of the mount namespace is
 //! gone, its mounts — loop devices included — go with it.
@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use rustix::mount::MountPropagationFlags;
+use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 use rustix::thread::UnshareFlags;
 
@@ -105,12 +106,42 @@ pub struct InitSpec {
     pub command: Vec<OsString>,
 }
 
-/// PID 1 of the new namespace: procfs, chroot, the command (with this process's environment),
-/// reaping, and the command's exit status as ours (128 + signal when it was killed).
+/// Makes `root` a mount point of its own (a recursive bind onto itself), so the init can
+/// `pivot_root` into it. Call after [`enter_namespaces`] and before mounting the plan.
+pub fn bind_root_onto_itself(root: &Path) -> Result<(), StorageError> {
+    let fail = |op| move |e: Errno| io_err(op, root)(e.into());
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE;
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, root, flags).map_err(fail("bind"))?;
+    let target = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail("open"))?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(fail("bind onto itself"))
+}
+
+/// PID 1 of the new namespace: procfs, pivot_root into the root (the old root is detached, so
+/// this namespace holds no other mounts of the host — no other root's loop device is kept
+/// alive by us), the command (with this process's environment), reaping, and the command's exit
+/// status as ours (128 + signal when it was killed).
 pub fn init_main(spec: &InitSpec) -> Result<i32, StorageError> {
     root_mounts::mount_proc(&spec.root)?;
-    rustix::process::chroot(&spec.root).map_err(|e| io_err("chroot into", &spec.root)(e.into()))?;
-    std::env::set_current_dir("/").map_err(io_err("enter", &spec.root))?;
+    let fail = |op| move |e: Errno| io_err(op, &spec.root)(e.into());
+    rustix::process::chdir(&spec.root).map_err(fail("enter"))?;
+    // With both arguments ".", the old root ends up stacked on the new one, then goes.
+    rustix::process::pivot_root(".", ".").map_err(fail("pivot_root into"))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(fail("detach the old root from"))?;
+    rustix::process::chdir("/").map_err(fail("enter"))?;
     let (program, args) = spec
         .command
         .split_first()

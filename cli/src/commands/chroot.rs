@@ -22,6 +22,7 @@ pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<
     let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;
     let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
     root_run::enter_namespaces()?;
+    root_run::bind_root_onto_itself(&root)?;
     mount_all(&root, &plan)
         .with_context(|| format!("cannot mount root '{name}' for the command"))?;
 

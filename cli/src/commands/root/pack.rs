@@ -141,6 +141,13 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
     let report = initramfs::pack(&request);
     bar.finish();
     let report = report.with_context(|| format!("cannot pack root '{}'", args.name))?;
+    if report.dropped_xattrs > 0 {
+        tracing::warn!(
+            "{} entries have extended attributes (file capabilities, …) that a newc cpio cannot carry; \
+             they are packed without them",
+            report.dropped_xattrs
+        );
+    }
     if ctx.json {
         output::json(&report);
     } else {
