@@ -13,7 +13,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create)
+readonly ALL_BENCHES=(stage_import root_create repo_pack)
 
 BACKEND=dir
 RUNS=3
@@ -72,7 +72,8 @@ parse_args() {
 
 # Installs whatever is missing, through apt, so a fresh Debian machine can run the script as is.
 require_tools() {
-    local -A package_of=([debootstrap]=debootstrap [xz]=xz-utils [pigz]=pigz [tar]=tar)
+    local -A package_of=([debootstrap]=debootstrap [xz]=xz-utils [pigz]=pigz [tar]=tar
+        [mksquashfs]=squashfs-tools)
     local cmd missing=()
     for cmd in "${!package_of[@]}"; do
         command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
@@ -269,6 +270,48 @@ root_create_cp_run() { cp -a "$STAGE_DIR" "$DEST"; }
 root_create_cp_cleanup() { rm -rf "$DEST"; }
 bench_root_create() {
     compare root_create "root create ($BACKEND)" "cp -a" root_create_ours root_create_cp
+}
+
+# repo pack vs mksquashfs: both pack the fixture's usr/share (thousands of small text files,
+# like an ebuild repository; the whole tree has device nodes, which repo pack refuses) with the
+# same compressor, level and block size: zstd at 15 (what repo pack uses, mksquashfs's own
+# default) in 128 KiB blocks, on every core. The image sizes are compared too.
+readonly PACK_LEVEL=15
+repo_pack_ours_setup() {
+    if [[ -z ${PACK_WD:-} ]]; then new_workdir; PACK_WD=$WD; fi
+}
+repo_pack_ours_run() {
+    ag --workdir "$PACK_WD" repo pack --dir "$FIXTURE_ROOT/usr/share" --name bench \
+        --compression zstd --block-size 128K
+}
+repo_pack_ours_cleanup() {
+    OURS_BYTES=$(stat -c %s "$PACK_WD/repos/bench.sqfs")
+    rm -f "$PACK_WD/repos/bench.sqfs"
+}
+repo_pack_mksquashfs_setup() { DEST=$SCRATCH/mksquashfs.sqfs; }
+repo_pack_mksquashfs_run() {
+    mksquashfs "$FIXTURE_ROOT/usr/share" "$DEST" -comp zstd -Xcompression-level "$PACK_LEVEL" \
+        -b 131072 -noappend -no-xattrs -processors "$(nproc)" -no-progress
+}
+repo_pack_mksquashfs_cleanup() {
+    THEIRS_BYTES=$(stat -c %s "$DEST")
+    rm -f "$DEST"
+}
+bench_repo_pack() {
+    compare repo_pack "repo pack (zstd $PACK_LEVEL, 128K)" "mksquashfs" \
+        repo_pack_ours repo_pack_mksquashfs
+    compare_sizes repo_pack_size "repo pack image size" "mksquashfs's" "$OURS_BYTES" "$THEIRS_BYTES"
+}
+
+# compare_sizes KEY LABEL THEIRS_LABEL OURS_BYTES THEIRS_BYTES: a size ratio, lower is better.
+compare_sizes() {
+    local key=$1 label=$2 theirs_label=$3 ours=$4 theirs=$5 ratio
+    ratio=$(awk -v o="$ours" -v t="$theirs" 'BEGIN { printf "%.3f", o / t }')
+    TABLE+=("$(printf '%s vs %s: %.2f MB vs %.2f MB = %sx' "$label" "$theirs_label" \
+        "$(awk -v b="$ours" 'BEGIN { print b / 1e6 }')" \
+        "$(awk -v b="$theirs" 'BEGIN { print b / 1e6 }')" "$ratio")")
+    JSON_LINES+=("$(printf '{"bench":"%s","ours_bytes":%d,"theirs_bytes":%d,"ratio":%s}' \
+        "$key" "$ours" "$theirs" "$ratio")")
 }
 
 # ---------------------------------------------------------------------------------------------

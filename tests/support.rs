@@ -849,3 +849,490 @@ pub fn build_small_tree(root: &Path) -> Result<()> {
     )?;
     symlink("usr/bin", &root.join("bin"))
 }
+
+/// One line of `/proc/self/mountinfo`, parsed here rather than by the code under test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub id: u64,
+    pub parent: u64,
+    /// The directory of its filesystem that is mounted: the source of a bind mount.
+    pub fs_root: PathBuf,
+    pub point: PathBuf,
+    /// The per-mount options: `rw` or `ro`, `nosuid`, …
+    pub options: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    pub fn is_read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+/// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE …`.
+pub fn parse_mountinfo(text: impl AsRef<[u8]>) -> Vec<MountEntry> {
+    text.as_ref()
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let separator = fields.iter().position(|f| *f == b"-")?;
+            let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+            let path = |f: &[u8]| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(f)));
+            Some(MountEntry {
+                id: text(fields.first()?).parse().ok()?,
+                parent: text(fields.get(1)?).parse().ok()?,
+                fs_root: path(fields.get(3)?),
+                point: path(fields.get(4)?),
+                options: text(fields.get(5)?),
+                fstype: text(fields.get(separator + 1)?),
+                source: text(&unescape_mountinfo(fields.get(separator + 2)?)),
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's `\ooo` escapes of spaces, tabs, newlines and backslashes.
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Every mount of this process's mount namespace (the host's, for the tests), in kernel order.
+pub fn mountinfo() -> Vec<MountEntry> {
+    parse_mountinfo(fs::read("/proc/self/mountinfo").expect("read /proc/self/mountinfo"))
+}
+
+/// The mounts strictly below `dir`, in kernel order.
+pub fn mounts_below(dir: &Path) -> Vec<MountEntry> {
+    mountinfo()
+        .into_iter()
+        .filter(|m| m.point.starts_with(dir) && m.point != dir)
+        .collect()
+}
+
+/// Whether something is mounted exactly on `path`.
+pub fn is_mount_point(path: &Path) -> bool {
+    mountinfo().iter().any(|m| m.point == path)
+}
+
+/// The attached loop devices and their backing files, from `/sys/block/loop*/loop/backing_file`.
+pub fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
+    list_dir(Path::new("/sys/block"))
+        .into_iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_str()?.to_owned();
+            let backing = fs::read_to_string(dir.join("loop/backing_file")).ok()?;
+            name.starts_with("loop").then(|| {
+                (
+                    PathBuf::from(format!("/dev/{name}")),
+                    PathBuf::from(backing.trim_end_matches('\n')),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The loop devices backed by `image`.
+pub fn loop_devices_on(image: &Path) -> Vec<PathBuf> {
+    loop_devices()
+        .into_iter()
+        .filter(|(_, backing)| backing == image)
+        .map(|(device, _)| device)
+        .collect()
+}
+
+/// A process seen in `/proc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub command: String,
+    /// Where `/proc/PID/root` leads (its chroot), as the host sees it.
+    pub root: PathBuf,
+    /// The (device, inode) of its root directory: a process that pivoted into a root in its
+    /// own mount namespace shows "/" as its root path, but the directory is the same.
+    pub root_id: (u64, u64),
+    pub cwd: PathBuf,
+}
+
+/// Every live process we can inspect (zombies have no root and are left out).
+pub fn processes() -> Vec<ProcessInfo> {
+    list_dir(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|dir| {
+            let pid: u32 = dir.file_name()?.to_str()?.parse().ok()?;
+            Some(ProcessInfo {
+                pid,
+                command: fs::read_to_string(dir.join("comm"))
+                    .ok()?
+                    .trim_end()
+                    .to_owned(),
+                root: fs::read_link(dir.join("root")).ok()?,
+                root_id: fs::metadata(dir.join("root"))
+                    .map(|m| (m.dev(), m.ino()))
+                    .ok()?,
+                cwd: fs::read_link(dir.join("cwd")).ok()?,
+            })
+        })
+        .filter(|p| p.pid != std::process::id())
+        .collect()
+}
+
+/// The processes chrooted (or pivoted) into `dir` or below it.
+pub fn processes_rooted_in(dir: &Path) -> Vec<ProcessInfo> {
+    let id = fs::metadata(dir).map(|m| (m.dev(), m.ino())).ok();
+    processes()
+        .into_iter()
+        .filter(|p| p.root.starts_with(dir) || Some(p.root_id) == id)
+        .collect()
+}
+
+/// A workdir whose roots the test mounts. Mounts, loop devices and processes below its
+/// temporary directory are undone before that directory is removed, also when the test fails:
+/// removing a tree with `/dev` bound into it would remove the host's device nodes.
+pub struct MountedWorkdir {
+    workdir: Option<Workdir>,
+}
+
+impl MountedWorkdir {
+    /// An initialised workdir.
+    pub fn new() -> Self {
+        Self {
+            workdir: Some(Workdir::new()),
+        }
+    }
+
+    /// Checks that the test left nothing mounted, attached or running below the workdir, undoes
+    /// whatever it did leave, and removes the workdir. An error lists what was left.
+    pub fn close(mut self) -> Result<()> {
+        let workdir = self.workdir.take().expect("not closed yet");
+        let left = leftovers(workdir.top());
+        let stuck = clean_up(&workdir);
+        dispose(workdir, &stuck);
+        ensure!(left.is_empty(), "the test left behind: {}", left.join("; "));
+        ensure!(stuck.is_empty(), "cannot undo: {}", stuck.join("; "));
+        Ok(())
+    }
+}
+
+impl Default for MountedWorkdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for MountedWorkdir {
+    type Target = Workdir;
+
+    fn deref(&self) -> &Workdir {
+        self.workdir.as_ref().expect("not closed yet")
+    }
+}
+
+impl Drop for MountedWorkdir {
+    fn drop(&mut self) {
+        if let Some(workdir) = self.workdir.take() {
+            let left = leftovers(workdir.top());
+            if !left.is_empty() {
+                eprintln!("cleaning up after the test: {}", left.join("; "));
+            }
+            let stuck = clean_up(&workdir);
+            dispose(workdir, &stuck);
+        }
+    }
+}
+
+/// Removes the workdir, unless something is still mounted in it: then it is left on disk,
+/// since removing it would reach into the mounts.
+fn dispose(workdir: Workdir, stuck: &[String]) {
+    if mounts_below(workdir.top()).is_empty() {
+        drop(workdir);
+    } else {
+        eprintln!(
+            "leaving {} on disk, still mounted: {}",
+            workdir.top().display(),
+            stuck.join("; ")
+        );
+        std::mem::forget(workdir);
+    }
+}
+
+/// Mounts, loop devices and processes below `top`, described.
+fn leftovers(top: &Path) -> Vec<String> {
+    let mut left: Vec<String> = mounts_below(top)
+        .iter()
+        .map(|m| format!("mount {} ({})", m.point.display(), m.fstype))
+        .collect();
+    left.extend(
+        loop_devices()
+            .iter()
+            .filter(|(_, backing)| backing.starts_with(top))
+            .map(|(device, backing)| {
+                format!("loop device {} on {}", device.display(), backing.display())
+            }),
+    );
+    left.extend(
+        processes()
+            .iter()
+            .filter(|p| p.root.starts_with(top) || p.cwd.starts_with(top))
+            .map(|p| format!("process {} ({})", p.pid, p.command)),
+    );
+    left
+}
+
+/// Undoes what is below the workdir, each thing by its PID, path or device: processes chrooted
+/// or working there are killed (first: once their mount is detached, `/proc` no longer shows
+/// where they are), every root gets `root umount --lazy`, what is still mounted is made a slave
+/// (an unmount must not travel back to the host's `/dev`) and detached deepest first, and loop
+/// devices on images there are detached. Returns what could not be undone.
+fn clean_up(workdir: &Workdir) -> Vec<String> {
+    let top = workdir.top();
+    let using = |p: &ProcessInfo| p.root.starts_with(top) || p.cwd.starts_with(top);
+    for process in processes().iter().filter(|p| using(p)) {
+        if let Some(pid) = rustix::process::Pid::from_raw(process.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    let start = Instant::now();
+    while processes().iter().any(using) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for root in list_dir(&workdir.path().join("roots")) {
+        if let Some(name) = root.file_name().and_then(OsStr::to_str) {
+            if !mounts_below(&root).is_empty() {
+                workdir.run(["root", "umount", "--lazy", name]);
+            }
+        }
+    }
+    for _ in 0..8 {
+        let mut mounts = mounts_below(top);
+        if mounts.is_empty() {
+            break;
+        }
+        for mount in &mounts {
+            let _ = rustix::mount::mount_change(
+                &mount.point,
+                rustix::mount::MountPropagationFlags::DOWNSTREAM,
+            );
+        }
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.point.components().count()));
+        for mount in &mounts {
+            let _ = rustix::mount::unmount(
+                &mount.point,
+                rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+            );
+        }
+    }
+    let start = Instant::now();
+    loop {
+        let devices: Vec<PathBuf> = loop_devices()
+            .into_iter()
+            .filter(|(_, backing)| backing.starts_with(top))
+            .map(|(device, _)| device)
+            .collect();
+        if devices.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        for device in devices {
+            let _ = Command::new("losetup")
+                .arg("--detach")
+                .arg(&device)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    leftovers(top)
+}
+
+/// The busybox applets linked in a busybox root.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "sleep", "mount", "umount", "ps", "echo", "mkdir", "env", "kill", "true",
+    "false", "test", "id", "grep", "touch", "readlink",
+];
+
+/// Builds, in the new directory `root`, a tiny root that can run commands: Debian's static
+/// busybox (`apt-get install busybox-static`) with its applets linked in `bin/`, and the
+/// directories a root is mounted on.
+pub fn build_busybox_tree(root: &Path) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    ensure!(
+        busybox.is_file(),
+        "{} is missing: apt-get install busybox-static",
+        busybox.display()
+    );
+    for dir in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "etc",
+        "root",
+        "var/cache/distfiles",
+        "var/cache/binpkgs",
+        "var/db/repos/gentoo",
+    ] {
+        mkdir(&root.join(dir), 0o755)?;
+    }
+    mkdir(&root.join("tmp"), 0o1777)?;
+    fs::copy(busybox, root.join("bin/busybox")).context("copy /bin/busybox")?;
+    set_mode(&root.join("bin/busybox"), 0o755)?;
+    for applet in BUSYBOX_APPLETS {
+        symlink("busybox", &root.join("bin").join(applet))?;
+    }
+    write(
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        0o644,
+    )?;
+    write(&root.join("etc/hostname"), b"busybox\n", 0o644)
+}
+
+/// A small ebuild tree for a fake repository: `(path, contents)`.
+pub const FAKE_EBUILDS: &[(&str, &str)] = &[
+    ("profiles/repo_name", "gentoo\n"),
+    ("metadata/layout.conf", "masters =\n"),
+    (
+        "sys-apps/hello/hello-1.0.ebuild",
+        "EAPI=8\nDESCRIPTION=\"a test ebuild\"\nSLOT=0\nKEYWORDS=\"amd64\"\n",
+    ),
+    (
+        "app-misc/marker/marker-2.ebuild",
+        "EAPI=8\nDESCRIPTION=\"another\"\nSLOT=0\n",
+    ),
+];
+
+/// Packs [`FAKE_EBUILDS`], written to the new directory `tree`, into the SquashFS `image` with
+/// `mksquashfs` (`apt-get install squashfs-tools`).
+pub fn make_repo_image(tree: &Path, image: &Path) -> Result<()> {
+    for (rel, contents) in FAKE_EBUILDS {
+        let path = tree.join(rel);
+        mkdir(path.parent().expect("a parent"), 0o755)?;
+        write(&path, contents.as_bytes(), 0o644)?;
+    }
+    let output = Command::new("mksquashfs")
+        .arg(tree)
+        .arg(image)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run mksquashfs (apt-get install squashfs-tools)")?;
+    ensure!(
+        output.status.success(),
+        "mksquashfs failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Reading newc cpio archives (the initramfs format) with the tests' own code, for what an
+/// extraction by GNU cpio does not show: every header field, the mtimes of directories and
+/// symlinks, and how hardlinks are laid out.
+pub mod newc {
+    use anyhow::{bail, ensure, Context as _, Result};
+
+    /// One header of the archive, with its name (without the NUL).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Entry {
+        pub name: Vec<u8>,
+        pub ino: u32,
+        /// Type and permission bits, as `st_mode`.
+        pub mode: u32,
+        pub uid: u32,
+        pub gid: u32,
+        pub nlink: u32,
+        pub mtime: u32,
+        pub size: u32,
+        pub rdev_major: u32,
+        pub rdev_minor: u32,
+    }
+
+    const MAGIC: &[u8] = b"070701";
+    const HEADER_LEN: usize = 110;
+    const TRAILER: &[u8] = b"TRAILER!!!";
+
+    fn align4(offset: usize) -> usize {
+        offset.div_ceil(4) * 4
+    }
+
+    /// The entries of an uncompressed newc archive in archive order, without the trailer. An
+    /// error for a bad magic, a truncated entry, a missing trailer, or anything but zero
+    /// padding after it.
+    pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        let mut at = 0;
+        loop {
+            let header = data
+                .get(at..at + HEADER_LEN)
+                .with_context(|| format!("truncated header at byte {at}"))?;
+            ensure!(
+                &header[..6] == MAGIC,
+                "no newc magic at byte {at}: {:?}",
+                header[..6].escape_ascii().to_string()
+            );
+            let mut fields = [0u32; 13];
+            for (i, field) in fields.iter_mut().enumerate() {
+                let hex = &header[6 + 8 * i..14 + 8 * i];
+                let text = std::str::from_utf8(hex).context("a header field is not ASCII")?;
+                *field = u32::from_str_radix(text, 16)
+                    .with_context(|| format!("header field {i} at byte {at} is not hex: {text}"))?;
+            }
+            let namesize = fields[11] as usize;
+            ensure!(namesize > 0, "an empty name at byte {at}");
+            let name_at = at + HEADER_LEN;
+            let name = data
+                .get(name_at..name_at + namesize)
+                .with_context(|| format!("truncated name at byte {name_at}"))?;
+            ensure!(
+                name.last() == Some(&0),
+                "the name at byte {name_at} has no NUL"
+            );
+            let name = name[..namesize - 1].to_vec();
+            let size = fields[6];
+            let data_at = align4(name_at + namesize);
+            ensure!(
+                data.len() >= data_at + size as usize,
+                "truncated data of {}",
+                name.escape_ascii()
+            );
+            at = align4(data_at + size as usize);
+            if name == TRAILER {
+                if data[at.min(data.len())..].iter().any(|&b| b != 0) {
+                    bail!("bytes other than padding after the trailer, at byte {at}");
+                }
+                return Ok(entries);
+            }
+            entries.push(Entry {
+                name,
+                ino: fields[0],
+                mode: fields[1],
+                uid: fields[2],
+                gid: fields[3],
+                nlink: fields[4],
+                mtime: fields[5],
+                size,
+                rdev_major: fields[9],
+                rdev_minor: fields[10],
+            });
+        }
+    }
+}

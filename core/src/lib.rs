@@ -15,6 +15,7 @@ pub mod root_lock;
 pub mod root_mounts;
 pub mod root_run;
 pub mod site_config;
+pub mod squashfs_pack;
 pub mod stage_import;
 pub mod storage;
 pub mod tree_copy;

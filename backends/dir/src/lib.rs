@@ -25,18 +25,26 @@ use autogentoo_core::storage::{
     check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
-use autogentoo_core::tree_copy::copy_tree;
 use rustix::fs::{FlockOperation, RenameFlags};
 use serde::{Deserialize, Serialize};
+
+mod trees;
+
+pub use trees::{Copies, Trees};
 
 /// The name this backend registers under.
 pub const NAME: &str = "dir";
 
-/// The `dir` backend over one workdir.
-pub struct DirStorage {
+/// Volumes as directory trees under a workdir, with their metadata beside them. What a tree is
+/// (a plain directory, a btrfs subvolume) and how one is copied is `T`'s business.
+pub struct TreeStore<T> {
     workdir: PathBuf,
     capabilities: Capabilities,
+    trees: T,
 }
+
+/// The `dir` backend: plain directories, copied.
+pub type DirStorage = TreeStore<Copies>;
 
 /// What we keep about a volume beside its tree.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -73,6 +81,13 @@ fn kind_from_str(s: &str) -> Option<VolumeKind> {
 impl DirStorage {
     /// Opens a workdir; nothing is created until [`Storage::init`].
     pub fn open(workdir: &Path) -> Result<Self, StorageError> {
+        TreeStore::with_trees(workdir, Copies)
+    }
+}
+
+impl<T: Trees> TreeStore<T> {
+    /// Opens a workdir whose trees `trees` makes; nothing is created until [`Storage::init`].
+    pub fn with_trees(workdir: &Path, trees: T) -> Result<Self, StorageError> {
         let workdir = if workdir.is_absolute() {
             workdir.to_owned()
         } else {
@@ -80,17 +95,12 @@ impl DirStorage {
                 .map_err(io_err("resolve", workdir))?
                 .join(workdir)
         };
-        let capabilities = Capabilities {
-            cheap_clone: false,
-            cheap_snapshot: false,
-            enforced_read_only: false,
-            xattrs: true,
-            special_files: true,
-            shared_blocks: false,
-        };
+        trees.check(&workdir)?;
+        let capabilities = trees.capabilities();
         let mut storage = Self {
             workdir,
             capabilities,
+            trees,
         };
         if storage.state().is_dir() {
             storage.capabilities = storage.probe()?;
@@ -155,7 +165,7 @@ impl DirStorage {
         let _ = fs::remove_file(&a);
         let _ = fs::remove_file(&b);
         Ok(Capabilities {
-            shared_blocks: reflink,
+            shared_blocks: self.capabilities.shared_blocks || reflink,
             xattrs,
             ..self.capabilities
         })
@@ -276,18 +286,31 @@ impl DirStorage {
         refuse_mounts(path)?;
         let trash = self.pending_name("trash");
         match fs::rename(path, &trash) {
-            Ok(()) => fs::remove_dir_all(&trash).map_err(io_err("remove", &trash)),
+            Ok(()) => self.trees.remove(&trash),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("move out of view", path)(e)),
         }
     }
 
-    /// Copies `source` into a new hidden directory and returns it.
-    fn copy_to_pending(&self, source: &Path, label: &str) -> Result<PathBuf, StorageError> {
+    /// Makes a hidden copy of `source` (read-only for a snapshot) and returns its path.
+    fn copy_to_pending(
+        &self,
+        source: &Path,
+        label: &str,
+        read_only: bool,
+    ) -> Result<PathBuf, StorageError> {
+        if !self.pending_dir().is_dir() {
+            return Err(self.uninitialised_or(
+                std::io::Error::from(ErrorKind::NotFound),
+                "create in",
+                &self.pending_dir(),
+            ));
+        }
         let pending = self.pending_name(label);
-        fs::create_dir(&pending).map_err(|e| self.uninitialised_or(e, "create", &pending))?;
-        if let Err(err) = copy_tree(source, &pending) {
-            let _ = fs::remove_dir_all(&pending);
+        if let Err(err) = self.trees.copy(source, &pending, read_only) {
+            if pending.exists() {
+                let _ = self.trees.remove(&pending);
+            }
             return Err(err);
         }
         Ok(pending)
@@ -309,7 +332,7 @@ impl DirStorage {
         ) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = fs::remove_dir_all(pending);
+                let _ = self.trees.remove(pending);
                 if e == rustix::io::Errno::EXIST || e == rustix::io::Errno::NOTEMPTY {
                     Err(StorageError::AlreadyExists(what()))
                 } else {
@@ -327,15 +350,17 @@ impl DirStorage {
     ) -> Result<Volume, StorageError> {
         let _lock = self.lock()?;
         self.publish(pending, &self.volume_dir(id), || id.to_string())?;
-        let _ = fs::remove_dir_all(self.snapshots_dir(id));
+        if self.snapshots_dir(id).exists() {
+            self.trees.remove(&self.snapshots_dir(id))?;
+        }
         self.write_meta(id, &meta)?;
         self.volume(id, meta)
     }
 }
 
-impl Storage for DirStorage {
+impl<T: Trees> Storage for TreeStore<T> {
     fn backend_name(&self) -> &str {
-        NAME
+        self.trees.backend_name()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -377,7 +402,14 @@ impl Storage for DirStorage {
             return Err(StorageError::AlreadyExists(id.to_string()));
         }
         let path = self.pending_name(&format!("{}.{}", id.kind(), id.name()));
-        fs::create_dir(&path).map_err(|e| self.uninitialised_or(e, "create", &path))?;
+        if !self.pending_dir().is_dir() {
+            return Err(self.uninitialised_or(
+                std::io::Error::from(ErrorKind::NotFound),
+                "create",
+                &path,
+            ));
+        }
+        self.trees.create(&path)?;
         let token = path
             .file_name()
             .expect("named")
@@ -399,10 +431,10 @@ impl Storage for DirStorage {
     }
 
     fn discard(&self, pending: PendingVolume) -> Result<(), StorageError> {
-        match fs::remove_dir_all(&pending.path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", &pending.path)(e)),
-            _ => Ok(()),
+        if fs::symlink_metadata(&pending.path).is_err() {
+            return Ok(());
         }
+        self.trees.remove(&pending.path)
     }
 
     fn sweep_abandoned(&self) -> Result<usize, StorageError> {
@@ -421,12 +453,11 @@ impl Storage for DirStorage {
             let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
             if !alive {
                 let path = entry.path();
-                let result = if path.is_dir() {
-                    fs::remove_dir_all(&path)
+                if path.is_dir() {
+                    self.trees.remove(&path)?;
                 } else {
-                    fs::remove_file(&path)
-                };
-                result.map_err(io_err("remove", &path))?;
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                }
                 removed += 1;
             }
         }
@@ -439,7 +470,7 @@ impl Storage for DirStorage {
         if meta.snapshots.iter().any(|s| s.name == id.name()) {
             return Err(StorageError::AlreadyExists(id.to_string()));
         }
-        let pending = self.copy_to_pending(&self.volume_dir(volume), "snapshot")?;
+        let pending = self.copy_to_pending(&self.volume_dir(volume), "snapshot", true)?;
         let _lock = self.lock()?;
         let mut meta = self.read_meta(volume)?;
         let parent = self.snapshots_dir(volume);
@@ -464,6 +495,7 @@ impl Storage for DirStorage {
         if meta.sealed.is_some() || meta.snapshots.iter().any(|s| s.name == snapshot) {
             return Err(StorageError::AlreadyExists(snap_id.to_string()));
         }
+        self.trees.set_read_only(&self.volume_dir(id))?;
         let created = now();
         meta.sealed = Some(snapshot.to_owned());
         meta.snapshots.push(SnapMeta {
@@ -498,7 +530,8 @@ impl Storage for DirStorage {
         if self.volume_dir(id).exists() {
             return Err(StorageError::AlreadyExists(id.to_string()));
         }
-        let pending = self.copy_to_pending(&self.snapshot_dir(from, &origin_meta), "clone")?;
+        let pending =
+            self.copy_to_pending(&self.snapshot_dir(from, &origin_meta), "clone", false)?;
         let meta = Meta {
             created: now(),
             origin: Some((
@@ -513,7 +546,7 @@ impl Storage for DirStorage {
             let _lock = self.lock()?;
             let origin_now = self.read_meta(from.volume())?;
             if !origin_now.snapshots.iter().any(|s| s.name == from.name()) {
-                let _ = fs::remove_dir_all(&pending);
+                let _ = self.trees.remove(&pending);
                 return Err(StorageError::NotFound(from.to_string()));
             }
         }
@@ -546,7 +579,7 @@ impl Storage for DirStorage {
             });
         }
         refuse_mounts(&self.volume_dir(volume))?;
-        let pending = self.copy_to_pending(&self.snapshot_dir(to, &meta), "rollback")?;
+        let pending = self.copy_to_pending(&self.snapshot_dir(to, &meta), "rollback", false)?;
         let _lock = self.lock()?;
         let target = self.volume_dir(volume);
         // Swap in one step, so the volume is never missing or half-restored.
@@ -558,7 +591,7 @@ impl Storage for DirStorage {
             RenameFlags::EXCHANGE,
         )
         .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
-        fs::remove_dir_all(&pending).map_err(io_err("remove", &pending))?;
+        self.trees.remove(&pending)?;
         let mut meta = self.read_meta(volume)?;
         for name in &newer {
             self.remove_tree(&self.snapshots_dir(volume).join(name))?;

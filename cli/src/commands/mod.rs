@@ -3,6 +3,7 @@
 
 mod chroot;
 mod internal_init;
+mod repo;
 mod root;
 mod stage;
 mod volume;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Read-write build roots
     #[command(subcommand)]
     Root(root::RootCommand),
+    /// SquashFS snapshots of the ebuild repository
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
     #[command(hide = true)]
     InternalInit(internal_init::InitArgs),
 }
@@ -70,6 +74,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Root(root::RootCommand::Pack(args)) => root::pack::run(&ctx, args),
         Command::Root(root::RootCommand::Run(args)) => return root::run::run(&ctx, args),
         Command::Root(root::RootCommand::Shell(args)) => return root::shell::run(&ctx, args),
+        Command::Repo(repo::RepoCommand::Pack(args)) => repo::pack::run(&ctx, args),
+        Command::Repo(repo::RepoCommand::List(args)) => repo::list::run(&ctx, args),
         Command::InternalInit(_) => unreachable!("handled above"),
     };
     done.map(|()| ExitCode::SUCCESS)
