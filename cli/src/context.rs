@@ -76,6 +76,11 @@ impl Context {
         };
         let mut registry = Registry::default();
         registry.register_storage(autogentoo_backend_dir::NAME, autogentoo_backend_dir::open);
+        registry.register_storage(
+            autogentoo_backend_btrfs::NAME,
+            autogentoo_backend_btrfs::open,
+        );
+        registry.register_storage(autogentoo_backend_zfs::NAME, autogentoo_backend_zfs::open);
         Ok(Self {
             config,
             backend,

@@ -1,15 +1,20 @@
 //! `cargo xtask test`: formatting, lints, then every test tier.
 //!
-//! Tiers: *unit* (pure logic, no root) and *real* (root, real filesystems, real GNU tools). On
-//! the project's machines and in CI every tier runs; `--unit` is for a quick local loop.
+//! Tiers: *unit* (pure logic, no root) and *real* (root, real filesystems, real GNU tools, a
+//! zfs-fuse daemon, btrfs and SquashFS through loop devices). On the project's machines and in
+//! CI every tier runs; `--unit` is for a quick local loop.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::host::{self, cargo};
 
-/// What the real tier drives: GNU tar and the compressors, xattr and capability tools.
+/// What the real tier drives: GNU tar, cpio and the compressors, xattr and capability tools,
+/// busybox for test roots, SquashFS tools, btrfs and ZFS.
 const PACKAGES: &[&str] = &[
     "tar",
+    "cpio",
     "xz-utils",
     "zstd",
     "bzip2",
@@ -18,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "libcap2-bin",
     "busybox-static",
     "squashfs-tools",
+    "btrfs-progs",
+    "zfs-fuse",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {
@@ -39,9 +46,41 @@ pub fn run(unit_only: bool) -> Result<()> {
     ]))?;
     host::run(cargo().args(["build", "--package", "autogentoo-cli"]))?;
     let bin = host::target_dir().join("debug/autogentoo");
-    host::run(
+    // The ZFS tests start a zfs-fuse daemon when none runs and leave its PID here; it is
+    // stopped once every test binary is done, pass or fail.
+    let pidfile = host::target_dir().join("zfs-fuse.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    let result = host::run(
         cargo()
             .args(["test", "--workspace"])
-            .env("AUTOGENTOO_BIN", bin),
-    )
+            .env("AUTOGENTOO_BIN", bin)
+            .env("AUTOGENTOO_ZFS_FUSE_PIDFILE", &pidfile),
+    );
+    stop_daemon(&pidfile);
+    result
+}
+
+/// Stops the zfs-fuse daemon the tests started, by its PID.
+fn stop_daemon(pidfile: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let alive = || rustix::process::test_kill_process(pid).is_ok();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if alive() {
+        eprintln!(
+            "zfs-fuse (PID {}) did not stop on SIGTERM; killing it",
+            pid.as_raw_nonzero()
+        );
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let _ = std::fs::remove_file(pidfile);
 }

@@ -285,10 +285,10 @@ impl<T: Trees> TreeStore<T> {
     fn remove_tree(&self, path: &Path) -> Result<(), StorageError> {
         refuse_mounts(path)?;
         let trash = self.pending_name("trash");
-        match fs::rename(path, &trash) {
+        match self.trees.rename(path, &trash, RenameFlags::empty()) {
             Ok(()) => self.trees.remove(&trash),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("move out of view", path)(e)),
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io_err("move out of view", path)(e.into())),
         }
     }
 
@@ -323,13 +323,7 @@ impl<T: Trees> TreeStore<T> {
         target: &Path,
         what: impl FnOnce() -> String,
     ) -> Result<(), StorageError> {
-        match rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            pending,
-            rustix::fs::CWD,
-            target,
-            RenameFlags::NOREPLACE,
-        ) {
+        match self.trees.rename(pending, target, RenameFlags::NOREPLACE) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = self.trees.remove(pending);
@@ -583,14 +577,9 @@ impl<T: Trees> Storage for TreeStore<T> {
         let _lock = self.lock()?;
         let target = self.volume_dir(volume);
         // Swap in one step, so the volume is never missing or half-restored.
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &pending,
-            rustix::fs::CWD,
-            &target,
-            RenameFlags::EXCHANGE,
-        )
-        .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
+        self.trees
+            .rename(&pending, &target, RenameFlags::EXCHANGE)
+            .map_err(|e| io_err("swap in the snapshot at", &target)(e.into()))?;
         self.trees.remove(&pending)?;
         let mut meta = self.read_meta(volume)?;
         for name in &newer {

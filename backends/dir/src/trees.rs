@@ -7,6 +7,7 @@ use std::path::Path;
 
 use autogentoo_core::storage::{io_err, Capabilities, StorageError};
 use autogentoo_core::tree_copy::copy_tree;
+use rustix::fs::RenameFlags;
 
 /// How trees are made. Every path given is inside the workdir; `dst` paths do not exist yet.
 pub trait Trees: Send + Sync {
@@ -31,6 +32,13 @@ pub trait Trees: Send + Sync {
 
     /// Removes a tree and everything in it.
     fn remove(&self, path: &Path) -> Result<(), StorageError>;
+
+    /// Renames the tree at `from` to `to` (`flags` as for `renameat2`): how a finished tree is
+    /// published and how one is moved out of view before removal. A filesystem that will not
+    /// move a read-only tree to another directory (btrfs) lifts the flag for the move.
+    fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> rustix::io::Result<()> {
+        rustix::fs::renameat_with(rustix::fs::CWD, from, rustix::fs::CWD, to, flags)
+    }
 }
 
 /// Plain directories, copied.

@@ -3,5 +3,6 @@
 
 pub mod conformance;
 pub mod tree;
+pub mod zfs_pool;
 
 pub use tree::{assert_same_tree, tree_diff};

@@ -198,7 +198,12 @@ impl Entry {
 }
 
 fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut names = vec![0; rustix::fs::llistxattr_query(path)?];
+    // A filesystem without xattrs (zfs-fuse, ramfs) holds none.
+    let size = match rustix::fs::llistxattr_query(path) {
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        other => other?,
+    };
+    let mut names = vec![0; size];
     let len = rustix::fs::llistxattr(path, &mut names)?;
     names.truncate(len);
     let mut xattrs = Vec::new();
