@@ -100,6 +100,14 @@ pub enum ImportError {
     },
     #[error("{}: a DIGESTS check needs a tarball, not a directory", .path.display())]
     DigestsForDirectory { path: PathBuf },
+    #[error("{}: '{entry}' has the extended attribute {attribute}, which the {backend} storage cannot keep; \
+             import into a backend with xattrs (dir, btrfs, OpenZFS) — nothing was written", .path.display())]
+    XattrsUnsupported {
+        path: PathBuf,
+        entry: String,
+        attribute: String,
+        backend: String,
+    },
     #[error("interrupted; nothing was imported")]
     Interrupted,
 }
@@ -132,6 +140,9 @@ pub fn import_stage(
         None => None,
     };
 
+    if !storage.capabilities().xattrs {
+        refuse_xattrs(storage.backend_name(), source, meta.is_dir(), request)?;
+    }
     let pending = PendingGuard::new(storage, &id)?;
     let (entries, bytes) = if meta.is_dir() {
         let stats = tree_copy::copy_tree(source, pending.path())?;
@@ -179,6 +190,80 @@ pub fn import_stage(
             Err(err.into())
         }
     }
+}
+
+/// Fails if the source holds extended attributes, before anything is written: a backend that
+/// cannot store them would lose file capabilities silently. For a tarball this is a read of the
+/// archive's headers (the contents are decompressed but not written).
+fn refuse_xattrs(backend: &str, source: &Path, is_dir: bool, request: &ImportRequest) -> Result<(), ImportError> {
+    let found = if is_dir {
+        first_xattr_in_dir(source)?
+    } else {
+        let stream = open_decompressed(source, &Silent)?;
+        let mut archive = tar::Archive::new(stream);
+        let corrupt = |e| ImportError::Corrupt {
+            path: source.to_owned(),
+            source: e,
+        };
+        let mut found = None;
+        for entry in archive.entries().map_err(corrupt)? {
+            if request.cancel.load(Ordering::Relaxed) {
+                return Err(ImportError::Interrupted);
+            }
+            let mut entry = entry.map_err(corrupt)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if let Some(extensions) = entry.pax_extensions().map_err(corrupt)? {
+                for ext in extensions {
+                    let key = ext.map_err(corrupt)?.key_bytes().to_vec();
+                    if let Some(attribute) = key.strip_prefix(b"SCHILY.xattr.") {
+                        found = Some((name.clone(), String::from_utf8_lossy(attribute).into_owned()));
+                    }
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        found
+    };
+    match found {
+        Some((entry, attribute)) => Err(ImportError::XattrsUnsupported {
+            path: source.to_owned(),
+            entry,
+            attribute,
+            backend: backend.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first entry (and attribute) with an extended attribute below `dir`.
+fn first_xattr_in_dir(dir: &Path) -> Result<Option<(String, String)>, ImportError> {
+    let mut todo = vec![dir.to_owned()];
+    while let Some(current) = todo.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| ImportError::Source {
+            path: current.clone(),
+            source: e,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| ImportError::Source {
+                    path: current.clone(),
+                    source: e,
+                })?
+                .path();
+            let mut names = vec![0u8; rustix::fs::llistxattr_query(&path).unwrap_or(0)];
+            let len = rustix::fs::llistxattr(&path, &mut names).unwrap_or(0);
+            if let Some(name) = names[..len].split(|&b| b == 0).find(|n| !n.is_empty()) {
+                let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                return Ok(Some((shown, String::from_utf8_lossy(name).into_owned())));
+            }
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Compression formats, recognised by magic bytes.
