@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: each autogentoo command against the tool people use instead, on the
 # same real tree, in one run, printed as ratios (ours / theirs: below 1.00x we are faster).
-# See bench/README.md. Run as root: debootstrap, device nodes and owners need it.
+# See bench/README.md. Run as root: debootstrap, device nodes, owners, loop devices and zfs-fuse
+# need it.
 set -euo pipefail
 
 # EPOCHREALTIME and printf use the locale's decimal separator; the arithmetic below needs '.'.
@@ -13,9 +14,14 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create repo_pack)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack)
+# The backends `--backend all` means, in the order they run.
+readonly ALL_BACKENDS=(dir btrfs zfs)
+# The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
+# written takes space (about 1 GB each in a default run).
+readonly VOLUME_SIZE=16G
 
-BACKEND=dir
+BACKEND_ARG=all
 RUNS=3
 JSON=0
 SCRATCH_PARENT=""
@@ -23,16 +29,19 @@ BENCHES=("${ALL_BENCHES[@]}")
 
 usage() {
     cat <<EOF
-Usage: bench/run.sh [--backend NAME] [--runs N] [--only NAME,...] [--scratch DIR] [--json]
+Usage: bench/run.sh [--backend dir|btrfs|zfs|all] [--runs N] [--only NAME,...] [--scratch DIR] [--json]
 
 Times autogentoo commands against their usual alternatives on a debootstrap'ed Debian
 $SUITE minbase tree and prints median times and ratios (ours / theirs; lower is better for us).
 
-  --backend NAME  storage backend passed to autogentoo (default: dir)
+  --backend NAME  storage backend(s) for stage_import and root_create: dir, btrfs, zfs or
+                  all (default: all). btrfs gets a loop-mounted image and zfs a file-backed
+                  pool (and zfs-fuse, if no ZFS answers), made under the cache and removed on
+                  exit. root_pack and repo_pack use the named backend, or dir for all.
   --runs N        timed runs of each side, alternating; the median is reported (default: 3)
-  --only LIST     comma-separated comparisons to run (default: ${ALL_BENCHES[*]})
-  --scratch DIR   where workdirs and the alternatives' output go, on the filesystem under
-                  test (default: a fresh directory under the cache)
+  --only LIST     comma-separated comparisons to run (default: $(IFS=,; echo "${ALL_BENCHES[*]}"))
+  --scratch DIR   where the dir backend's workdirs and the alternatives' output go, on the
+                  filesystem under test (default: a fresh directory under the cache)
   --json          also print one JSON object per comparison at the end
 
 Environment: AUTOGENTOO_BIN (skip the release build and use this binary),
@@ -50,7 +59,7 @@ die() {
 parse_args() {
     while (($#)); do
         case $1 in
-            --backend) BACKEND=${2:?--backend needs a name}; shift ;;
+            --backend) BACKEND_ARG=${2:?--backend needs a name}; shift ;;
             --runs) RUNS=${2:?--runs needs a number}; shift ;;
             --only) IFS=, read -ra BENCHES <<<"${2:?--only needs a list}"; shift ;;
             --scratch) SCRATCH_PARENT=${2:?--scratch needs a directory}; shift ;;
@@ -65,6 +74,26 @@ parse_args() {
     for name in "${BENCHES[@]}"; do
         declare -F "bench_$name" >/dev/null || die "unknown comparison '$name' (known: ${ALL_BENCHES[*]})"
     done
+    case $BACKEND_ARG in
+        all) BACKENDS=("${ALL_BACKENDS[@]}"); PACK_BACKEND=dir ;;
+        dir | btrfs | zfs) BACKENDS=("$BACKEND_ARG"); PACK_BACKEND=$BACKEND_ARG ;;
+        *) die "--backend wants dir, btrfs, zfs or all, not '$BACKEND_ARG'" ;;
+    esac
+    # The backend our commands run on at the moment; use_backend switches it.
+    BACKEND=$PACK_BACKEND
+}
+
+# Whether the comparisons picked will use BACKEND $1.
+uses_backend() {
+    local name backend
+    for name in "${BENCHES[@]}"; do
+        case $name in
+            stage_import | root_create)
+                for backend in "${BACKENDS[@]}"; do [[ $backend == "$1" ]] && return 0; done ;;
+            *) [[ $PACK_BACKEND == "$1" ]] && return 0 ;;
+        esac
+    done
+    return 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +102,9 @@ parse_args() {
 # Installs whatever is missing, through apt, so a fresh Debian machine can run the script as is.
 require_tools() {
     local -A package_of=([debootstrap]=debootstrap [xz]=xz-utils [pigz]=pigz [tar]=tar
-        [mksquashfs]=squashfs-tools)
+        [mksquashfs]=squashfs-tools [cpio]=cpio [flock]=util-linux)
+    if uses_backend btrfs; then package_of+=([mkfs.btrfs]=btrfs-progs [losetup]=mount); fi
+    if uses_backend zfs; then package_of+=([zfs-fuse]=zfs-fuse [zpool]=zfs-fuse [zfs]=zfs-fuse); fi
     local cmd missing=()
     for cmd in "${!package_of[@]}"; do
         command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
@@ -131,6 +162,77 @@ build_fixture() {
     TARBALL_BLOCKS=$(xz --robot --list "$TARBALL" | awk '$1 == "file" { print $3 }')
 }
 
+# zfs-fuse stores no extended attributes, and stage import refuses a tarball with any onto a
+# backend that cannot keep them. Sets ZFS_TARBALL to the tarball to import there: the fixture's
+# if it has none, else a copy packed without them (cached, like the fixture), and NOTE_ZFS to
+# the line that says which.
+zfs_tarball() {
+    local count=$CACHE/minbase.xattrs plain=$CACHE/minbase-noxattrs.tar.xz
+    if [[ ! -f $count || $TARBALL -nt $count ]]; then
+        say "counting the extended attributes in $TARBALL"
+        # tar -tvv lists each stored attribute of an entry on a line of its own: "  x: SIZE NAME".
+        tar --xattrs -tvvf "$TARBALL" | awk '/^  x: / { n++ } END { print n + 0 }' >"$count.tmp"
+        mv "$count.tmp" "$count"
+    fi
+    TARBALL_XATTRS=$(<"$count")
+    if ((TARBALL_XATTRS == 0)); then
+        ZFS_TARBALL=$TARBALL
+        NOTE_ZFS="zfs: minbase.tar.xz has no extended attributes, so zfs-fuse (which stores none) imports it as is"
+        return
+    fi
+    if [[ ! -f $plain || $TARBALL -nt $plain ]]; then
+        say "packing $plain (zfs-fuse stores no extended attributes)"
+        tar --no-xattrs --numeric-owner -cpf - -C "$FIXTURE_ROOT" . | xz -T0 -6 >"$plain.tmp"
+        mv "$plain.tmp" "$plain"
+    fi
+    ZFS_TARBALL=$plain
+    NOTE_ZFS="zfs: minbase.tar.xz has $TARBALL_XATTRS extended attributes, which zfs-fuse cannot store: stage import (zfs) and its tar -xpf unpack minbase-noxattrs.tar.xz ($(awk -v b="$(stat -c %s "$plain")" 'BEGIN { printf "%.1f", b / 1e6 }') MB) instead"
+}
+
+# The stages root create clones: FILES small files (1-4 KB, of text) in directories of 100
+# (NN/NNN/fNN), the same bytes every time; built once and cached like the fixture.
+gen_tree() {
+    local dest=$1 files=$2
+    mkdir -p "$dest"
+    (
+        umask 022
+        cd "$dest"
+        awk -v files="$files" 'BEGIN {
+            for (d = 0; d < files / 100; d++) printf "%02d/%03d\n", int(d / 100), d % 100 }' |
+            xargs mkdir -p
+        awk -v files="$files" 'BEGIN {
+            for (n = 0; n < files; n++) {
+                d = int(n / 100)
+                size = 1024 + (n * 797) % 3072
+                s = ""
+                for (l = 0; length(s) < size; l++) s = s sprintf("file %d line %d\n", n, l)
+                path = sprintf("%02d/%03d/f%02d", int(d / 100), d % 100, n % 100)
+                printf "%s", substr(s, 1, size) > path
+                close(path)
+            }
+        }'
+    )
+}
+
+# TREE_OF[10k] and TREE_OF[100k]: the generated stage trees.
+readonly GROW_SIZES=(10k 100k)
+declare -A TREE_OF=() TREE_BYTES_OF=()
+build_trees() {
+    local size files tree
+    for size in "${GROW_SIZES[@]}"; do
+        files=$((${size%k} * 1000))
+        tree=$CACHE/tree-$size
+        if [[ ! -d $tree ]]; then
+            say "generating $tree ($files files, once)"
+            rm -rf "$tree.tmp"
+            gen_tree "$tree.tmp" "$files"
+            mv "$tree.tmp" "$tree"
+        fi
+        TREE_OF[$size]=$tree
+        TREE_BYTES_OF[$size]=$(du -sb "$tree" | cut -f1)
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 # Scratch space: workdirs and the alternatives' output live side by side on one filesystem, so
 # both sides write to the same disk. Removed on exit; the cache stays.
@@ -141,14 +243,149 @@ make_scratch() {
     SCRATCH=$(mktemp -d "$parent/run.XXXXXX")
 }
 
-# A fresh, initialised workdir in WD.
+# The filesystems the btrfs and zfs backends need, made on first use under VOLS (a fresh
+# directory in the cache) and undone by cleanup_volumes: each thing is recorded (device, mount
+# point, pool name, PID) the moment it exists, so the exit trap undoes exactly what was made.
+VOLS=""
+BTRFS_LOOP=""
+BTRFS_MNT=""
+ZFS_PID=""
+ZFS_POOL=""
+ZFS_MNT=""
+
+volumes_dir() { [[ -n $VOLS ]] || VOLS=$(mktemp -d "$CACHE/volumes.XXXXXX"); }
+
+# A fresh btrfs: a sparse image, mkfs.btrfs, a loop device, mounted at BTRFS_MNT.
+make_btrfs() {
+    volumes_dir
+    local image=$VOLS/btrfs.img
+    say "making a btrfs filesystem on a loop device ($image)"
+    truncate -s "$VOLUME_SIZE" "$image"
+    mkfs.btrfs -q -f "$image" >"$VOLS/mkfs.log" 2>&1 || { cat "$VOLS/mkfs.log" >&2; die "mkfs.btrfs failed"; }
+    BTRFS_LOOP=$(losetup --find --show "$image")
+    mkdir "$VOLS/btrfs"
+    mount -t btrfs "$BTRFS_LOOP" "$VOLS/btrfs"
+    BTRFS_MNT=$VOLS/btrfs
+}
+
+zfs_answers() { zfs list -H -o name >/dev/null 2>&1; }
+
+# Starts zfs-fuse when no ZFS answers, under the lock the test suite starts it under, so the two
+# never start one each. ZFS_PID is set only for a daemon started here.
+start_zfs_fuse() {
+    local lock=${TMPDIR:-/tmp}/autogentoo-zfs-fuse.lock pidfile=$VOLS/zfs-fuse.pid fd i
+    exec {fd}>"$lock"
+    flock "$fd"
+    if ! zfs_answers; then
+        say "starting zfs-fuse (pidfile $pidfile)"
+        # Its output to a log, not ours: a daemon holding our stderr would keep a pipe open.
+        zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >"$VOLS/zfs-fuse.log" 2>&1 ||
+            { cat "$VOLS/zfs-fuse.log" >&2; die "zfs-fuse did not start"; }
+        for ((i = 0; i < 300; i++)); do
+            [[ -z $ZFS_PID && -s $pidfile ]] && ZFS_PID=$(<"$pidfile")
+            [[ -n $ZFS_PID ]] && zfs_answers && break
+            sleep 0.1
+        done
+        zfs_answers || die "zfs-fuse did not answer within 30 s"
+    fi
+    exec {fd}>&-
+}
+
+# Stops the zfs-fuse started here, by its PID, unless another process's pool lives on it. Our
+# own pool is gone by now, or could not be destroyed: then stopping the daemon drops it (it is
+# in no cache file) and cleanup_volumes unmounts what it leaves behind.
+stop_zfs_fuse() {
+    [[ -n $ZFS_PID ]] || return 0
+    [[ $(cat "/proc/$ZFS_PID/comm" 2>/dev/null) == zfs-fuse ]] || return 0
+    local pools i
+    pools=$(zpool list -H -o name 2>/dev/null | grep -vFx "${ZFS_POOL:-}") || pools=""
+    if [[ -n $pools ]]; then
+        say "leaving zfs-fuse (PID $ZFS_PID) running: other pools live on it (${pools//$'\n'/ })"
+        return 0
+    fi
+    kill "$ZFS_PID" 2>/dev/null || return 0
+    for ((i = 0; i < 300; i++)); do
+        [[ -e /proc/$ZFS_PID ]] || return 0
+        sleep 0.1
+    done
+    say "zfs-fuse (PID $ZFS_PID) did not stop within 30 s; killing it"
+    kill -KILL "$ZFS_PID" 2>/dev/null || true
+}
+
+# A fresh zfs pool in a sparse file, its root dataset mounted at ZFS_MNT: that is the workdir
+# (the zfs backend's workdir is a dataset's mount point).
+make_zfs() {
+    volumes_dir
+    start_zfs_fuse
+    local image=$VOLS/zfs.img name=agbench$$
+    say "making a zfs pool $name in $image"
+    truncate -s "$VOLUME_SIZE" "$image"
+    # Not in the daemon's pool cache (cachefile=none): the pool must not come back after a restart.
+    zpool create -o cachefile=none -m "$VOLS/zfs" "$name" "$image" >"$VOLS/zpool.log" 2>&1 ||
+        { cat "$VOLS/zpool.log" >&2; die "zpool create $name failed"; }
+    ZFS_POOL=$name
+    ZFS_MNT=$VOLS/zfs
+    ag --workdir "$ZFS_MNT" workdir init >/dev/null
+}
+
+# Makes BACKEND's filesystem if it has none yet, and switches our commands to it.
+use_backend() {
+    BACKEND=$1
+    case $BACKEND in
+        btrfs) [[ -n $BTRFS_MNT ]] || make_btrfs ;;
+        zfs) [[ -n $ZFS_MNT ]] || make_zfs ;;
+    esac
+}
+
+cleanup_volumes() {
+    local ok=1
+    if [[ -n $BTRFS_MNT ]]; then
+        umount "$BTRFS_MNT" || umount -l "$BTRFS_MNT" || ok=0
+    fi
+    # Only if the device is still attached to our image (losetup -j lists it).
+    if [[ -n $BTRFS_LOOP ]] && losetup -j "$VOLS/btrfs.img" | grep -q "^$BTRFS_LOOP:"; then
+        losetup -d "$BTRFS_LOOP" || ok=0
+    fi
+    # zfs-fuse can call a pool busy for a moment after a dataset on it was unmounted.
+    local i destroyed=1
+    if [[ -n $ZFS_POOL ]]; then
+        for ((i = 0; i < 30; i++)); do
+            zpool destroy -f "$ZFS_POOL" 2>"$VOLS/destroy.log" && break
+            sleep 1
+        done
+        ((i < 30)) || { cat "$VOLS/destroy.log" >&2; destroyed=0; ok=0; }
+    fi
+    stop_zfs_fuse
+    # What a pool that was not destroyed left mounted under VOLS, deepest first, by exact path.
+    if ((!destroyed)); then
+        local target
+        while read -r target; do
+            umount -l "$target" || true
+        done < <(findmnt -rn -o TARGET | grep -F "$VOLS/zfs" | sort -r)
+    fi
+    if [[ -n $VOLS && -d $VOLS ]]; then
+        if ((ok)); then
+            rm -rf --one-file-system "$VOLS"
+        else
+            say "bench: could not undo everything under $VOLS; left it in place"
+        fi
+    fi
+}
+
+# A fresh, initialised workdir in WD: a new directory in the scratch space (dir) or on the btrfs
+# filesystem; for zfs the pool's one workdir (its root dataset, initialised when it was made).
 new_workdir() {
-    WD=$(mktemp -d "$SCRATCH/workdir.XXXXXX")
+    case $BACKEND in
+        zfs) WD=$ZFS_MNT; return ;;
+        btrfs) WD=$(mktemp -d "$BTRFS_MNT/workdir.XXXXXX") ;;
+        *) WD=$(mktemp -d "$SCRATCH/workdir.XXXXXX") ;;
+    esac
     ag --workdir "$WD" workdir init >/dev/null
 }
 
 # Removes roots and stages through autogentoo before the directory, so backends that keep volumes
-# outside the workdir (zfs datasets, btrfs subvolumes) let go of them too.
+# outside the workdir (zfs datasets, btrfs subvolumes) let go of them too. The zfs workdir (the
+# pool's root dataset) stays.
 remove_workdir() {
     local wd=$1 name
     for name in $(ag --workdir "$wd" root list | cut -f1); do
@@ -157,16 +394,20 @@ remove_workdir() {
     for name in $(ag --workdir "$wd" stage list | cut -f1); do
         ag --workdir "$wd" stage remove "$name" || true
     done
-    rm -rf "$wd"
+    [[ $wd == "$ZFS_MNT" ]] || rm -rf "$wd"
 }
 
+# The exit trap. The dir backend's workdirs are removed one by one; the btrfs filesystem and the
+# zfs pool go whole.
 cleanup() {
-    [[ -n ${SCRATCH:-} && -d $SCRATCH ]] || return 0
-    local wd
-    for wd in "$SCRATCH"/workdir.*; do
-        [[ -d $wd ]] && { remove_workdir "$wd" 2>/dev/null || true; }
-    done
-    rm -rf "$SCRATCH"
+    if [[ -n ${SCRATCH:-} && -d $SCRATCH ]]; then
+        local wd BACKEND=dir
+        for wd in "$SCRATCH"/workdir.*; do
+            [[ -d $wd ]] && { remove_workdir "$wd" 2>/dev/null || true; }
+        done
+        rm -rf "$SCRATCH"
+    fi
+    cleanup_volumes
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -206,70 +447,199 @@ run_side() {
 # compare KEY LABEL THEIRS_LABEL OURS_SIDE THEIRS_SIDE
 # RUNS rounds of ours-then-theirs, so drift over the run (page cache warming, other load on the
 # machine) hits both sides alike; the median of each side keeps one outlier from deciding.
+# With THEIRS_SIDE empty only ours runs, and the line gives its time alone. Leaves the medians
+# in OURS_MEDIAN and THEIRS_MEDIAN. The tree is the fixture's unless the caller sets CMP_TREE_*.
 compare() {
     local key=$1 label=$2 theirs_label=$3 ours=$4 theirs=$5
     local -a ours_times=() theirs_times=()
     for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
         run_side "$ours"
         ours_times+=("$ELAPSED")
-        run_side "$theirs"
-        theirs_times+=("$ELAPSED")
-        say "  $key round $ROUND/$RUNS: ours ${ours_times[-1]} s, $theirs_label ${theirs_times[-1]} s"
+        if [[ -n $theirs ]]; then
+            run_side "$theirs"
+            theirs_times+=("$ELAPSED")
+            say "  $key ($BACKEND) round $ROUND/$RUNS: ours ${ours_times[-1]} s, $theirs_label ${theirs_times[-1]} s"
+        else
+            say "  $key ($BACKEND) round $ROUND/$RUNS: ours ${ours_times[-1]} s"
+        fi
     done
-    local ours_median theirs_median ratio
-    ours_median=$(median "${ours_times[@]}")
-    theirs_median=$(median "${theirs_times[@]}")
-    ratio=$(awk -v o="$ours_median" -v t="$theirs_median" 'BEGIN { printf "%.2f", o / t }')
-    TABLE+=("$(printf '%s vs %s: %.2f s vs %.2f s = %sx' \
-        "$label" "$theirs_label" "$ours_median" "$theirs_median" "$ratio")")
-    JSON_LINES+=("$(printf '{"bench":"%s","backend":"%s","runs":%d,"ours_s":%.3f,"theirs_s":%.3f,"ratio":%s,"ours_runs_s":[%s],"theirs_runs_s":[%s],"tree_bytes":%d,"tree_files":%d}' \
-        "$key" "$BACKEND" "$RUNS" "$ours_median" "$theirs_median" "$ratio" \
-        "$(IFS=,; echo "${ours_times[*]}")" "$(IFS=,; echo "${theirs_times[*]}")" \
-        "$TREE_BYTES" "$TREE_FILES")")
+    local tree="\"tree_bytes\":${CMP_TREE_BYTES:-$TREE_BYTES},\"tree_files\":${CMP_TREE_FILES:-$TREE_FILES}"
+    OURS_MEDIAN=$(median "${ours_times[@]}")
+    if [[ -z $theirs ]]; then
+        THEIRS_MEDIAN=""
+        TABLE+=("$(printf '%s: %.2f s' "$label" "$OURS_MEDIAN")")
+        JSON_LINES+=("$(printf '{"bench":"%s","backend":"%s","runs":%d,"ours_s":%.3f,"ours_runs_s":[%s],%s}' \
+            "$key" "$BACKEND" "$RUNS" "$OURS_MEDIAN" "$(IFS=,; echo "${ours_times[*]}")" "$tree")")
+        return
+    fi
+    local ratio
+    THEIRS_MEDIAN=$(median "${theirs_times[@]}")
+    ratio=$(awk -v o="$OURS_MEDIAN" -v t="$THEIRS_MEDIAN" 'BEGIN { printf "%.2f", o / t }')
+    TABLE+=("$(printf '%s vs %s: %.2f s vs %.2f s = %sx%s' \
+        "$label" "$theirs_label" "$OURS_MEDIAN" "$THEIRS_MEDIAN" "$ratio" "${CMP_GOAL:-}")")
+    JSON_LINES+=("$(printf '{"bench":"%s","backend":"%s","runs":%d,"ours_s":%.3f,"theirs_s":%.3f,"ratio":%s,"ours_runs_s":[%s],"theirs_runs_s":[%s],%s}' \
+        "$key" "$BACKEND" "$RUNS" "$OURS_MEDIAN" "$THEIRS_MEDIAN" "$ratio" \
+        "$(IFS=,; echo "${ours_times[*]}")" "$(IFS=,; echo "${theirs_times[*]}")" "$tree")")
+}
+
+# compare_sizes KEY LABEL THEIRS_LABEL OURS_BYTES THEIRS_BYTES: a size ratio, lower is better.
+compare_sizes() {
+    local key=$1 label=$2 theirs_label=$3 ours=$4 theirs=$5 ratio
+    ratio=$(awk -v o="$ours" -v t="$theirs" 'BEGIN { printf "%.3f", o / t }')
+    TABLE+=("$(printf '%s vs %s: %.2f MB vs %.2f MB = %sx%s' "$label" "$theirs_label" \
+        "$(awk -v b="$ours" 'BEGIN { print b / 1e6 }')" \
+        "$(awk -v b="$theirs" 'BEGIN { print b / 1e6 }')" "$ratio" "${CMP_GOAL:-}")")
+    JSON_LINES+=("$(printf '{"bench":"%s","backend":"%s","ours_bytes":%d,"theirs_bytes":%d,"ratio":%s}' \
+        "$key" "$BACKEND" "$ours" "$theirs" "$ratio")")
 }
 
 # ---------------------------------------------------------------------------------------------
 # Comparisons. Each is a `bench_NAME` calling `compare` with two sides; a side is the functions
 # SIDE_setup, SIDE_run (the timed part) and SIDE_cleanup. To add one, write both sides and its
-# bench_ function and list it in ALL_BENCHES.
+# bench_ function and list it in ALL_BENCHES. The per-backend ones loop over BACKENDS, calling
+# use_backend first.
 
-# The stage that roots are cloned from, in STAGE_WD/STAGE_DIR; imported only if no import round
-# left one behind (e.g. --only root_create).
-ensure_stage() {
-    if [[ -z ${STAGE_WD:-} ]]; then
-        new_workdir
-        STAGE_WD=$WD
-        ag --workdir "$STAGE_WD" stage import "$TARBALL" --name bench >/dev/null
-    fi
-    STAGE_DIR=$(ag --workdir "$STAGE_WD" stage path bench)
-}
-
-# stage import vs GNU tar: both unpack the same .tar.xz into a fresh directory.
+# stage import vs GNU tar: both unpack the same .tar.xz into a fresh directory; ours into a
+# workdir of each backend, tar into a plain directory in the scratch space.
 stage_import_ours_setup() { new_workdir; }
-stage_import_ours_run() { ag --workdir "$WD" stage import "$TARBALL" --name bench; }
+stage_import_ours_run() { ag --workdir "$WD" stage import "$IMPORT_TARBALL" --name bench; }
 stage_import_ours_cleanup() {
-    # The newest import is kept for root create, which saves importing once more.
-    if [[ -n ${STAGE_WD:-} ]]; then remove_workdir "$STAGE_WD"; fi
-    STAGE_WD=$WD
+    # The zfs workdir is shared with root_create's stages: only this import goes.
+    if [[ $BACKEND == zfs ]]; then ag --workdir "$WD" stage remove bench; else remove_workdir "$WD"; fi
 }
 stage_import_tar_setup() { DEST=$SCRATCH/tar-dest && mkdir "$DEST"; }
 stage_import_tar_run() {
-    tar --xattrs --xattrs-include='*' --numeric-owner -xpf "$TARBALL" -C "$DEST"
+    tar --xattrs --xattrs-include='*' --numeric-owner -xpf "$IMPORT_TARBALL" -C "$DEST"
 }
 stage_import_tar_cleanup() { rm -rf "$DEST"; }
 bench_stage_import() {
-    compare stage_import "stage import ($BACKEND)" "tar -xpf" stage_import_ours stage_import_tar
+    local backend
+    for backend in "${BACKENDS[@]}"; do
+        use_backend "$backend"
+        IMPORT_TARBALL=$TARBALL
+        if [[ $backend == zfs ]]; then
+            zfs_tarball
+            IMPORT_TARBALL=$ZFS_TARBALL
+            TABLE+=("$NOTE_ZFS")
+        fi
+        compare stage_import "stage import ($BACKEND)" "tar -xpf" stage_import_ours stage_import_tar
+    done
 }
 
-# root create vs cp -a: both make a writable copy of the imported stage.
-root_create_ours_setup() { ensure_stage; }
-root_create_ours_run() { ag --workdir "$STAGE_WD" root create "r$ROUND" --stage bench; }
-root_create_ours_cleanup() { ag --workdir "$STAGE_WD" root remove "r$ROUND"; }
-root_create_cp_setup() { ensure_stage; DEST=$SCRATCH/cp-dest; }
+# root create from a 10k-file and a 100k-file stage: on dir a copy, so it grows with the stage
+# (and cp -a of the same stage is the reference); on btrfs and zfs a snapshot or clone, so it
+# should not. The stages are imported once per backend, untimed, into GROW_WD[backend].
+declare -A GROW_WD=()
+ensure_grow_stages() {
+    [[ -n ${GROW_WD[$BACKEND]:-} ]] && return
+    new_workdir
+    local size
+    for size in "${GROW_SIZES[@]}"; do
+        say "  importing ${TREE_OF[$size]} as stage s$size ($BACKEND, untimed)"
+        ag --workdir "$WD" stage import "${TREE_OF[$size]}" --name "s$size" >/dev/null
+    done
+    GROW_WD[$BACKEND]=$WD
+}
+root_create_ours_run() { ag --workdir "${GROW_WD[$BACKEND]}" root create "r$ROUND" --stage "s$SIZE"; }
+root_create_ours_cleanup() { ag --workdir "${GROW_WD[$BACKEND]}" root remove "r$ROUND"; }
+root_create_cp_setup() { DEST=$SCRATCH/cp-dest; }
 root_create_cp_run() { cp -a "$STAGE_DIR" "$DEST"; }
 root_create_cp_cleanup() { rm -rf "$DEST"; }
 bench_root_create() {
-    compare root_create "root create ($BACKEND)" "cp -a" root_create_ours root_create_cp
+    build_trees
+    TABLE+=("$(printf 'root create stages: generated, 10k and 100k files of 1-4 KB in directories of 100 (%.1f MB and %.1f MB)' \
+        "$(awk -v b="${TREE_BYTES_OF[10k]}" 'BEGIN { print b / 1e6 }')" \
+        "$(awk -v b="${TREE_BYTES_OF[100k]}" 'BEGIN { print b / 1e6 }')")")
+    local backend small_ours small_theirs
+    for backend in "${BACKENDS[@]}"; do
+        use_backend "$backend"
+        ensure_grow_stages
+        for SIZE in "${GROW_SIZES[@]}"; do
+            STAGE_DIR=$(ag --workdir "${GROW_WD[$BACKEND]}" stage path "s$SIZE")
+            CMP_TREE_BYTES=${TREE_BYTES_OF[$SIZE]}
+            CMP_TREE_FILES=$((${SIZE%k} * 1000))
+            if [[ $BACKEND == dir ]]; then
+                compare "root_create_$SIZE" "root create ($BACKEND, $SIZE files)" "cp -a" \
+                    root_create_ours root_create_cp
+            else
+                compare "root_create_$SIZE" "root create ($BACKEND, $SIZE files)" "" root_create_ours ""
+            fi
+            if [[ $SIZE == "${GROW_SIZES[0]}" ]]; then
+                small_ours=$OURS_MEDIAN small_theirs=$THEIRS_MEDIAN
+            fi
+        done
+        unset CMP_TREE_BYTES CMP_TREE_FILES
+        compare_growth "$small_ours" "$OURS_MEDIAN" "$small_theirs" "$THEIRS_MEDIAN"
+    done
+}
+
+# compare_growth OURS_10K OURS_100K [CP_10K CP_100K]: how root create's time grows with the
+# stage, time(100k) / time(10k); ~1x is constant, ~10x linear in the files.
+compare_growth() {
+    local s=$1 l=$2 cs=${3:-} cl=${4:-} ratio cp_ratio line
+    ratio=$(awk -v l="$l" -v s="$s" 'BEGIN { printf "%.2f", l / s }')
+    line=$(printf 'root create (%s) growth, 100k files vs 10k files: %.2f s vs %.2f s = %sx' \
+        "$BACKEND" "$l" "$s" "$ratio")
+    local json
+    json=$(printf '{"bench":"root_create_growth","backend":"%s","runs":%d,"ours_10k_s":%.3f,"ours_100k_s":%.3f,"ratio":%s' \
+        "$BACKEND" "$RUNS" "$s" "$l" "$ratio")
+    if [[ -n $cs ]]; then
+        cp_ratio=$(awk -v l="$cl" -v s="$cs" 'BEGIN { printf "%.2f", l / s }')
+        line+=$(printf ' (cp -a: %.2f s vs %.2f s = %sx)' "$cl" "$cs" "$cp_ratio")
+        json+=$(printf ',"cp_10k_s":%.3f,"cp_100k_s":%.3f,"cp_ratio":%s' "$cs" "$cl" "$cp_ratio")
+    fi
+    TABLE+=("$line")
+    JSON_LINES+=("$json}")
+}
+
+# root pack vs find | cpio | pigz: both pack the fixture, imported as a stage and cloned as a
+# root with an /init added (root pack refuses a tree without one), into a gzip'd newc cpio at
+# level 6 on every core, leaving out the contents of the same directories (pack.exclude's
+# default: core/src/site_config.rs) and keeping the directories. The sizes are compared too.
+readonly PACK_EXCLUDE=(var/cache/distfiles var/cache/binpkgs var/db/repos usr/src var/tmp tmp
+    proc sys dev run)
+readonly PACK_GOAL_TIME=0.50 PACK_GOAL_SIZE=1.04
+ensure_pack_root() {
+    [[ -z ${PACK_ROOT:-} ]] || return 0
+    new_workdir
+    PACK_ROOT_WD=$WD
+    local source=$FIXTURE_ROOT
+    if [[ $BACKEND == zfs ]]; then zfs_tarball; source=$ZFS_TARBALL; fi
+    say "  importing the fixture as stage minbase and creating root pack ($BACKEND, untimed)"
+    ag --workdir "$WD" stage import "$source" --name minbase >/dev/null
+    ag --workdir "$WD" root create pack --stage minbase >/dev/null
+    PACK_ROOT=$(ag --workdir "$WD" root path pack)
+    printf '#!/bin/sh\nexec /bin/sh\n' >"$PACK_ROOT/init"
+    chmod 755 "$PACK_ROOT/init"
+}
+root_pack_ours_setup() { ensure_pack_root; DEST=$SCRATCH/ours.cpio.gz; }
+# gzip at 6 is root pack's default; spelled out so a site config cannot change it.
+root_pack_ours_run() {
+    ag --workdir "$PACK_ROOT_WD" root pack pack -o "$DEST" --compression gzip --level 6
+}
+root_pack_ours_cleanup() {
+    OURS_BYTES=$(stat -c %s "$DEST")
+    rm -f "$DEST" "$DEST.manifest.json"
+}
+root_pack_cpio_setup() { ensure_pack_root; DEST=$SCRATCH/theirs.cpio.gz; }
+# In a subshell, for the cd. An excluded directory matches -prune (not descended into) and is
+# printed; everything else is printed.
+root_pack_cpio_run() (
+    local prune=() dir
+    for dir in "${PACK_EXCLUDE[@]}"; do prune+=(${prune[0]+-o} -path "./$dir"); done
+    cd "$PACK_ROOT"
+    find . \( "${prune[@]}" \) -prune -print -o -print | cpio -o -H newc --quiet | pigz -6 >"$DEST"
+)
+root_pack_cpio_cleanup() {
+    THEIRS_BYTES=$(stat -c %s "$DEST")
+    rm -f "$DEST"
+}
+bench_root_pack() {
+    use_backend "$PACK_BACKEND"
+    CMP_GOAL=" (goal: <= ${PACK_GOAL_TIME}x)" compare root_pack "root pack (gzip 6, $BACKEND)" \
+        "find | cpio | pigz -6" root_pack_ours root_pack_cpio
+    CMP_GOAL=" (goal: <= ${PACK_GOAL_SIZE}x)" compare_sizes root_pack_size "root pack archive size" \
+        "find | cpio | pigz -6's" "$OURS_BYTES" "$THEIRS_BYTES"
 }
 
 # repo pack vs mksquashfs: both pack the fixture's usr/share (thousands of small text files,
@@ -298,20 +668,10 @@ repo_pack_mksquashfs_cleanup() {
     rm -f "$DEST"
 }
 bench_repo_pack() {
+    use_backend "$PACK_BACKEND"
     compare repo_pack "repo pack (zstd $PACK_LEVEL, 128K)" "mksquashfs" \
         repo_pack_ours repo_pack_mksquashfs
     compare_sizes repo_pack_size "repo pack image size" "mksquashfs's" "$OURS_BYTES" "$THEIRS_BYTES"
-}
-
-# compare_sizes KEY LABEL THEIRS_LABEL OURS_BYTES THEIRS_BYTES: a size ratio, lower is better.
-compare_sizes() {
-    local key=$1 label=$2 theirs_label=$3 ours=$4 theirs=$5 ratio
-    ratio=$(awk -v o="$ours" -v t="$theirs" 'BEGIN { printf "%.3f", o / t }')
-    TABLE+=("$(printf '%s vs %s: %.2f MB vs %.2f MB = %sx' "$label" "$theirs_label" \
-        "$(awk -v b="$ours" 'BEGIN { print b / 1e6 }')" \
-        "$(awk -v b="$theirs" 'BEGIN { print b / 1e6 }')" "$ratio")")
-    JSON_LINES+=("$(printf '{"bench":"%s","ours_bytes":%d,"theirs_bytes":%d,"ratio":%s}' \
-        "$key" "$ours" "$theirs" "$ratio")")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -322,12 +682,13 @@ main() {
     local started=${EPOCHREALTIME/./}
     find_binary
     require_tools
-    build_fixture
-    make_scratch
+    # Before anything that cleanup undoes is made. Without the INT and TERM traps, a Ctrl-C or
+    # kill would end bash without running the EXIT trap.
     trap cleanup EXIT
-    # Without these, a Ctrl-C or kill would end bash without running the EXIT trap.
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    build_fixture
+    make_scratch
 
     TABLE=()
     JSON_LINES=()

@@ -1336,3 +1336,635 @@ pub mod newc {
         }
     }
 }
+
+// Helpers for tests/backends.rs: the binary on a chosen backend, scratch btrfs and ZFS, and
+// sweeping what a failed test left mounted.
+
+/// The binary driven with one backend over one workdir, as an operator's script runs it:
+/// `--backend`, `--workdir` and `--config` on every call. The site configuration is empty, so
+/// that nothing on the host (`/etc/autogentoo`, `AUTOGENTOO_*`) changes what it does.
+pub struct BackendCli {
+    backend: String,
+    workdir: PathBuf,
+    config: PathBuf,
+}
+
+impl BackendCli {
+    /// Writes the empty site configuration `config`; its directory is the site directory.
+    pub fn new(backend: &str, workdir: &Path, config: &Path) -> Result<Self> {
+        fs::write(config, "").with_context(|| format!("write {}", config.display()))?;
+        Ok(Self {
+            backend: backend.to_owned(),
+            workdir: workdir.to_owned(),
+            config: config.to_owned(),
+        })
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// Runs the binary with `args` and returns what it did, whatever the outcome.
+    pub fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut command = Command::new(binary());
+        command
+            .arg("--backend")
+            .arg(&self.backend)
+            .arg("--workdir")
+            .arg(&self.workdir)
+            .arg("--config")
+            .arg(&self.config)
+            .args(&args)
+            .stdin(Stdio::null());
+        for var in [
+            "AUTOGENTOO_BACKEND",
+            "AUTOGENTOO_CONFIG",
+            "AUTOGENTOO_WORKDIR",
+            "AUTOGENTOO_LOG",
+        ] {
+            command.env_remove(var);
+        }
+        let shown = std::iter::once(format!("autogentoo --backend {}", self.backend))
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
+        Run::new(shown, output)
+    }
+
+    /// Runs the binary and panics unless it succeeds.
+    #[track_caller]
+    pub fn ok<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let run = self.run(args);
+        assert!(run.status.success(), "expected success: {}", run.describe());
+        run
+    }
+
+    /// The directory `autogentoo KIND path NAME` prints (`kind` is `stage` or `root`).
+    #[track_caller]
+    pub fn volume_path(&self, kind: &str, name: &str) -> PathBuf {
+        PathBuf::from(self.ok([kind, "path", name]).stdout.trim_end())
+    }
+
+    /// The names `autogentoo KIND list --json` shows.
+    #[track_caller]
+    pub fn names(&self, kind: &str) -> Vec<String> {
+        let run = self.ok([kind, "list", "--json"]);
+        let list = run.json();
+        let list = list
+            .as_array()
+            .unwrap_or_else(|| panic!("a JSON array: {}", run.describe()));
+        list.iter()
+            .map(|v| {
+                v["id"]["name"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("id.name in {v}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// The type of the filesystem holding `path`, from the kernel's mount table (the deepest
+/// mount point above it).
+pub fn filesystem_of(path: &Path) -> Option<String> {
+    let path = fs::canonicalize(path).ok()?;
+    mountinfo()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())
+        .map(|m| m.fstype)
+}
+
+/// Undoes what a test may have left below `dir`, each thing by its PID or path: processes
+/// chrooted or working there are killed, then the mounts there that `keep` does not accept
+/// are made slaves (an unmount must not travel back to the host's `/dev`) and detached,
+/// deepest first. Returns what was there, described; empty when nothing was.
+pub fn sweep_below(dir: &Path, keep: &dyn Fn(&MountEntry) -> bool) -> Vec<String> {
+    let using = |p: &ProcessInfo| p.root.starts_with(dir) || p.cwd.starts_with(dir);
+    let strays =
+        || -> Vec<MountEntry> { mounts_below(dir).into_iter().filter(|m| !keep(m)).collect() };
+    let mut found: Vec<String> = processes()
+        .iter()
+        .filter(|p| using(p))
+        .map(|p| format!("process {} ({})", p.pid, p.command))
+        .collect();
+    found.extend(
+        strays()
+            .iter()
+            .map(|m| format!("mount {} ({})", m.point.display(), m.fstype)),
+    );
+    for process in processes().iter().filter(|p| using(p)) {
+        if let Some(pid) = rustix::process::Pid::from_raw(process.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    let start = Instant::now();
+    while processes().iter().any(using) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..8 {
+        let mut mounts = strays();
+        if mounts.is_empty() {
+            break;
+        }
+        for mount in &mounts {
+            let _ = rustix::mount::mount_change(
+                &mount.point,
+                rustix::mount::MountPropagationFlags::DOWNSTREAM,
+            );
+        }
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.point.components().count()));
+        for mount in &mounts {
+            let _ = rustix::mount::unmount(
+                &mount.point,
+                rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+            );
+        }
+    }
+    found
+}
+
+/// Sweeps a directory ([`sweep_below`]) before whatever owns it is removed, also when the
+/// test fails: removing a tree with the host's `/dev` bound into it would remove the host's
+/// device nodes.
+pub struct SweepGuard {
+    dir: Option<PathBuf>,
+    keep: Box<dyn Fn(&MountEntry) -> bool>,
+}
+
+impl SweepGuard {
+    /// Sweeps every mount below `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self::keeping(dir, |_| false)
+    }
+
+    /// Sweeps the mounts below `dir` that `keep` does not accept (a ZFS pool's datasets are
+    /// mounted below its mountpoint).
+    pub fn keeping(dir: &Path, keep: impl Fn(&MountEntry) -> bool + 'static) -> Self {
+        Self {
+            dir: Some(dir.to_owned()),
+            keep: Box::new(keep),
+        }
+    }
+
+    /// Sweeps now; an error lists what the test left below the directory.
+    pub fn close(mut self) -> Result<()> {
+        let dir = self.dir.take().expect("not closed yet");
+        let left = sweep_below(&dir, &*self.keep);
+        ensure!(
+            left.is_empty(),
+            "left below {}: {}",
+            dir.display(),
+            left.join("; ")
+        );
+        Ok(())
+    }
+}
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let left = sweep_below(&dir, &*self.keep);
+            if !left.is_empty() {
+                eprintln!("cleaned up below {}: {}", dir.display(), left.join("; "));
+            }
+        }
+    }
+}
+
+/// Runs a command, returning its stdout; a failure carries its stderr.
+pub fn run_tool(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A scratch btrfs for one test: a sparse image made by `mkfs.btrfs` in a temporary directory,
+/// attached by `losetup --find --show` and mounted there. [`ScratchBtrfs::close`] (or, when the
+/// test fails, drop) sweeps what is below the mount, unmounts it, detaches that loop device (by
+/// its exact path, after checking it still holds our image) and removes the image.
+pub struct ScratchBtrfs {
+    tmp: Option<TempDir>,
+    image: PathBuf,
+    mount_point: PathBuf,
+    device: Option<PathBuf>,
+    mounted: bool,
+}
+
+impl ScratchBtrfs {
+    /// Big enough for mkfs.btrfs's minimum with room for a busybox stage; sparse.
+    const IMAGE_SIZE: u64 = 512 << 20;
+
+    pub fn new() -> Result<Self> {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("autogentoo-btrfs.")
+            .tempdir()
+            .context("cannot make a temporary directory")?;
+        // From here on, drop undoes whatever was done.
+        let mut scratch = Self {
+            image: tmp.path().join("btrfs.img"),
+            mount_point: tmp.path().join("mnt"),
+            tmp: Some(tmp),
+            device: None,
+            mounted: false,
+        };
+        fs::File::create(&scratch.image)
+            .and_then(|image| image.set_len(Self::IMAGE_SIZE))
+            .with_context(|| format!("cannot create {}", scratch.image.display()))?;
+        run_tool(Command::new("mkfs.btrfs").arg("-q").arg(&scratch.image))
+            .context("apt-get install btrfs-progs")?;
+        let device = run_tool(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&scratch.image),
+        )?;
+        let device = PathBuf::from(device.trim());
+        scratch.device = Some(device.clone());
+        fs::create_dir(&scratch.mount_point)?;
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "btrfs"])
+                .arg(&device)
+                .arg(&scratch.mount_point),
+        )?;
+        scratch.mounted = true;
+        Ok(scratch)
+    }
+
+    /// The top of the mounted filesystem.
+    pub fn path(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// The loop device holding the image.
+    pub fn device(&self) -> &Path {
+        self.device.as_deref().expect("attached")
+    }
+
+    /// Tears everything down; an error says what was left below the mount or could not be
+    /// undone.
+    pub fn close(mut self) -> Result<()> {
+        let left = if self.mounted {
+            sweep_below(&self.mount_point, &|_| false)
+        } else {
+            Vec::new()
+        };
+        self.tear_down()?;
+        ensure!(
+            left.is_empty(),
+            "the test left below the btrfs: {}",
+            left.join("; ")
+        );
+        Ok(())
+    }
+
+    fn tear_down(&mut self) -> Result<()> {
+        if self.mounted {
+            sweep_below(&self.mount_point, &|_| false);
+            unmount_patiently(&self.mount_point)?;
+            self.mounted = false;
+        }
+        if let Some(device) = &self.device {
+            detach_loop_device(device, &self.image)?;
+            self.device = None;
+        }
+        if let Some(tmp) = self.tmp.take() {
+            tmp.close().context("cannot remove the scratch directory")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ScratchBtrfs {
+    fn drop(&mut self) {
+        if let Err(e) = self.tear_down() {
+            eprintln!(
+                "cannot tear down the scratch btrfs on {}: {e:#}",
+                self.mount_point.display()
+            );
+            if self.mounted || self.device.is_some() {
+                // Removing the directory would reach into the mount: leave it on disk.
+                if let Some(tmp) = self.tmp.take() {
+                    let _ = tmp.keep();
+                }
+            }
+        }
+    }
+}
+
+/// Unmounts `mount_point`, waiting out a short-lived busy state (a `root run` elsewhere holds a
+/// copy of every host mount while it runs), else detaching it lazily.
+fn unmount_patiently(mount_point: &Path) -> Result<()> {
+    for _ in 0..50 {
+        match rustix::mount::unmount(mount_point, rustix::mount::UnmountFlags::NOFOLLOW) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::BUSY) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => bail!("cannot unmount {}: {e}", mount_point.display()),
+        }
+    }
+    rustix::mount::unmount(
+        mount_point,
+        rustix::mount::UnmountFlags::NOFOLLOW | rustix::mount::UnmountFlags::DETACH,
+    )
+    .with_context(|| format!("cannot unmount {}", mount_point.display()))
+}
+
+/// Detaches `device`, but only while it still holds `image`: once free, the number may be
+/// another test's.
+fn detach_loop_device(device: &Path, image: &Path) -> Result<()> {
+    if !loop_devices_on(image).iter().any(|d| d == device) {
+        return Ok(());
+    }
+    run_tool(Command::new("losetup").arg("--detach").arg(device)).map(drop)
+}
+
+/// A use of the ZFS daemon for the length of a test. A use starts zfs-fuse when no ZFS answers
+/// (through `autogentoo_core::testkit::zfs_pool::ensure_daemon`, which `Pool::new` calls too).
+/// When the last use in this process ends, a zfs-fuse that appeared while the tests used ZFS
+/// is stopped by its PID, unless a pool (another process's) still lives on it; a daemon that
+/// ran before is left alone.
+pub struct ZfsDaemon(());
+
+struct ZfsUsers {
+    count: usize,
+    /// The zfs-fuse the pidfile named when the first use began, if it ran.
+    found: Option<i32>,
+}
+
+static ZFS_USERS: std::sync::Mutex<ZfsUsers> = std::sync::Mutex::new(ZfsUsers {
+    count: 0,
+    found: None,
+});
+
+fn zfs_users() -> std::sync::MutexGuard<'static, ZfsUsers> {
+    ZFS_USERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn zfs_answers() -> bool {
+    Command::new("zfs")
+        .args(["list", "-H", "-o", "name"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The PID the zfs-fuse pidfile names.
+fn pidfile_pid() -> Option<i32> {
+    let pidfile = autogentoo_core::testkit::zfs_pool::pidfile();
+    fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+}
+
+/// The PID of the zfs-fuse daemon the pidfile names, if that one runs.
+fn zfs_fuse_pid() -> Option<i32> {
+    let pid = pidfile_pid()?;
+    let command = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (command.trim_end() == "zfs-fuse").then_some(pid)
+}
+
+/// zfs-fuse refuses to start while its pidfile exists, and leaves the file behind when it is
+/// stopped: a pidfile naming no running zfs-fuse is removed, under the lock that
+/// `ensure_daemon` starts the daemon under (so never while another process starts one).
+fn remove_stale_pidfile() {
+    let lock_path = std::env::temp_dir().join("autogentoo-zfs-fuse.lock");
+    let Ok(lock) = fs::File::create(&lock_path) else {
+        return;
+    };
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_ok()
+        && pidfile_pid().is_some()
+        && zfs_fuse_pid().is_none()
+    {
+        let _ = fs::remove_file(autogentoo_core::testkit::zfs_pool::pidfile());
+    }
+}
+
+impl ZfsDaemon {
+    pub fn acquire() -> Self {
+        require_root();
+        let mut users = zfs_users();
+        if users.count == 0 {
+            users.found = zfs_fuse_pid();
+        }
+        if !zfs_answers() {
+            remove_stale_pidfile();
+            autogentoo_core::testkit::zfs_pool::ensure_daemon();
+        }
+        users.count += 1;
+        Self(())
+    }
+}
+
+impl Drop for ZfsDaemon {
+    fn drop(&mut self) {
+        let mut users = zfs_users();
+        users.count -= 1;
+        if users.count > 0 {
+            return;
+        }
+        let Some(pid) = zfs_fuse_pid().filter(|pid| Some(*pid) != users.found) else {
+            return;
+        };
+        let pools = Command::new("zpool")
+            .args(["list", "-H", "-o", "name"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        match pools {
+            Ok(out) if out.status.success() && out.stdout.is_empty() => {}
+            _ => {
+                eprintln!("leaving zfs-fuse (PID {pid}) running: pools live on it");
+                return;
+            }
+        }
+        stop_daemon(pid);
+    }
+}
+
+/// Stops the zfs-fuse daemon `pid` (not our child: it daemonized) with SIGTERM, then SIGKILL
+/// if it has not exited after 30 s, and removes the pidfile it leaves.
+fn stop_daemon(pid: i32) {
+    let Some(process) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let alive = || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .starts_with('Z')
+        })
+    };
+    let _ = rustix::process::kill_process(process, rustix::process::Signal::TERM);
+    let start = Instant::now();
+    while alive() {
+        if start.elapsed() > Duration::from_secs(30) {
+            eprintln!("zfs-fuse (PID {pid}) ignored SIGTERM for 30 s: killing it");
+            let _ = rustix::process::kill_process(process, rustix::process::Signal::KILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if pidfile_pid() == Some(pid) {
+        let _ = fs::remove_file(autogentoo_core::testkit::zfs_pool::pidfile());
+    }
+}
+
+/// What [`build_busybox_stage`] puts in a stage besides Debian's busybox and its applets.
+pub mod busybox_stage {
+    /// An executable script that prints [`INIT_MARKER`].
+    pub const INIT: &str = "init";
+    pub const INIT_MARKER: &str = "autogentoo init ran";
+    /// A file whose contents tell where a command runs.
+    pub const MARKER_FILE: &str = "etc/marker";
+    pub const MARKER: &str = "from the stage\n";
+    /// Mode 4755.
+    pub const SETUID_FILE: &str = "usr/bin/suid-tool";
+    /// Two names of one inode.
+    pub const HARDLINKS: [&str; 2] = ["usr/bin/tool", "usr/bin/tool-alias"];
+    /// `c 1 3`.
+    pub const CHAR_DEV: &str = "dev/null";
+    pub const FIFO: &str = "run/initctl";
+    /// `cap_net_raw+ep`, only in a stage for a backend that keeps xattrs.
+    pub const CAP_FILE: &str = "usr/bin/ping";
+}
+
+/// Builds, in the new directory `root`, a busybox stage ([`build_busybox_tree`]) holding what
+/// [`busybox_stage`] lists: an executable `/init`, a setuid file, a hardlink pair, a device
+/// node, a fifo, and with `file_capability` a file with `security.capability`.
+pub fn build_busybox_stage(root: &Path, file_capability: bool) -> Result<()> {
+    use busybox_stage::*;
+    build_busybox_tree(root)?;
+    mkdir(&root.join("usr/bin"), 0o755)?;
+    write(
+        &root.join(INIT),
+        format!("#!/bin/sh\necho '{INIT_MARKER}'\n").as_bytes(),
+        0o755,
+    )?;
+    write(&root.join(MARKER_FILE), MARKER.as_bytes(), 0o644)?;
+    write(&root.join(SETUID_FILE), b"#!/bin/sh\nid -u\n", 0o755)?;
+    set_mode(&root.join(SETUID_FILE), 0o4755)?;
+    write(&root.join(HARDLINKS[0]), b"#!/bin/sh\necho tool\n", 0o755)?;
+    fs::hard_link(root.join(HARDLINKS[0]), root.join(HARDLINKS[1]))
+        .with_context(|| format!("link {}", HARDLINKS[1]))?;
+    mknod(&root.join(CHAR_DEV), FileType::CharacterDevice, 0o666, 1, 3)?;
+    mknod(&root.join(FIFO), FileType::Fifo, 0o600, 0, 0)?;
+    if file_capability {
+        write(&root.join(CAP_FILE), b"#!/bin/sh\necho ping\n", 0o755)?;
+        setcap("cap_net_raw+ep", &root.join(CAP_FILE))?;
+    }
+    Ok(())
+}
+
+/// `setcap CAPS PATH` (after every chown and chmod of the file: they clear capabilities).
+pub fn setcap(caps: &str, path: &Path) -> Result<()> {
+    run_tool(Command::new("setcap").arg(caps).arg(path))
+        .context("apt-get install libcap2-bin")
+        .map(drop)
+}
+
+// Helpers for the kernel tests: a kernel source tree to read, and kbuild run out of tree.
+
+/// Debian's Linux source tarball (`apt-get install linux-source-6.1`).
+pub const KERNEL_SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// A Linux source tree for the kernel tests, which only read it (kbuild writes to `O=`
+/// directories): `AUTOGENTOO_KERNEL_SOURCE` if set, else [`KERNEL_SOURCE_TARBALL`] extracted
+/// once into `target/test-kernel-source/`. The extraction holds a lock, since several test
+/// binaries may ask at once, and the tree is renamed into place only when complete.
+pub fn kernel_source() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AUTOGENTOO_KERNEL_SOURCE") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("Kconfig").is_file() && dir.join("Makefile").is_file(),
+            "AUTOGENTOO_KERNEL_SOURCE={} is not a kernel source tree",
+            dir.display()
+        );
+        return dir;
+    }
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-kernel-source");
+    extract_kernel_source(&cache).unwrap_or_else(|e| {
+        panic!(
+            "cannot extract {KERNEL_SOURCE_TARBALL} into {}: {e:#}",
+            cache.display()
+        )
+    })
+}
+
+fn extract_kernel_source(cache: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(cache).context("create the cache directory")?;
+    let cache = fs::canonicalize(cache).context("resolve the cache directory")?;
+    let tree = cache.join("linux-source-6.1");
+    let lock = fs::File::create(cache.join(".lock")).context("create the lock file")?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .context("lock the cache")?;
+    if tree.is_dir() {
+        return Ok(tree);
+    }
+    ensure!(
+        Path::new(KERNEL_SOURCE_TARBALL).is_file(),
+        "{KERNEL_SOURCE_TARBALL} is missing: apt-get install linux-source-6.1"
+    );
+    let staging = cache.join(".extracting");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).context("remove an interrupted extraction")?;
+    }
+    fs::create_dir(&staging).context("create the staging directory")?;
+    gnu_tar([
+        OsStr::new("--no-same-owner"),
+        OsStr::new("-xf"),
+        OsStr::new(KERNEL_SOURCE_TARBALL),
+        OsStr::new("-C"),
+        staging.as_os_str(),
+    ])?;
+    fs::rename(staging.join("linux-source-6.1"), &tree).context("rename the tree into place")?;
+    fs::remove_dir(&staging).context("remove the staging directory")?;
+    Ok(tree)
+}
+
+/// Runs `make -s -C SOURCE O=BUILD ARGS…` (configuration targets such as `allnoconfig` and
+/// `olddefconfig`); an error shows what make printed.
+pub fn kernel_make(source: &Path, build: &Path, args: &[&str]) -> Result<()> {
+    let output = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(source)
+        .arg(format!("O={}", build.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run make (apt-get install make gcc flex bison bc)")?;
+    ensure!(
+        output.status.success(),
+        "make {args:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

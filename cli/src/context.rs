@@ -48,16 +48,22 @@ pub struct Context {
     pub settings: StorageSettings,
     pub json: bool,
     pub quiet: bool,
+    /// The site file read, to hand on to the commands we start ourselves.
+    config_path: Option<PathBuf>,
     registry: Registry,
 }
 
 impl Context {
     pub fn new(global: &GlobalArgs) -> Result<Self> {
-        let config = match &global.config {
-            Some(path) => SiteConfig::load(path)?,
+        let config_path = match &global.config {
+            Some(path) => Some(path.clone()),
             None if std::path::Path::new(SYSTEM_CONFIG).exists() => {
-                SiteConfig::load(std::path::Path::new(SYSTEM_CONFIG))?
+                Some(PathBuf::from(SYSTEM_CONFIG))
             }
+            None => None,
+        };
+        let config = match &config_path {
+            Some(path) => SiteConfig::load(path)?,
             None => SiteConfig::default(),
         };
         let backend = global
@@ -87,6 +93,7 @@ impl Context {
             settings,
             json: global.json,
             quiet: global.quiet,
+            config_path: config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
             registry,
         })
     }
@@ -94,6 +101,21 @@ impl Context {
     /// The workdir's plain directories.
     pub fn layout(&self) -> Layout {
         Layout::new(&self.settings.workdir)
+    }
+
+    /// This program again, with the same backend, workdir and site config: for steps that must
+    /// run in a process of their own (`root run` enters namespaces it never leaves).
+    pub fn reinvoke(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("/proc/self/exe");
+        command.arg("--backend").arg(&self.backend);
+        command.arg("--workdir").arg(&self.settings.workdir);
+        if let Some(path) = &self.config_path {
+            command.arg("--config").arg(path);
+        }
+        if self.quiet {
+            command.arg("--quiet");
+        }
+        command
     }
 
     /// Opens the selected backend over the workdir.

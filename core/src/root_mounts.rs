@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{
-    self, FsMountFlags, FsOpenFlags, MountAttrFlags, MountPropagationFlags, MoveMountFlags,
-    OpenTreeFlags, UnmountFlags,
+    self, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MountPropagationFlags,
+    MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 use serde::Serialize;
 
@@ -37,8 +37,8 @@ pub enum MountSource {
     RecursiveBind { source: PathBuf },
     /// A fresh tmpfs (`/run`).
     Tmpfs,
-    /// A writable bind of a host directory (the shared caches).
-    Bind { source: PathBuf },
+    /// A bind of a host directory: the shared caches (writable), kernel sources (read-only).
+    Bind { source: PathBuf, read_only: bool },
     /// A SquashFS image on a loop device, read-only (the ebuild repository).
     SquashFs { image: PathBuf },
 }
@@ -91,6 +91,7 @@ impl MountPlan {
                 target: target.to_owned(),
                 source: MountSource::Bind {
                     source: source.to_owned(),
+                    read_only: false,
                 },
             });
         }
@@ -151,6 +152,31 @@ pub fn plan_for(
         repo: image.as_deref().map(|image| (image, mounts.repo.as_path())),
         resolv_conf: mounts.resolv_conf,
     }))
+}
+
+/// Where `kernel mount` puts things inside a root: the sources (read-only), the build
+/// directory (`make O=`), and the directory holding the initramfs the config names.
+pub const KERNEL_SOURCE_TARGET: &str = "usr/src/linux";
+pub const KERNEL_BUILD_TARGET: &str = "usr/src/linux-build";
+pub const INITRAMFS_TARGET: &str = "usr/src/initramfs";
+
+/// The binds of `kernel mount`.
+pub fn kernel_plan(source: &Path, build_dir: &Path, initramfs_dir: &Path) -> MountPlan {
+    let bind = |source: &Path, target: &str, read_only| PlannedMount {
+        target: target.into(),
+        source: MountSource::Bind {
+            source: source.to_owned(),
+            read_only,
+        },
+    };
+    MountPlan {
+        mounts: vec![
+            bind(source, KERNEL_SOURCE_TARGET, true),
+            bind(build_dir, KERNEL_BUILD_TARGET, false),
+            bind(initramfs_dir, INITRAMFS_TARGET, true),
+        ],
+        resolv_conf: false,
+    }
 }
 
 /// The newest SquashFS image (`*.sqfs`, by modification time) in `repos`, if any.
@@ -296,7 +322,7 @@ fn attach(source: &MountSource, target: &OwnedFd, host_path: &Path) -> Result<()
             false,
         ),
         MountSource::RecursiveBind { source } => (clone_tree(source, true)?, true),
-        MountSource::Bind { source } => (clone_tree(source, false)?, true),
+        MountSource::Bind { source, .. } => (clone_tree(source, false)?, true),
         MountSource::SquashFs { image } => {
             let device = LoopDevice::attach(image)?;
             let device_path = device.path().to_string_lossy().into_owned();
@@ -335,6 +361,14 @@ fn attach(source: &MountSource, target: &OwnedFd, host_path: &Path) -> Result<()
             MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
         )
         .map_err(fail("make a slave mount of"))?;
+    }
+    if let MountSource::Bind {
+        read_only: true, ..
+    } = source
+    {
+        let path = format!("/proc/self/fd/{}", tree.as_raw_fd());
+        mount::mount_remount(&path, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(fail("make read-only the bind on"))?;
     }
     Ok(())
 }

@@ -283,6 +283,20 @@ pub struct SystemConfig {
     /// Commands run inside the root, in order, before it is packed, like `emerge -uDN @world`.
     #[serde(default)]
     pub commands: Vec<String>,
+    /// Where the kernel is built: `root` (with the root's toolchain, the Gentoo way) or `host`.
+    #[serde(default)]
+    pub kernel_build: KernelBuildPlace,
+}
+
+/// Where `build SYSTEM` runs `make` for the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelBuildPlace {
+    /// Inside the root, with its toolchain (`kernel mount` then `root run`).
+    #[default]
+    Root,
+    /// On the host, with the host's toolchain.
+    Host,
 }
 
 impl SystemConfig {

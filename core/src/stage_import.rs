@@ -117,7 +117,17 @@ pub fn import_stage(
     storage: &dyn Storage,
     request: &ImportRequest,
 ) -> Result<ImportReport, ImportError> {
-    let id = VolumeId::new(VolumeKind::Stage, request.name)?;
+    import_sealed(storage, VolumeKind::Stage, request)
+}
+
+/// Imports a tree as a sealed volume of `kind`: a stage, or kernel sources (which builds read
+/// and never write: they build out of tree).
+pub fn import_sealed(
+    storage: &dyn Storage,
+    kind: VolumeKind,
+    request: &ImportRequest,
+) -> Result<ImportReport, ImportError> {
+    let id = VolumeId::new(kind, request.name)?;
     let source = request.source;
     let meta = std::fs::metadata(source).map_err(|e| ImportError::Source {
         path: source.to_owned(),
@@ -195,7 +205,12 @@ pub fn import_stage(
 /// Fails if the source holds extended attributes, before anything is written: a backend that
 /// cannot store them would lose file capabilities silently. For a tarball this is a read of the
 /// archive's headers (the contents are decompressed but not written).
-fn refuse_xattrs(backend: &str, source: &Path, is_dir: bool, request: &ImportRequest) -> Result<(), ImportError> {
+fn refuse_xattrs(
+    backend: &str,
+    source: &Path,
+    is_dir: bool,
+    request: &ImportRequest,
+) -> Result<(), ImportError> {
     let found = if is_dir {
         first_xattr_in_dir(source)?
     } else {
@@ -216,7 +231,10 @@ fn refuse_xattrs(backend: &str, source: &Path, is_dir: bool, request: &ImportReq
                 for ext in extensions {
                     let key = ext.map_err(corrupt)?.key_bytes().to_vec();
                     if let Some(attribute) = key.strip_prefix(b"SCHILY.xattr.") {
-                        found = Some((name.clone(), String::from_utf8_lossy(attribute).into_owned()));
+                        found = Some((
+                            name.clone(),
+                            String::from_utf8_lossy(attribute).into_owned(),
+                        ));
                     }
                 }
             }
@@ -255,7 +273,11 @@ fn first_xattr_in_dir(dir: &Path) -> Result<Option<(String, String)>, ImportErro
             let mut names = vec![0u8; rustix::fs::llistxattr_query(&path).unwrap_or(0)];
             let len = rustix::fs::llistxattr(&path, &mut names).unwrap_or(0);
             if let Some(name) = names[..len].split(|&b| b == 0).find(|n| !n.is_empty()) {
-                let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                let shown = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
                 return Ok(Some((shown, String::from_utf8_lossy(name).into_owned())));
             }
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {

@@ -35,6 +35,11 @@ impl Layout {
         self.workdir.join("out")
     }
 
+    /// Kernel build directories (`make O=`), one per system, kept for relinks.
+    pub fn kernel_builds(&self) -> PathBuf {
+        self.workdir.join("kbuild")
+    }
+
     /// Lock files, one set per root.
     pub fn locks(&self) -> PathBuf {
         self.workdir.join(".locks")

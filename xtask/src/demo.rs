@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: the main job on a fresh machine. It builds autogentoo, makes a small stage
-//! tarball from Debian's busybox-static (a real stage3 is not to be had offline), and runs the
-//! commands of the standard pipeline that exist so far on the example site with the dir backend.
+//! tarball from Debian's busybox-static (a real stage3 is not to be had offline), imports
+//! Debian's linux-source as the kernel, runs the standard pipeline (`autogentoo build demo`) on
+//! the example site with the dir backend, and boots the resulting EFI image in QEMU/OVMF until
+//! the demo's /init prints its marker.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -11,7 +13,26 @@ use anyhow::{Context, Result};
 
 use crate::host::{self, cargo};
 
-const PACKAGES: &[&str] = &["busybox-static", "tar", "gzip"];
+/// The stage's busybox, the kernel sources and what building them on the host takes, and the
+/// virtual machine that boots the result.
+const PACKAGES: &[&str] = &[
+    "busybox-static",
+    "tar",
+    "gzip",
+    "linux-source",
+    "make",
+    "gcc",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "qemu-system-x86",
+    "ovmf",
+];
+
+/// Debian's kernel sources, as the linux-source package installs them.
+const KERNEL_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
 /// The busybox applets the demo stage links, enough for a shell session and an /init.
 const APPLETS: &[&str] = &[
@@ -57,9 +78,30 @@ pub fn run() -> Result<()> {
         "--name",
         "demo",
     ]))?;
-    host::run(&mut ag(&["root", "create", "demo", "--stage", "demo"]))?;
-    host::run(&mut ag(&["workdir", "status"]))?;
-    eprintln!("demo root ready: {}", workdir.join("roots/demo").display());
+    if !ag(&["kernel", "path", "linux-6.1"])
+        .output()?
+        .status
+        .success()
+    {
+        host::run(&mut ag(&[
+            "kernel",
+            "import",
+            KERNEL_TARBALL,
+            "--name",
+            "linux-6.1",
+        ]))?;
+    }
+    host::run(&mut ag(&["build", "demo"]))?;
+    let image = workdir.join("out/demo/demo.efi");
+    host::run(&mut ag(&[
+        "-v",
+        "kernel",
+        "boot",
+        image.to_str().context("utf-8 path")?,
+        "--expect",
+        MARKER,
+    ]))?;
+    eprintln!("demo image booted: {}", image.display());
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use anyhow::{bail, Result};
 use crate::host::{self, cargo};
 
 /// What the real tier drives: GNU tar, cpio and the compressors, xattr and capability tools,
-/// busybox for test roots, SquashFS tools, btrfs and ZFS.
+/// busybox for test roots, SquashFS tools, btrfs and ZFS, kernel sources with what building
+/// them takes, QEMU and OVMF to boot the result, and debootstrap for a root with a toolchain.
 const PACKAGES: &[&str] = &[
     "tar",
     "cpio",
@@ -25,6 +26,17 @@ const PACKAGES: &[&str] = &[
     "squashfs-tools",
     "btrfs-progs",
     "zfs-fuse",
+    "linux-source",
+    "make",
+    "gcc",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "qemu-system-x86",
+    "ovmf",
+    "debootstrap",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

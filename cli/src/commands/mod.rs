@@ -1,8 +1,10 @@
 //! The command tree. Each leaf command is a module with a doc-commented `Args` struct (the doc is
 //! the help text) and one `run` function, dispatched from the single `match` in [`run`].
 
+mod build;
 mod chroot;
 mod internal_init;
+mod kernel;
 mod repo;
 mod root;
 mod stage;
@@ -46,6 +48,11 @@ pub enum Command {
     /// SquashFS snapshots of the ebuild repository
     #[command(subcommand)]
     Repo(repo::RepoCommand),
+    /// The standard pipeline for a system of the site config, each step skipped when unchanged
+    Build(build::BuildArgs),
+    /// Kernel sources, configs, builds and boots
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
     #[command(hide = true)]
     InternalInit(internal_init::InitArgs),
 }
@@ -76,6 +83,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Root(root::RootCommand::Shell(args)) => return root::shell::run(&ctx, args),
         Command::Repo(repo::RepoCommand::Pack(args)) => repo::pack::run(&ctx, args),
         Command::Repo(repo::RepoCommand::List(args)) => repo::list::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Import(args)) => kernel::import::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::List(args)) => kernel::list::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Path(args)) => kernel::path::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Config(args)) => kernel::config::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Mount(args)) => kernel::mount::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
+        Command::Build(args) => build::run(&ctx, args),
         Command::InternalInit(_) => unreachable!("handled above"),
     };
     done.map(|()| ExitCode::SUCCESS)

@@ -42,6 +42,15 @@ pub fn ensure_daemon() {
     if zfs_answers() {
         return;
     }
+    // zfs-fuse refuses to start while its pidfile exists, and leaves it behind when stopped.
+    let stale = std::fs::read_to_string(pidfile())
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .is_none_or(|pid| rustix::process::test_kill_process(pid).is_err());
+    if stale {
+        let _ = std::fs::remove_file(pidfile());
+    }
     // zfs-fuse daemonizes itself and writes its PID where we ask.
     let started = Command::new("zfs-fuse")
         .arg("--pidfile")

@@ -1,6 +1,6 @@
 //! `autogentoo root pack`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use autogentoo_core::initramfs::{self, Layer, PackRequest};
@@ -62,7 +62,6 @@ impl From<CompressionArg> for Compression {
 
 pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
     let storage = ctx.storage()?;
-    let root = storage.path(&VolumeId::new(VolumeKind::Root, &args.name)?)?;
     let config = &ctx.config;
     let compression = args
         .compression
@@ -88,32 +87,10 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
         Some(system) => config.system(system)?.overlays.clone(),
         None => args.overlay.clone(),
     };
-    let mut layers = vec![Layer {
-        name: format!("root:{}", args.name),
-        path: root,
-        site: false,
-    }];
-    if let Some(common) = config.common_dir() {
-        layers.push(Layer {
-            name: "common".into(),
-            path: common,
-            site: true,
-        });
-    }
-    for overlay in &overlays {
-        layers.push(Layer {
-            name: overlay.clone(),
-            path: config.overlay_dir(overlay)?,
-            site: true,
-        });
-    }
+    let root_path = storage.path(&VolumeId::new(VolumeKind::Root, &args.name)?)?;
+    let layers = layers(ctx, &args.name, &root_path, &overlays)?;
     let output = args.output.unwrap_or_else(|| {
-        let file = match compression {
-            Compression::Gzip => "initramfs.cpio.gz",
-            Compression::Zstd => "initramfs.cpio.zst",
-            Compression::None => "initramfs.cpio",
-        };
-        ctx.layout().out().join(&args.name).join(file)
+        crate::commands::kernel::build::default_initramfs(ctx, &args.name, compression)
     });
     let source_date_epoch =
         match std::env::var("SOURCE_DATE_EPOCH") {
@@ -154,4 +131,34 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
         println!("{}", report.archive.display());
     }
     Ok(())
+}
+
+/// The layers of an initramfs: the root, the site's `common/`, the overlays in order.
+pub fn layers(
+    ctx: &Context,
+    root_name: &str,
+    root_path: &Path,
+    overlays: &[String],
+) -> Result<Vec<Layer>> {
+    let config = &ctx.config;
+    let mut layers = vec![Layer {
+        name: format!("root:{root_name}"),
+        path: root_path.to_owned(),
+        site: false,
+    }];
+    if let Some(common) = config.common_dir() {
+        layers.push(Layer {
+            name: "common".into(),
+            path: common,
+            site: true,
+        });
+    }
+    for overlay in overlays {
+        layers.push(Layer {
+            name: overlay.clone(),
+            path: config.overlay_dir(overlay)?,
+            site: true,
+        });
+    }
+    Ok(layers)
 }

@@ -1,0 +1,277 @@
+//! `autogentoo build`: the standard pipeline for one system of the site config.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use autogentoo_core::initramfs::{self, PackRequest};
+use autogentoo_core::pipeline::{Fingerprint, State};
+use autogentoo_core::root_mounts::{self, umount_all};
+use autogentoo_core::site_config::KernelBuildPlace;
+use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
+use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
+use autogentoo_core::workdir;
+use clap::Args;
+
+use crate::commands::kernel::build::{
+    build_kernel, default_initramfs, fragments, kernel_volume, KernelJob,
+};
+use crate::commands::root::pack::layers;
+use crate::context::Context;
+
+/// Run the standard pipeline for a system of the site config: the workdir, its root (cloned
+/// from its stage if missing), the system's commands inside the root, the initramfs (root,
+/// common/, overlays), the kernel config and the kernel with the initramfs embedded, and the
+/// unmount. Each step is skipped when its inputs are unchanged since it last ran (their hashes
+/// are kept in WORKDIR/out/SYSTEM/build-state.json).
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The system, as `[systems.NAME]` in the site config
+    pub system: String,
+
+    /// Print the plan (each step and whether it would run) and do nothing
+    #[arg(long)]
+    pub pretend: bool,
+}
+
+/// One line of the plan.
+struct Step {
+    name: &'static str,
+    run: bool,
+    why: String,
+}
+
+pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
+    let system = ctx.config.system(&args.system)?.clone();
+    let storage = ctx.storage()?;
+    let layout = ctx.layout();
+    let root_name = system.root_name(&args.system).to_owned();
+    let out_dir = layout.out().join(&args.system);
+    let mut state = State::load(&out_dir.join("build-state.json"));
+    let mut plan: Vec<Step> = Vec::new();
+    let mut say = |step: Step, pretend: bool| {
+        if pretend || !ctx.quiet {
+            let verb = if step.run { "run " } else { "skip" };
+            let line = format!("{verb} {:<8} {}", step.name, step.why);
+            if pretend {
+                println!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        plan.push(step);
+    };
+
+    // 1. The workdir.
+    say(
+        Step {
+            name: "workdir",
+            run: true,
+            why: format!("{} ({})", layout.workdir.display(), storage.backend_name()),
+        },
+        args.pretend,
+    );
+    if !args.pretend {
+        workdir::init(&*storage, &layout).context("cannot initialise the workdir")?;
+    }
+
+    // 2. The stage must be there: the pipeline does not know where a stage comes from.
+    let stage = VolumeId::new(VolumeKind::Stage, &system.stage)?;
+    if storage.get(&stage).is_err() {
+        bail!(
+            "system '{}' needs stage '{}', which is not imported; run `autogentoo stage import SOURCE --name {}`",
+            args.system,
+            system.stage,
+            system.stage
+        );
+    }
+
+    // 3. The root, cloned from the stage when missing.
+    let root_id = VolumeId::new(VolumeKind::Root, &root_name)?;
+    let root_exists = storage.get(&root_id).is_ok();
+    say(
+        Step {
+            name: "root",
+            run: !root_exists,
+            why: if root_exists {
+                format!("'{root_name}' exists")
+            } else {
+                format!("create '{root_name}' from stage '{}'", system.stage)
+            },
+        },
+        args.pretend,
+    );
+    if !root_exists && !args.pretend {
+        storage.clone_snapshot(&SnapshotId::new(stage.clone(), SEAL_SNAPSHOT)?, &root_id)?;
+    }
+    let root_path = storage.path(&root_id).or_else(|e| match e {
+        StorageError::NotFound(_) if args.pretend => Ok(PathBuf::from("(not created yet)")),
+        other => Err(other),
+    })?;
+
+    // 4. The system's commands inside the root.
+    let repo = root_mounts::newest_repo_image(&layout.repos())?;
+    let commands_print = Fingerprint::default()
+        .text("commands", &system.commands.join("\n"))
+        .text("stage", &format!("{}", storage.get(&stage)?.created))
+        .text(
+            "repo",
+            &repo
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
+        .finish();
+    let run_commands = !system.commands.is_empty() && !state.unchanged("commands", &commands_print);
+    say(
+        Step {
+            name: "commands",
+            run: run_commands,
+            why: match (system.commands.len(), run_commands) {
+                (0, _) => "none configured".into(),
+                (n, true) => format!("{n} command(s) in '{root_name}'"),
+                (n, false) => format!("{n} command(s), unchanged since they last ran"),
+            },
+        },
+        args.pretend,
+    );
+    if run_commands && !args.pretend {
+        // The pack and kernel steps must see what the commands changed.
+        state.forget("pack");
+        for command in &system.commands {
+            let status = ctx
+                .reinvoke()
+                .args(["root", "run", &root_name, "--", "/bin/sh", "-c", command])
+                .status()
+                .context("cannot start `root run`")?;
+            if !status.success() {
+                bail!("`{command}` failed inside root '{root_name}' ({status})");
+            }
+        }
+        state.record("commands", &commands_print)?;
+    }
+
+    // 5. The initramfs.
+    let compression = ctx.config.pack.compression;
+    let archive = default_initramfs(ctx, &root_name, compression);
+    let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
+    let exclude: Vec<PathBuf> = ctx.config.pack.exclude.iter().map(PathBuf::from).collect();
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default();
+    let mut pack_print = Fingerprint::default()
+        .text(
+            "options",
+            &format!(
+                "{compression:?} {:?} {} {}",
+                ctx.config.pack.level, ctx.config.pack.rdinit, epoch
+            ),
+        )
+        .text(
+            "keep_site_owners",
+            &ctx.config.pack.keep_site_owners.to_string(),
+        );
+    for (index, layer) in layers.iter().enumerate() {
+        let skip = if index == 0 { exclude.as_slice() } else { &[] };
+        pack_print = pack_print
+            .text("layer", &layer.name)
+            .tree(&layer.path, skip)?;
+    }
+    let pack_print = pack_print.finish();
+    let run_pack = !archive.is_file() || !state.unchanged("pack", &pack_print);
+    say(
+        Step {
+            name: "pack",
+            run: run_pack,
+            why: if run_pack {
+                format!("{} layer(s) into {}", layers.len(), archive.display())
+            } else {
+                "root and site files unchanged".into()
+            },
+        },
+        args.pretend,
+    );
+    if run_pack && !args.pretend {
+        let cancel = crate::interrupt::cancel_flag()?;
+        let request = PackRequest {
+            layers: layers.clone(),
+            exclude,
+            rdinit: ctx.config.pack.rdinit.clone(),
+            keep_site_owners: ctx.config.pack.keep_site_owners,
+            compression,
+            level: ctx.config.pack.level,
+            source_date_epoch: epoch.trim().parse().ok(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            output: archive.clone(),
+            progress: &Silent,
+            cancel: &cancel,
+        };
+        initramfs::pack(&request).with_context(|| format!("cannot pack root '{root_name}'"))?;
+        state.record("pack", &pack_print)?;
+    }
+
+    // 6. The kernel, with the initramfs embedded.
+    let kernel = kernel_volume(&*storage, system.kernel.as_deref())?;
+    let kernel_created = storage.get(&kernel)?.created;
+    let image = out_dir.join(format!("{}.efi", args.system));
+    let mut kernel_print = Fingerprint::default()
+        .text("kernel", &format!("{} {kernel_created}", kernel.name()))
+        .text("place", &format!("{:?}", system.kernel_build))
+        .text("cmdline", system.cmdline.as_deref().unwrap_or(""))
+        .text("compression", &format!("{compression:?}"));
+    for fragment in fragments(ctx, &system)? {
+        kernel_print = kernel_print.file(&fragment)?;
+    }
+    if archive.is_file() {
+        kernel_print = kernel_print.file(&archive)?;
+    }
+    let kernel_print = kernel_print.finish();
+    // After a real pack the archive is the new one: an identical archive (packs are
+    // reproducible) needs no new kernel.
+    let run_kernel =
+        (args.pretend && run_pack) || !image.is_file() || !state.unchanged("kernel", &kernel_print);
+    say(
+        Step {
+            name: "kernel",
+            run: run_kernel,
+            why: if run_kernel {
+                format!(
+                    "{} from '{}' ({:?})",
+                    image.display(),
+                    kernel.name(),
+                    system.kernel_build
+                )
+                .to_lowercase()
+            } else {
+                "initramfs, config and sources unchanged".into()
+            },
+        },
+        args.pretend,
+    );
+    if run_kernel && !args.pretend {
+        let job = KernelJob {
+            system_name: &args.system,
+            system: &system,
+            root: &root_name,
+            kernel: Some(kernel.name()),
+            place: system.kernel_build,
+            initramfs: &archive,
+            compression,
+        };
+        let built = build_kernel(ctx, &job);
+        if system.kernel_build == KernelBuildPlace::Root {
+            umount_all(&root_path, false)
+                .with_context(|| format!("cannot unmount root '{root_name}'"))?;
+        }
+        let report = built?;
+        state.record("kernel", &kernel_print)?;
+        if !ctx.quiet {
+            eprintln!(
+                "built {} (sha256 {})",
+                report.image.display(),
+                report.sha256
+            );
+        }
+    }
+    if !args.pretend {
+        println!("{}", image.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Building an EFI-stub kernel with the initramfs embedded, out of tree: the sources (a sealed
+//! kernel volume) are only read, and each system keeps its own build directory, so a rebuild
+//! after only the initramfs changed is a relink.
+//!
+//! The config starts from `allnoconfig` with the site's fragments (the system's kernel config,
+//! then the hardware overlays' fragments, in order) and what the pipeline needs (see
+//! [`crate::kconfig`]); after `make olddefconfig` it is checked again, since Kconfig silently
+//! drops an option whose dependencies are unmet. `make` runs on the host or inside the root
+//! (its toolchain); the caller supplies a [`Make`] for either.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::kconfig::{self, Requirements};
+use crate::storage::{io_err, StorageError};
+
+/// Runs `make` in the kernel source tree with `O=` the build directory, as the runner sees
+/// them, appending its output to the build log.
+pub trait Make {
+    /// The build directory as `make` sees it (a path inside the root for in-root builds).
+    fn build_dir(&self) -> PathBuf;
+    /// Runs `make ARGS…`; an unsuccessful exit is an error naming the target and the log.
+    fn make(&self, args: &[String]) -> Result<(), KernelError>;
+}
+
+/// Why a kernel build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Config(#[from] kconfig::KconfigError),
+    #[error("`make {target}` failed ({status}); see {}", .log.display())]
+    Make {
+        target: String,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("{}: no kernel source tree (a directory with Makefile and Kconfig) in it", .0.display())]
+    NoSource(PathBuf),
+}
+
+/// What to build.
+pub struct KernelBuildRequest<'a> {
+    /// The kernel source tree on the host.
+    pub source: &'a Path,
+    /// The build directory on the host (kept between builds).
+    pub build_dir: &'a Path,
+    /// Config fragments, in order (later ones win).
+    pub fragments: &'a [PathBuf],
+    pub requirements: &'a Requirements,
+    /// The kernel's name for the architecture (`x86` for x86_64).
+    pub arch: &'a str,
+    pub jobs: u32,
+    pub make: &'a dyn Make,
+    /// Where the results go: `NAME.efi`, `NAME.config`, `NAME.System.map`, `NAME.manifest.json`.
+    pub out_dir: &'a Path,
+    pub name: &'a str,
+    /// Hashes of the inputs, recorded in the manifest (initramfs, kernel volume, …).
+    pub inputs: &'a [(String, String)],
+}
+
+/// What a build produced.
+#[derive(Debug, Serialize)]
+pub struct KernelReport {
+    pub image: PathBuf,
+    pub config: PathBuf,
+    pub system_map: PathBuf,
+    pub manifest: PathBuf,
+    pub sha256: String,
+    /// The config changes the pipeline made to the merged fragments.
+    pub config_changes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    image: String,
+    sha256: &'a str,
+    config_sha256: String,
+    inputs: &'a [(String, String)],
+}
+
+/// The kernel source tree in a volume: the volume itself, or its only directory (tarballs of
+/// kernel sources hold one top directory).
+pub fn find_source(volume: &Path) -> Result<PathBuf, KernelError> {
+    let is_tree = |p: &Path| p.join("Makefile").is_file() && p.join("Kconfig").is_file();
+    if is_tree(volume) {
+        return Ok(volume.to_owned());
+    }
+    let entries: Vec<PathBuf> = fs::read_dir(volume)
+        .map_err(io_err("read", volume))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    match entries.as_slice() {
+        [only] if is_tree(only) => Ok(only.clone()),
+        _ => Err(KernelError::NoSource(volume.to_owned())),
+    }
+}
+
+/// Configures and builds; see the module documentation.
+pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> {
+    let build_dir = request.build_dir;
+    fs::create_dir_all(build_dir).map_err(io_err("create", build_dir))?;
+    let make_arg = |arg: &str| arg.to_owned();
+
+    // 1. allnoconfig with the fragments and what we need, when the fragments changed.
+    let mut fragments = Vec::new();
+    for path in request.fragments {
+        fragments.push(kconfig::Config::load(path)?);
+    }
+    fragments.push(request.requirements.as_fragment());
+    let merged = kconfig::merge(&fragments).to_string();
+    let fragment_path = build_dir.join("autogentoo.fragment");
+    let config_path = build_dir.join(".config");
+    let previous = fs::read_to_string(&fragment_path).ok();
+    if previous.as_deref() != Some(merged.as_str()) || !config_path.is_file() {
+        fs::write(&fragment_path, &merged).map_err(io_err("write", &fragment_path))?;
+        let seen = request.make.build_dir().join("autogentoo.fragment");
+        request.make.make(&[
+            format!("KCONFIG_ALLCONFIG={}", seen.display()),
+            make_arg("allnoconfig"),
+        ])?;
+    }
+
+    // 2. What the pipeline needs, then olddefconfig, then check nothing was dropped.
+    let mut config = kconfig::Config::load(&config_path)?;
+    let changes = kconfig::apply(&mut config, request.requirements);
+    if !changes.is_empty() {
+        config.save(&config_path)?;
+    }
+    request.make.make(&[make_arg("olddefconfig")])?;
+    let config = kconfig::Config::load(&config_path)?;
+    kconfig::verify_after_olddefconfig(
+        &config,
+        request.requirements,
+        request.source,
+        request.arch,
+    )?;
+
+    // 3. The image: after an initramfs-only change, make relinks.
+    request
+        .make
+        .make(&[format!("-j{}", request.jobs.max(1)), make_arg("bzImage")])?;
+
+    // 4. The results, each renamed into place; the manifest last, as it describes the set.
+    fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;
+    let image = request.out_dir.join(format!("{}.efi", request.name));
+    let config_out = request.out_dir.join(format!("{}.config", request.name));
+    let map_out = request.out_dir.join(format!("{}.System.map", request.name));
+    let manifest_out = request
+        .out_dir
+        .join(format!("{}.manifest.json", request.name));
+    let built = build_dir.join(format!("arch/{}/boot/bzImage", request.arch));
+    publish_copy(&built, &image)?;
+    publish_copy(&config_path, &config_out)?;
+    publish_copy(&build_dir.join("System.map"), &map_out)?;
+    let sha256 = sha256_file(&image)?;
+    let manifest = Manifest {
+        image: image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256: &sha256,
+        config_sha256: sha256_file(&config_out)?,
+        inputs: request.inputs,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
+    publish_bytes(&text, &manifest_out)?;
+    Ok(KernelReport {
+        image,
+        config: config_out,
+        system_map: map_out,
+        manifest: manifest_out,
+        sha256,
+        config_changes: changes.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// Copies `from` to a temporary name beside `to`, syncs it and renames it over `to`.
+fn publish_copy(from: &Path, to: &Path) -> Result<(), StorageError> {
+    let bytes = fs::read(from).map_err(io_err("read", from))?;
+    publish_bytes(&bytes, to)
+}
+
+fn publish_bytes(bytes: &[u8], to: &Path) -> Result<(), StorageError> {
+    let dir = to.parent().expect("an output has a directory");
+    let mut temp = tempfile::Builder::new()
+        .prefix(".autogentoo.")
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    std::io::Write::write_all(&mut temp, bytes).map_err(io_err("write", to))?;
+    temp.as_file().sync_all().map_err(io_err("sync", to))?;
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(io_err("chmod", to))?;
+    temp.persist(to)
+        .map_err(|e| io_err("rename into place", to)(e.error))?;
+    Ok(())
+}
+
+/// SHA256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
+    let mut file = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io_err("read", path))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
