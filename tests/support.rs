@@ -1968,3 +1968,15 @@ pub fn kernel_make(source: &Path, build: &Path, args: &[&str]) -> Result<()> {
     );
     Ok(())
 }
+
+impl BackendCli {
+    /// The binary driven with one backend over one workdir and an existing site configuration
+    /// `config`, which is left as it is (its directory is the site directory).
+    pub fn with_site_config(backend: &str, workdir: &Path, config: &Path) -> Self {
+        Self {
+            backend: backend.to_owned(),
+            workdir: workdir.to_owned(),
+            config: config.to_owned(),
+        }
+    }
+}
