@@ -28,27 +28,7 @@ pub fn print_error(err: &anyhow::Error) {
     }
 }
 
-/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`, without a time-zone database.
-pub fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use autogentoo_core::civil_time::timestamp;
 
 /// Human-readable bytes (binary units).
 pub fn bytes(n: u64) -> String {
@@ -69,13 +49,6 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_utc_calendar_dates() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(timestamp(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(timestamp(1_795_804_245), "2026-11-27 18:30:45 UTC");
-    }
 
     #[test]
     fn bytes_use_binary_units() {

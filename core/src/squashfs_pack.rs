@@ -165,22 +165,8 @@ pub fn parse_source_date_epoch(text: &str) -> Result<i64, PackError> {
 /// The default image name for an image time: `gentoo-YYYYMMDD` (UTC), as Gentoo names its own
 /// repository snapshots, so names sort by date.
 pub fn default_name(time: u32) -> String {
-    let (year, month, day) = utc_date(i64::from(time));
+    let (year, month, day, ..) = crate::civil_time::utc(i64::from(time));
     format!("gentoo-{year:04}{month:02}{day:02}")
-}
-
-/// The civil (proleptic Gregorian) date of a Unix time, in UTC.
-fn utc_date(secs: i64) -> (i64, i64, i64) {
-    // Howard Hinnant's civil-from-days.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// Why a pack or a listing failed. After a failed pack, nothing new is in `repos/`.

@@ -306,11 +306,25 @@ impl dyn Storage + '_ {
 
     /// The volumes cloned from any snapshot of `id`, for messages and recursive removal.
     pub fn dependants(&self, id: &VolumeId) -> Result<Vec<VolumeId>, StorageError> {
+        self.clones_of(id, None)
+    }
+
+    /// The volumes of every kind cloned from a snapshot of `volume` (from the snapshot named
+    /// `only`, if given).
+    pub fn clones_of(
+        &self,
+        volume: &VolumeId,
+        only: Option<&str>,
+    ) -> Result<Vec<VolumeId>, StorageError> {
         let mut out = Vec::new();
         for kind in VolumeKind::ALL {
-            for volume in self.list(kind)? {
-                if volume.origin.as_ref().is_some_and(|o| o.volume() == id) {
-                    out.push(volume.id);
+            for candidate in self.list(kind)? {
+                let cloned = candidate
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| o.volume() == volume && only.is_none_or(|s| s == o.name()));
+                if cloned {
+                    out.push(candidate.id);
                 }
             }
         }

@@ -261,25 +261,6 @@ impl<T: Trees> TreeStore<T> {
         }
     }
 
-    /// Volumes cloned from `snapshot` (any snapshot of `volume` when `snapshot` is `None`).
-    fn clones_of(
-        &self,
-        volume: &VolumeId,
-        snapshot: Option<&str>,
-    ) -> Result<Vec<VolumeId>, StorageError> {
-        let mut out = Vec::new();
-        for kind in VolumeKind::ALL {
-            for candidate in self.list(kind)? {
-                if let Some(origin) = &candidate.origin {
-                    if origin.volume() == volume && snapshot.is_none_or(|s| s == origin.name()) {
-                        out.push(candidate.id);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Moves a tree out of view at once, then deletes it. Refuses a tree with mounts in it:
     /// deleting would reach into the mounted filesystems.
     fn remove_tree(&self, path: &Path) -> Result<(), StorageError> {
@@ -564,7 +545,7 @@ impl<T: Trees> Storage for TreeStore<T> {
             .collect();
         let mut blocking = Vec::new();
         for name in &newer {
-            blocking.extend(self.clones_of(volume, Some(name))?);
+            blocking.extend((self as &dyn Storage).clones_of(volume, Some(name))?);
         }
         if !blocking.is_empty() {
             return Err(StorageError::HasDependants {
@@ -592,7 +573,7 @@ impl<T: Trees> Storage for TreeStore<T> {
     fn destroy(&self, id: &VolumeId) -> Result<(), StorageError> {
         let _lock = self.lock()?;
         self.read_meta(id)?;
-        let dependants = self.clones_of(id, None)?;
+        let dependants = (self as &dyn Storage).clones_of(id, None)?;
         if !dependants.is_empty() {
             return Err(StorageError::HasDependants {
                 what: id.to_string(),
@@ -622,7 +603,7 @@ impl<T: Trees> Storage for TreeStore<T> {
                 "{id} (it goes only with its volume)"
             )));
         }
-        let dependants = self.clones_of(id.volume(), Some(id.name()))?;
+        let dependants = (self as &dyn Storage).clones_of(id.volume(), Some(id.name()))?;
         if !dependants.is_empty() {
             return Err(StorageError::HasDependants {
                 what: id.to_string(),

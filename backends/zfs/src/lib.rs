@@ -258,25 +258,6 @@ impl ZfsStorage {
         Ok((own, snapshots))
     }
 
-    /// Volumes of every kind cloned from `volume` (from snapshot `only` if given).
-    fn clones_of(
-        &self,
-        volume: &VolumeId,
-        only: Option<&str>,
-    ) -> Result<Vec<VolumeId>, StorageError> {
-        let mut out = Vec::new();
-        for kind in VolumeKind::ALL {
-            for candidate in self.list(kind)? {
-                if let Some(origin) = &candidate.origin {
-                    if origin.volume() == volume && only.is_none_or(|s| s == origin.name()) {
-                        out.push(candidate.id);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Destroys a dataset (and its snapshots), unmounting it first: zfs-fuse is slow to let go.
     fn destroy_dataset(&self, dataset: &str, path: &Path) -> Result<(), StorageError> {
         let mounts =
@@ -523,7 +504,7 @@ impl Storage for ZfsStorage {
             .ok_or_else(|| StorageError::NotFound(to.to_string()))?;
         let mut blocking = Vec::new();
         for (name, _) in &snapshots[position + 1..] {
-            blocking.extend(self.clones_of(volume, Some(name))?);
+            blocking.extend((self as &dyn Storage).clones_of(volume, Some(name))?);
         }
         if !blocking.is_empty() {
             return Err(StorageError::HasDependants {
@@ -538,7 +519,7 @@ impl Storage for ZfsStorage {
 
     fn destroy(&self, id: &VolumeId) -> Result<(), StorageError> {
         let volume = self.get(id)?;
-        let dependants = self.clones_of(id, None)?;
+        let dependants = (self as &dyn Storage).clones_of(id, None)?;
         if !dependants.is_empty() {
             return Err(StorageError::HasDependants {
                 what: id.to_string(),
@@ -558,7 +539,7 @@ impl Storage for ZfsStorage {
                 "{id} (it goes only with its volume)"
             )));
         }
-        let dependants = self.clones_of(id.volume(), Some(id.name()))?;
+        let dependants = (self as &dyn Storage).clones_of(id.volume(), Some(id.name()))?;
         if !dependants.is_empty() {
             return Err(StorageError::HasDependants {
                 what: id.to_string(),

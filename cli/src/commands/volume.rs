@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use autogentoo_core::mountinfo;
 use autogentoo_core::root_lock::{LockKind, RootLock};
+use autogentoo_core::stage_import::{import_sealed, ImportRequest};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 
 use crate::context::Context;
@@ -19,6 +20,65 @@ pub fn print_path(ctx: &Context, kind: VolumeKind, name: &str) -> Result<()> {
     } else {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// Lists the volumes of a kind: name, creation time, the source they were imported from.
+pub fn print_list(ctx: &Context, kind: VolumeKind) -> Result<()> {
+    let volumes = ctx.storage()?.list(kind)?;
+    if ctx.json {
+        crate::output::json(&volumes);
+        return Ok(());
+    }
+    for volume in volumes {
+        let source = volume
+            .properties
+            .get("source")
+            .map(String::as_str)
+            .unwrap_or("-");
+        println!(
+            "{}\t{}\t{}",
+            volume.id.name(),
+            crate::output::timestamp(volume.created),
+            source
+        );
+    }
+    Ok(())
+}
+
+/// Imports a tarball or directory as a sealed volume of `kind` (a stage, kernel sources),
+/// with a progress bar on a terminal, and prints its directory.
+pub fn import(
+    ctx: &Context,
+    kind: VolumeKind,
+    source: &Path,
+    name: &str,
+    digests: Option<&Path>,
+) -> Result<()> {
+    let storage = ctx.storage()?;
+    let cancel = crate::interrupt::cancel_flag()?;
+    let bar = crate::progress::Bar::new(&format!("importing {name}"), ctx.quiet);
+    let request = ImportRequest {
+        source,
+        name,
+        digests,
+        progress: &bar,
+        cancel: &cancel,
+    };
+    let report = import_sealed(&*storage, kind, &request);
+    bar.finish();
+    let report = report
+        .with_context(|| format!("cannot import {kind} '{name}' from {}", source.display()))?;
+    if ctx.json {
+        crate::output::json(&report);
+    } else {
+        println!("{}", report.volume.path.display());
+    }
+    tracing::info!(
+        "imported {} entries, {} of file data",
+        report.entries,
+        crate::output::bytes(report.bytes)
+    );
     Ok(())
 }
 

@@ -37,8 +37,6 @@ fn default_name() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    // "2026-11-27 18:30:45 UTC" → "20261127-183045"
-    let stamp = output::timestamp(secs);
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    format!("{}-{}", &digits[..8], &digits[8..14])
+    let (y, mo, d, h, mi, s) = autogentoo_core::civil_time::utc(secs);
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
 }
