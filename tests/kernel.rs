@@ -3,7 +3,8 @@
 //! to the marker its /init prints; a second build skips every step; a change to one overlay file
 //! repacks and relinks without recompiling anything outside usr/; a kernel config without ACPI
 //! fails at olddefconfig naming CONFIG_EFI and ACPI; and a Debian root given its own toolchain
-//! (by apt, inside it) builds its kernel itself, and that image boots too.
+//! (by apt, inside it) builds its kernel itself, that image boots too, and then nothing is left
+//! for the pipeline to do.
 //!
 //! The whole file shares one workdir, target/test-kernel-workdir, made afresh by each run of
 //! this test binary under a lock file and left there to look at afterwards: one kernel import,
@@ -375,10 +376,9 @@ fn first_build() -> &'static FirstBuild {
     })
 }
 
-/// The `run|skip STEP …` lines `build` prints on stderr, as (verb, step).
-fn steps(run: &Run) -> Vec<(String, String)> {
-    run.stderr
-        .lines()
+/// The `run|skip STEP …` lines of `build` (on stderr; with --pretend on stdout), as (verb, step).
+fn steps(text: &str) -> Vec<(String, String)> {
+    text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             let verb = words.next().filter(|w| *w == "run" || *w == "skip")?;
@@ -390,7 +390,7 @@ fn steps(run: &Run) -> Vec<(String, String)> {
 /// What `build` did with `step`: `run` or `skip`.
 #[track_caller]
 fn verb_of(run: &Run, step: &str) -> String {
-    steps(run)
+    steps(&run.stderr)
         .into_iter()
         .find(|(_, s)| s == step)
         .map(|(verb, _)| verb)
@@ -567,7 +567,7 @@ fn host_built_kernel_boots_and_prints_the_marker() {
     let started = Instant::now();
     let second = site.cli.ok(["build", DEMO]);
     let second_seconds = started.elapsed().as_secs_f64();
-    let ran = steps(&second);
+    let ran = steps(&second.stderr);
     for step in ["root", "commands", "pack", "kernel"] {
         assert!(
             ran.iter().any(|(verb, s)| s == step && verb == "skip"),
@@ -901,5 +901,17 @@ fn chroot_built_kernel_boots() {
          image {} MiB), boot to the marker {boot_seconds:.0} s",
         file_len(&site.initramfs(DEBIAN)) >> 20,
         file_len(&image) >> 20
+    );
+
+    // Nothing has changed since: the plan skips every step, as after a build on the host.
+    let plan = cli.ok(["build", DEBIAN, "--pretend"]);
+    let again: Vec<(String, String)> = steps(&plan.stdout)
+        .into_iter()
+        .filter(|(verb, step)| verb != "skip" && step != "workdir")
+        .collect();
+    assert!(
+        again.is_empty(),
+        "right after a build in the root nothing is left to do, yet the plan runs {again:?}: {}",
+        plan.describe()
     );
 }

@@ -321,7 +321,8 @@ struct Source<'a> {
 /// each source in order over the ones before (a later entry replaces an earlier one, taking all
 /// of its metadata — except a directory over a directory, which keeps the earlier one's — and a
 /// directory replaced by something else goes with its contents), owners
-/// of site files made 0:0, hardlinks kept within a source, then `/dev/console` (`c 5 1`, 0600,
+/// of site files made 0:0, excluded directories empty with mtime 0, hardlinks kept within a
+/// source, then `/dev/console` (`c 5 1`, 0600,
 /// 0:0, mtime 0).
 fn merge_sources(dest: &Path, sources: &[Source]) -> Result<()> {
     mkdir(dest, 0o755)?;
@@ -354,12 +355,19 @@ fn merge_sources(dest: &Path, sources: &[Source]) -> Result<()> {
                 if !meta.file_type().is_symlink() {
                     set_mode(&target, meta.mode() & 0o7777)?;
                 }
-                let time = Timespec {
-                    tv_sec: meta.mtime(),
-                    tv_nsec: meta.mtime_nsec(),
+                let excluded = meta.is_dir() && source.exclude.iter().any(|e| rel == Path::new(e));
+                // An excluded directory goes in empty with mtime 0: its own mtime only tells when
+                // its left-out contents changed.
+                let time = if excluded {
+                    Timespec::default()
+                } else {
+                    Timespec {
+                        tv_sec: meta.mtime(),
+                        tv_nsec: meta.mtime_nsec(),
+                    }
                 };
                 times.insert(rel.clone(), time);
-                if meta.is_dir() && !source.exclude.iter().any(|e| rel == Path::new(e)) {
+                if meta.is_dir() && !excluded {
                     todo.push(rel);
                 }
             }

@@ -1,5 +1,5 @@
-//! What every command needs: the site configuration, the global options laid over it, and the
-//! storage backend they select.
+//! What every command needs: the site configuration, the global options laid over it, the
+//! plugins, and the storage backend they select.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,8 @@ use autogentoo_core::site_config::SiteConfig;
 use autogentoo_core::storage::Storage;
 use autogentoo_core::workdir::Layout;
 use clap::Args;
+
+use crate::plugins::{self, Plugins};
 
 /// The site configuration read when neither `--config` nor `AUTOGENTOO_CONFIG` names one.
 const SYSTEM_CONFIG: &str = "/etc/autogentoo/autogentoo.toml";
@@ -48,6 +50,8 @@ pub struct Context {
     pub settings: StorageSettings,
     pub json: bool,
     pub quiet: bool,
+    /// The plugins loaded, and those that could not be.
+    pub plugins: Plugins,
     /// The site file read, to hand on to the commands we start ourselves.
     config_path: Option<PathBuf>,
     registry: Registry,
@@ -87,12 +91,14 @@ impl Context {
             autogentoo_backend_btrfs::open,
         );
         registry.register_storage(autogentoo_backend_zfs::NAME, autogentoo_backend_zfs::open);
+        let plugins = plugins::load(&config.plugins.dirs, &mut registry);
         Ok(Self {
             config,
             backend,
             settings,
             json: global.json,
             quiet: global.quiet,
+            plugins,
             config_path: config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
             registry,
         })

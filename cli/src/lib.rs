@@ -6,6 +6,7 @@ mod commands;
 mod context;
 mod interrupt;
 mod output;
+mod plugins;
 mod progress;
 
 use std::process::ExitCode;

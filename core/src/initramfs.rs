@@ -299,17 +299,20 @@ impl Walker<'_> {
             };
             let identity = (file_type == FileType::RegularFile && st.st_nlink > 1)
                 .then_some((st.st_dev, st.st_ino));
+            let excluded = kind == Kind::Dir && self.exclude.contains(&path);
             let item = Item {
                 layer: self.layer,
                 kind: kind.clone(),
                 mode: st.st_mode,
                 uid,
                 gid,
-                mtime: st.st_mtime,
+                // An excluded directory goes in empty; its mtime would only tell when its
+                // left-out contents last changed, and make identical images differ.
+                mtime: if excluded { 0 } else { st.st_mtime },
                 identity,
             };
             self.insert(path.clone(), item);
-            if kind == Kind::Dir && !self.exclude.contains(&path) {
+            if kind == Kind::Dir && !excluded {
                 let child = rustix::fs::openat(
                     &dir,
                     name_os,

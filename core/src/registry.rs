@@ -1,8 +1,9 @@
-//! Backends by name. The binary registers the built-in backends (and, later, those that plugins
-//! provide); `--backend NAME` looks them up here, and an unknown name lists the known ones.
+//! Backends by name. The binary registers the built-in backends and those that plugins provide;
+//! `--backend NAME` looks them up here, and an unknown name lists the known ones.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::storage::{Storage, StorageError};
 
@@ -16,8 +17,10 @@ pub struct StorageSettings {
     pub dataset: Option<String>,
 }
 
-/// Opens a store. Opening never creates anything; [`Storage::init`] does.
-pub type StorageFactory = fn(&StorageSettings) -> Result<Box<dyn Storage>, StorageError>;
+/// Opens a store. Opening never creates anything; [`Storage::init`] does. A plain function for a
+/// built-in backend; a closure holding the library for a backend a plugin provides.
+pub type StorageFactory =
+    Arc<dyn Fn(&StorageSettings) -> Result<Box<dyn Storage>, StorageError> + Send + Sync>;
 
 /// The storage backends known to this process.
 #[derive(Default)]
@@ -35,8 +38,15 @@ pub struct UnknownBackend {
 
 impl Registry {
     /// Registers a backend; a later registration under the same name replaces the earlier one.
-    pub fn register_storage(&mut self, name: &str, factory: StorageFactory) {
-        self.storage.insert(name.to_owned(), factory);
+    pub fn register_storage(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&StorageSettings) -> Result<Box<dyn Storage>, StorageError>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.storage.insert(name.to_owned(), Arc::new(factory));
     }
 
     /// The names of the registered backends, sorted.
@@ -48,7 +58,7 @@ impl Registry {
     pub fn storage(&self, name: &str) -> Result<StorageFactory, UnknownBackend> {
         self.storage
             .get(name)
-            .copied()
+            .cloned()
             .ok_or_else(|| UnknownBackend {
                 name: name.to_owned(),
                 known: self.storage_names(),
@@ -71,9 +81,9 @@ mod tests {
         let mut registry = Registry::default();
         registry.register_storage("zfs", refuse);
         registry.register_storage("dir", refuse);
-        let err = registry
-            .storage("btrfs")
-            .expect_err("btrfs is not registered");
+        let Err(err) = registry.storage("btrfs") else {
+            panic!("btrfs is not registered");
+        };
         assert_eq!(
             err.to_string(),
             "unknown storage backend 'btrfs'; known backends: dir, zfs"

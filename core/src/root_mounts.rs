@@ -420,6 +420,24 @@ fn copy_resolv_conf(dir: &RootDir) -> Result<(), StorageError> {
             ),
         });
     }
+    // The same contents already there: leave the file (and the root's mtimes) alone.
+    let current = rustix::fs::openat(
+        &etc,
+        "resolv.conf",
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .and_then(|fd| {
+        let mut file = fs::File::from(fd);
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut text)
+            .ok()
+            .map(|_| text)
+    });
+    if current.as_deref() == Some(contents.as_slice()) {
+        return Ok(());
+    }
     let temp = format!(".resolv.conf.autogentoo.{}", std::process::id());
     let file = rustix::fs::openat(
         &etc,

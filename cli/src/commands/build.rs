@@ -10,6 +10,7 @@ use autogentoo_core::site_config::KernelBuildPlace;
 use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
 use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
 use autogentoo_core::workdir;
+use autogentoo_plugin_api::Values;
 use clap::Args;
 
 use crate::commands::kernel::build::{
@@ -22,7 +23,8 @@ use crate::context::Context;
 /// from its stage if missing), the system's commands inside the root, the initramfs (root,
 /// common/, overlays), the kernel config and the kernel with the initramfs embedded, and the
 /// unmount. Each step is skipped when its inputs are unchanged since it last ran (their hashes
-/// are kept in WORKDIR/out/SYSTEM/build-state.json).
+/// are kept in WORKDIR/out/SYSTEM/build-state.json). Plugins' hooks run before and after each
+/// step that runs.
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// The system, as `[systems.NAME]` in the site config
@@ -47,6 +49,14 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let root_name = system.root_name(&args.system).to_owned();
     let out_dir = layout.out().join(&args.system);
     let mut state = State::load(&out_dir.join("build-state.json"));
+    let hooks = ctx.plugins.step_hooks(
+        &args.system,
+        Values::default()
+            .with("workdir", &layout.workdir)
+            .with("backend", storage.backend_name())
+            .with("out_dir", &out_dir),
+        ctx.quiet,
+    );
     let mut plan: Vec<Step> = Vec::new();
     let mut say = |step: Step, pretend: bool| {
         if pretend || !ctx.quiet {
@@ -62,16 +72,19 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     };
 
     // 1. The workdir.
+    let initialised = layout.out().is_dir() && layout.repos().is_dir();
     say(
         Step {
             name: "workdir",
-            run: true,
+            run: !initialised,
             why: format!("{} ({})", layout.workdir.display(), storage.backend_name()),
         },
         args.pretend,
     );
-    if !args.pretend {
+    if !initialised && !args.pretend {
+        hooks.before("workdir", &Values::default())?;
         workdir::init(&*storage, &layout).context("cannot initialise the workdir")?;
+        hooks.after("workdir", &Values::default(), &Values::default())?;
     }
 
     // 2. The stage must be there: the pipeline does not know where a stage comes from.
@@ -101,7 +114,17 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         args.pretend,
     );
     if !root_exists && !args.pretend {
-        storage.clone_snapshot(&SnapshotId::new(stage.clone(), SEAL_SNAPSHOT)?, &root_id)?;
+        let inputs = Values::default()
+            .with("stage", &system.stage)
+            .with("root", &root_name);
+        hooks.before("root", &inputs)?;
+        let root =
+            storage.clone_snapshot(&SnapshotId::new(stage.clone(), SEAL_SNAPSHOT)?, &root_id)?;
+        hooks.after(
+            "root",
+            &inputs,
+            &Values::default().with("root_path", &root.path),
+        )?;
     }
     let root_path = storage.path(&root_id).or_else(|e| match e {
         StorageError::NotFound(_) if args.pretend => Ok(PathBuf::from("(not created yet)")),
@@ -110,7 +133,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
 
     // 4. The system's commands inside the root.
     let repo = root_mounts::newest_repo_image(&layout.repos())?;
-    let commands_print = Fingerprint::default()
+    let commands_print = hooks
+        .mark(Fingerprint::default())
         .text("commands", &system.commands.join("\n"))
         .text("stage", &format!("{}", storage.get(&stage)?.created))
         .text(
@@ -137,6 +161,11 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     if run_commands && !args.pretend {
         // The pack and kernel steps must see what the commands changed.
         state.forget("pack");
+        let inputs = Values::default()
+            .with("root", &root_name)
+            .with("root_path", &root_path)
+            .with("commands", system.commands.join("\n"));
+        hooks.before("commands", &inputs)?;
         for command in &system.commands {
             let status = ctx
                 .reinvoke()
@@ -147,6 +176,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
                 bail!("`{command}` failed inside root '{root_name}' ({status})");
             }
         }
+        hooks.after("commands", &inputs, &Values::default())?;
         state.record("commands", &commands_print)?;
     }
 
@@ -156,7 +186,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
     let exclude: Vec<PathBuf> = ctx.config.pack.exclude.iter().map(PathBuf::from).collect();
     let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default();
-    let mut pack_print = Fingerprint::default()
+    let mut pack_print = hooks
+        .mark(Fingerprint::default())
         .text(
             "options",
             &format!(
@@ -189,9 +220,22 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         args.pretend,
     );
     if run_pack && !args.pretend {
+        let origin = storage.get(&root_id)?.origin;
+        let inputs = Values::default()
+            .with("root", &root_name)
+            .with("root_path", &root_path)
+            .with(
+                "root_origin",
+                origin.map_or(String::new(), |o| {
+                    format!("{}/{}@{}", o.volume().kind(), o.volume().name(), o.name())
+                }),
+            )
+            .with("archive", &archive)
+            .with("compression", compression.to_string());
+        let extra_layers = hooks.before("pack", &inputs)?;
         let cancel = crate::interrupt::cancel_flag()?;
         let request = PackRequest {
-            layers: layers.clone(),
+            layers: layers.iter().cloned().chain(extra_layers).collect(),
             exclude,
             rdinit: ctx.config.pack.rdinit.clone(),
             keep_site_owners: ctx.config.pack.keep_site_owners,
@@ -203,7 +247,12 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             progress: &Silent,
             cancel: &cancel,
         };
-        initramfs::pack(&request).with_context(|| format!("cannot pack root '{root_name}'"))?;
+        let report =
+            initramfs::pack(&request).with_context(|| format!("cannot pack root '{root_name}'"))?;
+        let outputs = Values::default()
+            .with("archive", &report.archive)
+            .with("manifest", &report.manifest);
+        hooks.after("pack", &inputs, &outputs)?;
         state.record("pack", &pack_print)?;
     }
 
@@ -211,7 +260,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let kernel = kernel_volume(&*storage, system.kernel.as_deref())?;
     let kernel_created = storage.get(&kernel)?.created;
     let image = out_dir.join(format!("{}.efi", args.system));
-    let mut kernel_print = Fingerprint::default()
+    let mut kernel_print = hooks
+        .mark(Fingerprint::default())
         .text("kernel", &format!("{} {kernel_created}", kernel.name()))
         .text("place", &format!("{:?}", system.kernel_build))
         .text("cmdline", system.cmdline.as_deref().unwrap_or(""))
@@ -246,6 +296,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         args.pretend,
     );
     if run_kernel && !args.pretend {
+        let inputs = Values::default()
+            .with("root", &root_name)
+            .with("kernel", kernel.name())
+            .with("initramfs", &archive)
+            .with("place", format!("{:?}", system.kernel_build).to_lowercase())
+            .with("cmdline", system.cmdline.as_deref().unwrap_or(""));
+        hooks.before("kernel", &inputs)?;
         let job = KernelJob {
             system_name: &args.system,
             system: &system,
@@ -261,6 +318,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
                 .with_context(|| format!("cannot unmount root '{root_name}'"))?;
         }
         let report = built?;
+        let outputs = Values::default()
+            .with("image", &report.image)
+            .with("sha256", &report.sha256)
+            .with("config", &report.config)
+            .with("system_map", &report.system_map)
+            .with("manifest", &report.manifest);
+        hooks.after("kernel", &inputs, &outputs)?;
         state.record("kernel", &kernel_print)?;
         if !ctx.quiet {
             eprintln!(

@@ -5,6 +5,7 @@ mod build;
 mod chroot;
 mod internal_init;
 mod kernel;
+mod plugin;
 mod repo;
 mod root;
 mod stage;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Kernel sources, configs, builds and boots
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// Plugins: what is loaded, from where, and what could not be
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     #[command(hide = true)]
     InternalInit(internal_init::InitArgs),
 }
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
+        Command::Plugin(plugin::PluginCommand::List(args)) => plugin::list::run(&ctx, args),
         Command::InternalInit(_) => unreachable!("handled above"),
     };
     done.map(|()| ExitCode::SUCCESS)

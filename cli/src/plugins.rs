@@ -1,0 +1,222 @@
+//! Plugins: libraries found in the site config's `[plugins] dirs` and in the directories of
+//! `AUTOGENTOO_PLUGIN_PATH`, loaded when the program starts. Their storage backends join the
+//! built-in ones in the registry, and their hooks run around the steps of `build SYSTEM`.
+//!
+//! A library that cannot be used (not a plugin, built for another API, missing a symbol,
+//! panicking, clashing with a name already taken) is left out with one warning line; all of
+//! them are reported together, at load time, and everything else keeps working.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use autogentoo_core::initramfs::Layer;
+use autogentoo_core::pipeline::Fingerprint;
+use autogentoo_core::registry::Registry;
+use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
+use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values};
+
+/// Directories searched for plugins, separated by `:`, after the site config's.
+pub const PATH_VAR: &str = "AUTOGENTOO_PLUGIN_PATH";
+
+/// The plugins of this run, and the libraries that could not be loaded.
+#[derive(Default)]
+pub struct Plugins {
+    pub loaded: Vec<LoadedPlugin>,
+    pub failures: Vec<Failure>,
+}
+
+/// A plugin library (or directory) left out, and why.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin {}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// Loads the plugins in `config_dirs` and in [`PATH_VAR`]'s directories, registers their
+/// storage backends, and warns once for each library left out.
+pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
+    let mut dirs = config_dirs.to_vec();
+    if let Some(path) = std::env::var_os(PATH_VAR) {
+        dirs.extend(std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()));
+    }
+    let mut plugins = Plugins::default();
+    // By their real path, so a directory named twice loads each library once.
+    let mut libraries = BTreeMap::new();
+    for dir in &dirs {
+        match libraries_in(dir) {
+            Ok(found) => {
+                for library in found {
+                    let real = fs::canonicalize(&library).unwrap_or_else(|_| library.clone());
+                    libraries.entry(real).or_insert(library);
+                }
+            }
+            Err(reason) => plugins.failures.push(Failure {
+                path: dir.clone(),
+                reason,
+            }),
+        }
+    }
+    let mut by_dir: Vec<PathBuf> = libraries.into_values().collect();
+    by_dir.sort();
+    for library in by_dir {
+        match host::load(&library) {
+            Ok(plugin) => match plugins.admit(plugin, registry) {
+                Ok(()) => {}
+                Err(failure) => plugins.failures.push(failure),
+            },
+            Err(e) => plugins.failures.push(Failure {
+                path: e.path,
+                reason: e.reason.to_string(),
+            }),
+        }
+    }
+    for failure in &plugins.failures {
+        tracing::warn!("{failure}");
+    }
+    plugins
+}
+
+/// The `*.so` files of a plugin directory, sorted.
+fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| format!("cannot read the plugin directory: {e}"))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension() == Some(OsStr::new("so")) && path.is_file())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+impl Plugins {
+    /// Registers a loaded plugin's backends, unless it clashes with a plugin or backend
+    /// already there.
+    fn admit(&mut self, plugin: LoadedPlugin, registry: &mut Registry) -> Result<(), Failure> {
+        let refuse = |reason: String| Failure {
+            path: plugin.path.clone(),
+            reason,
+        };
+        if let Some(earlier) = self.loaded.iter().find(|p| p.name == plugin.name) {
+            return Err(refuse(format!(
+                "plugin '{}' is already loaded from {}",
+                plugin.name,
+                earlier.path.display()
+            )));
+        }
+        let taken = registry.storage_names();
+        if let Some(name) = plugin.storage_backends.iter().find(|b| taken.contains(b)) {
+            return Err(refuse(format!(
+                "plugin '{}' provides the storage backend '{name}', which is already provided",
+                plugin.name
+            )));
+        }
+        for backend in &plugin.storage_backends {
+            registry.register_storage(backend, plugin.storage_factory(backend));
+        }
+        self.loaded.push(plugin);
+        Ok(())
+    }
+
+    /// The hooks of the pipeline for one build.
+    pub fn step_hooks(&self, system: &str, common: Values, quiet: bool) -> StepHooks {
+        StepHooks {
+            hooks: self.loaded.iter().filter_map(LoadedPlugin::hooks).collect(),
+            plugins: self
+                .loaded
+                .iter()
+                .filter(|p| p.pipeline_hooks)
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect(),
+            system: system.to_owned(),
+            common,
+            quiet,
+        }
+    }
+}
+
+/// The plugins' hooks around the steps of one `build SYSTEM`, in load order.
+pub struct StepHooks {
+    hooks: Vec<PluginHooks>,
+    plugins: Vec<String>,
+    system: String,
+    /// Inputs every step has: `workdir`, `backend`, `out_dir`.
+    common: Values,
+    quiet: bool,
+}
+
+impl StepHooks {
+    /// Adds the plugins that hook the steps, and their versions, to a step's fingerprint, so
+    /// that a new or upgraded plugin makes the step run again. Without any, adds nothing.
+    pub fn mark(&self, fingerprint: Fingerprint) -> Fingerprint {
+        if self.plugins.is_empty() {
+            fingerprint
+        } else {
+            fingerprint.text("hook plugins", &self.plugins.join("\n"))
+        }
+    }
+
+    /// Runs the `before` hooks of `step`; returns the extra layers they ask to pack.
+    pub fn before(&self, step: &str, inputs: &Values) -> Result<Vec<Layer>> {
+        let mut layers = Vec::new();
+        for extra in self.run(HookPoint::Before, step, inputs, &Values::default())? {
+            layers.push(Layer {
+                name: extra.name,
+                path: extra.path,
+                site: true,
+            });
+        }
+        Ok(layers)
+    }
+
+    /// Runs the `after` hooks of `step`.
+    pub fn after(&self, step: &str, inputs: &Values, outputs: &Values) -> Result<()> {
+        self.run(HookPoint::After, step, inputs, outputs).map(drop)
+    }
+
+    fn run(
+        &self,
+        point: HookPoint,
+        step: &str,
+        inputs: &Values,
+        outputs: &Values,
+    ) -> Result<Vec<ExtraLayer>> {
+        let mut all = self.common.clone();
+        for (key, value) in inputs.iter() {
+            all.set(key, value);
+        }
+        let seen = Step {
+            system: self.system.clone(),
+            name: step.to_owned(),
+            inputs: all,
+            outputs: outputs.clone(),
+        };
+        let mut layers = Vec::new();
+        for hooks in &self.hooks {
+            let outcome = hooks.run(point, &seen)?;
+            if !self.quiet {
+                for note in &outcome.notes {
+                    eprintln!("note {step:<8} {}: {note}", hooks.plugin());
+                }
+            }
+            if !outcome.layers.is_empty() && (point, step) != (HookPoint::Before, "pack") {
+                tracing::warn!(
+                    "plugin '{}' asked to pack extra layers {point} {step}; only before pack counts",
+                    hooks.plugin()
+                );
+                continue;
+            }
+            layers.extend(outcome.layers);
+        }
+        Ok(layers)
+    }
+}
