@@ -41,7 +41,8 @@ $SUITE minbase tree and prints median times and ratios (ours / theirs; lower is 
   --runs N        timed runs of each side, alternating; the median is reported (default: 3)
   --only LIST     comma-separated comparisons to run (default: $(IFS=,; echo "${ALL_BENCHES[*]}"))
   --scratch DIR   where the dir backend's workdirs and the alternatives' output go, on the
-                  filesystem under test (default: a fresh directory under the cache)
+                  filesystem under test (default: a fresh ext4 on a loop device, made under
+                  the cache and removed on exit)
   --json          also print one JSON object per comparison at the end
 
 Environment: AUTOGENTOO_BIN (skip the release build and use this binary),
@@ -103,6 +104,7 @@ uses_backend() {
 require_tools() {
     local -A package_of=([debootstrap]=debootstrap [xz]=xz-utils [pigz]=pigz [tar]=tar
         [mksquashfs]=squashfs-tools [cpio]=cpio [flock]=util-linux)
+    if [[ -z $SCRATCH_PARENT ]]; then package_of+=([mkfs.ext4]=e2fsprogs [losetup]=mount); fi
     if uses_backend btrfs; then package_of+=([mkfs.btrfs]=btrfs-progs [losetup]=mount); fi
     if uses_backend zfs; then package_of+=([zfs-fuse]=zfs-fuse [zpool]=zfs-fuse [zfs]=zfs-fuse); fi
     local cmd missing=()
@@ -234,19 +236,20 @@ build_trees() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Scratch space: workdirs and the alternatives' output live side by side on one filesystem, so
-# both sides write to the same disk. Removed on exit; the cache stays.
-
-make_scratch() {
-    local parent=${SCRATCH_PARENT:-$CACHE}
-    mkdir -p "$parent"
-    SCRATCH=$(mktemp -d "$parent/run.XXXXXX")
-}
-
-# The filesystems the btrfs and zfs backends need, made on first use under VOLS (a fresh
-# directory in the cache) and undone by cleanup_volumes: each thing is recorded (device, mount
-# point, pool name, PID) the moment it exists, so the exit trap undoes exactly what was made.
+# Filesystems. The scratch space (the dir backend's workdirs and the alternatives' output, side
+# by side, so both sides write to the same disk) is a fresh ext4 unless --scratch names a
+# directory; btrfs and zfs get theirs on first use. All of them live in sparse images under VOLS
+# (a fresh directory in the cache) and are undone by cleanup_volumes: each thing is recorded
+# (device, mount point, pool name, PID) the moment it exists, so the exit trap undoes exactly
+# what was made. The cache stays.
+#
+# Why not a directory on the cache's own filesystem: one mounted with `discard` (like this
+# machine's root) spends tens of seconds discarding after every deletion of 100k files, and the
+# discards slow down the next timed runs. The images' filesystems are mounted without discard,
+# and thrown away whole at the end instead of file by file.
 VOLS=""
+EXT4_LOOP=""
+EXT4_MNT=""
 BTRFS_LOOP=""
 BTRFS_MNT=""
 ZFS_PID=""
@@ -255,17 +258,49 @@ ZFS_MNT=""
 
 volumes_dir() { [[ -n $VOLS ]] || VOLS=$(mktemp -d "$CACHE/volumes.XXXXXX"); }
 
-# A fresh btrfs: a sparse image, mkfs.btrfs, a loop device, mounted at BTRFS_MNT.
+# make_loop_fs NAME DEV_VAR MNT_VAR MKFS...: a sparse image VOLS/NAME.img made by MKFS, attached
+# to a loop device (its name in DEV_VAR) and mounted without discard at VOLS/NAME (in MNT_VAR).
+make_loop_fs() {
+    local name=$1 image=$VOLS/$1.img
+    local -n dev=$2 mnt=$3
+    shift 3
+    say "making the $name filesystem on a loop device ($image)"
+    truncate -s "$VOLUME_SIZE" "$image"
+    "$@" "$image" >"$VOLS/mkfs.log" 2>&1 || { cat "$VOLS/mkfs.log" >&2; die "$1 failed"; }
+    dev=$(losetup --find --show "$image")
+    mkdir "$VOLS/$name"
+    mount -t "$name" -o nodiscard "$dev" "$VOLS/$name"
+    mnt=$VOLS/$name
+}
+
+# undo_loop_fs NAME DEV MNT: unmounts MNT and detaches DEV if it is still attached to
+# VOLS/NAME.img; fails if either is left.
+undo_loop_fs() {
+    local name=$1 dev=$2 mnt=$3 ok=0
+    if [[ -n $mnt ]]; then
+        say "unmounting $mnt${dev:+ and detaching $dev}"
+        umount "$mnt" || umount -l "$mnt" || ok=1
+    fi
+    if [[ -n $dev ]] && losetup -j "$VOLS/$name.img" | grep -q "^$dev:"; then
+        losetup -d "$dev" || ok=1
+    fi
+    return $ok
+}
+
+make_scratch() {
+    if [[ -n $SCRATCH_PARENT ]]; then
+        mkdir -p "$SCRATCH_PARENT"
+        SCRATCH=$(mktemp -d "$SCRATCH_PARENT/run.XXXXXX")
+        return
+    fi
+    volumes_dir
+    make_loop_fs ext4 EXT4_LOOP EXT4_MNT mkfs.ext4 -q -F -E nodiscard
+    SCRATCH=$(mktemp -d "$EXT4_MNT/run.XXXXXX")
+}
+
 make_btrfs() {
     volumes_dir
-    local image=$VOLS/btrfs.img
-    say "making a btrfs filesystem on a loop device ($image)"
-    truncate -s "$VOLUME_SIZE" "$image"
-    mkfs.btrfs -q -f "$image" >"$VOLS/mkfs.log" 2>&1 || { cat "$VOLS/mkfs.log" >&2; die "mkfs.btrfs failed"; }
-    BTRFS_LOOP=$(losetup --find --show "$image")
-    mkdir "$VOLS/btrfs"
-    mount -t btrfs "$BTRFS_LOOP" "$VOLS/btrfs"
-    BTRFS_MNT=$VOLS/btrfs
+    make_loop_fs btrfs BTRFS_LOOP BTRFS_MNT mkfs.btrfs -q -f
 }
 
 zfs_answers() { zfs list -H -o name >/dev/null 2>&1; }
@@ -278,8 +313,10 @@ start_zfs_fuse() {
     flock "$fd"
     if ! zfs_answers; then
         say "starting zfs-fuse (pidfile $pidfile)"
-        # Its output to a log, not ours: a daemon holding our stderr would keep a pipe open.
-        zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >"$VOLS/zfs-fuse.log" 2>&1 ||
+        # Its output to a log, not ours: a daemon holding our stderr would keep a pipe open. Nor
+        # does it get the lock, which would stay held as long as it runs.
+        zfs-fuse --pidfile "$pidfile" --no-kstat-mount </dev/null >"$VOLS/zfs-fuse.log" 2>&1 \
+            {fd}>&- {ERR_FD}>&- ||
             { cat "$VOLS/zfs-fuse.log" >&2; die "zfs-fuse did not start"; }
         for ((i = 0; i < 300; i++)); do
             [[ -z $ZFS_PID && -s $pidfile ]] && ZFS_PID=$(<"$pidfile")
@@ -338,17 +375,14 @@ use_backend() {
 }
 
 cleanup_volumes() {
+    [[ -n $VOLS ]] || return 0
     local ok=1
-    if [[ -n $BTRFS_MNT ]]; then
-        umount "$BTRFS_MNT" || umount -l "$BTRFS_MNT" || ok=0
-    fi
-    # Only if the device is still attached to our image (losetup -j lists it).
-    if [[ -n $BTRFS_LOOP ]] && losetup -j "$VOLS/btrfs.img" | grep -q "^$BTRFS_LOOP:"; then
-        losetup -d "$BTRFS_LOOP" || ok=0
-    fi
+    undo_loop_fs ext4 "$EXT4_LOOP" "$EXT4_MNT" || ok=0
+    undo_loop_fs btrfs "$BTRFS_LOOP" "$BTRFS_MNT" || ok=0
     # zfs-fuse can call a pool busy for a moment after a dataset on it was unmounted.
     local i destroyed=1
     if [[ -n $ZFS_POOL ]]; then
+        say "destroying the zfs pool $ZFS_POOL${ZFS_PID:+ and stopping zfs-fuse (PID $ZFS_PID)}"
         for ((i = 0; i < 30; i++)); do
             zpool destroy -f "$ZFS_POOL" 2>"$VOLS/destroy.log" && break
             sleep 1
@@ -370,6 +404,7 @@ cleanup_volumes() {
             say "bench: could not undo everything under $VOLS; left it in place"
         fi
     fi
+    VOLS="" EXT4_MNT="" EXT4_LOOP="" BTRFS_MNT="" BTRFS_LOOP="" ZFS_POOL="" ZFS_MNT="" ZFS_PID=""
 }
 
 # A fresh, initialised workdir in WD: a new directory in the scratch space (dir) or on the btrfs
@@ -397,16 +432,23 @@ remove_workdir() {
     [[ $wd == "$ZFS_MNT" ]] || rm -rf "$wd"
 }
 
-# The exit trap. The dir backend's workdirs are removed one by one; the btrfs filesystem and the
-# zfs pool go whole.
-cleanup() {
-    if [[ -n ${SCRATCH:-} && -d $SCRATCH ]]; then
+# The exit trap. The filesystems the script made go whole; in a --scratch directory the dir
+# backend's workdirs are removed one by one.
+# main calls it too, to time it; then the trap finds nothing left to do. Its messages go to the
+# stderr the script started with (ERR_FD): a signal can arrive while a timed command's output
+# goes to a log.
+cleanup() { undo_all 2>&"$ERR_FD"; }
+undo_all() {
+    # On our own ext4 they go with the filesystem; in a --scratch directory one by one.
+    if [[ -n ${SCRATCH:-} && -d $SCRATCH && -z $EXT4_MNT ]]; then
+        say "removing the workdirs and copies in $SCRATCH"
         local wd BACKEND=dir
         for wd in "$SCRATCH"/workdir.*; do
             [[ -d $wd ]] && { remove_workdir "$wd" 2>/dev/null || true; }
         done
         rm -rf "$SCRATCH"
     fi
+    SCRATCH=""
     cleanup_volumes
 }
 
@@ -682,6 +724,7 @@ main() {
     local started=${EPOCHREALTIME/./}
     find_binary
     require_tools
+    exec {ERR_FD}>&2
     # Before anything that cleanup undoes is made. Without the INT and TERM traps, a Ctrl-C or
     # kill would end bash without running the EXIT trap.
     trap cleanup EXIT
@@ -705,7 +748,9 @@ main() {
         "$AUTOGENTOO_BIN" "$RUNS"
     printf '%s\n' "${TABLE[@]}"
     if ((JSON)); then printf '%s\n' "${JSON_LINES[@]}"; fi
-    say "done in $(((${EPOCHREALTIME/./} - started) / 1000000)) s"
+    local cleaning=${EPOCHREALTIME/./}
+    cleanup
+    say "done in $(((${EPOCHREALTIME/./} - started) / 1000000)) s, of which cleaning up $(((${EPOCHREALTIME/./} - cleaning) / 1000000)) s"
 }
 
 main "$@"
