@@ -2,11 +2,13 @@
 //! `AUTOGENTOO_PLUGIN_PATH`, loaded when the program starts. Their storage backends join the
 //! built-in ones in the registry, and their hooks run around the steps of `build SYSTEM`.
 //!
-//! A library that cannot be used (not a plugin, built for another API, missing a symbol,
-//! panicking, clashing with a name already taken) is left out with one warning line; all of
-//! them are reported together, at load time, and everything else keeps working.
+//! Directories are searched in that order, the libraries of each by name; hooks run in the
+//! order their plugins were loaded. A library that cannot be used (not a plugin, built for
+//! another API, missing a symbol, panicking, clashing with a name already taken) is left out
+//! with one warning line; all of them are reported together, at load time, and everything else
+//! keeps working.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
@@ -50,14 +52,16 @@ pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
         dirs.extend(std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()));
     }
     let mut plugins = Plugins::default();
-    // By their real path, so a directory named twice loads each library once.
-    let mut libraries = BTreeMap::new();
+    // In search order; by their real path, so a library found twice is loaded once.
+    let mut seen = BTreeSet::new();
+    let mut libraries = Vec::new();
     for dir in &dirs {
         match libraries_in(dir) {
             Ok(found) => {
                 for library in found {
-                    let real = fs::canonicalize(&library).unwrap_or_else(|_| library.clone());
-                    libraries.entry(real).or_insert(library);
+                    if seen.insert(fs::canonicalize(&library).unwrap_or_else(|_| library.clone())) {
+                        libraries.push(library);
+                    }
                 }
             }
             Err(reason) => plugins.failures.push(Failure {
@@ -66,14 +70,13 @@ pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
             }),
         }
     }
-    let mut by_dir: Vec<PathBuf> = libraries.into_values().collect();
-    by_dir.sort();
-    for library in by_dir {
+    for library in libraries {
         match host::load(&library) {
-            Ok(plugin) => match plugins.admit(plugin, registry) {
-                Ok(()) => {}
-                Err(failure) => plugins.failures.push(failure),
-            },
+            Ok(plugin) => {
+                if let Err(failure) = plugins.admit(plugin, registry) {
+                    plugins.failures.push(failure);
+                }
+            }
             Err(e) => plugins.failures.push(Failure {
                 path: e.path,
                 reason: e.reason.to_string(),

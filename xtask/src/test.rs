@@ -37,6 +37,8 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "ovmf",
     "debootstrap",
+    "sbsigntool",
+    "openssl",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

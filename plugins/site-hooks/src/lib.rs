@@ -1,0 +1,149 @@
+//! An example site plugin, with two pipeline hooks:
+//!
+//! - before `pack`: writes `/etc/autogentoo-build-info` (the system, the build time, the root
+//!   and the snapshot it was cloned from, the backend) into a layer of its own in the system's
+//!   output directory, which the pack puts last. The root volume is never touched, so the file
+//!   is in the image without being in the root. The time is `SOURCE_DATE_EPOCH` when set, so
+//!   reproducible builds stay reproducible.
+//! - after `kernel`: signs the EFI image for Secure Boot with `sbsign` (Debian's `sbsigntool`)
+//!   when a key and certificate are configured, writing `SYSTEM.signed.efi` beside the image;
+//!   without them it says it skipped signing. The configuration is the environment:
+//!   `AUTOGENTOO_SIGN_KEY` (a PEM private key) and `AUTOGENTOO_SIGN_CERT` (its PEM certificate),
+//!   both or neither.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use autogentoo_core::civil_time::timestamp;
+use autogentoo_plugin_api::{ExtraLayer, HookError, HookOutcome, PipelineHooks, Plugin, Step};
+
+/// The file the pack hook adds, relative to the image's root.
+pub const BUILD_INFO: &str = "etc/autogentoo-build-info";
+/// The signing key and certificate, PEM files.
+pub const KEY_VAR: &str = "AUTOGENTOO_SIGN_KEY";
+pub const CERT_VAR: &str = "AUTOGENTOO_SIGN_CERT";
+
+fn define() -> Plugin {
+    Plugin::new().pipeline_hooks(SiteHooks)
+}
+
+autogentoo_plugin_api::export_plugin!("site-hooks", define);
+
+struct SiteHooks;
+
+impl PipelineHooks for SiteHooks {
+    fn before(&self, step: &Step) -> Result<HookOutcome, HookError> {
+        match step.name.as_str() {
+            "pack" => build_info_layer(step),
+            _ => Ok(HookOutcome::default()),
+        }
+    }
+
+    fn after(&self, step: &Step) -> Result<HookOutcome, HookError> {
+        match step.name.as_str() {
+            "kernel" => sign(step),
+            _ => Ok(HookOutcome::default()),
+        }
+    }
+}
+
+fn input<'a>(values: &'a autogentoo_plugin_api::Values, key: &str) -> Result<&'a str, HookError> {
+    values
+        .text(key)
+        .ok_or_else(|| format!("the step gave no `{key}`").into())
+}
+
+/// Writes the build-info file into a fresh layer in the system's output directory.
+fn build_info_layer(step: &Step) -> Result<HookOutcome, HookError> {
+    let out_dir = PathBuf::from(input(&step.inputs, "out_dir")?);
+    fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let layer = out_dir.join("build-info-layer");
+    if layer.exists() {
+        fs::remove_dir_all(&layer).map_err(|e| format!("remove {}: {e}", layer.display()))?;
+    }
+    let file = layer.join(BUILD_INFO);
+    let etc = file.parent().expect("the file is in etc/");
+    make_dir(&layer)?;
+    make_dir(etc)?;
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={value} is not a number of seconds"))?,
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    };
+    let origin = step.inputs.text("root_origin").unwrap_or("");
+    let text = format!(
+        "system={}\nbuilt={}\nbuilt_epoch={epoch}\nroot={}\nroot_origin={}\nbackend={}\n",
+        step.system,
+        timestamp(epoch),
+        input(&step.inputs, "root")?,
+        if origin.is_empty() { "none" } else { origin },
+        input(&step.inputs, "backend")?,
+    );
+    fs::write(&file, text).map_err(|e| format!("write {}: {e}", file.display()))?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("chmod {}: {e}", file.display()))?;
+    Ok(HookOutcome {
+        layers: vec![ExtraLayer {
+            name: "site-hooks:build-info".into(),
+            path: layer,
+        }],
+        notes: vec![format!("/{BUILD_INFO} added for {}", step.system)],
+    })
+}
+
+fn make_dir(dir: &Path) -> Result<(), HookError> {
+    fs::create_dir(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()).into())
+}
+
+/// Signs the kernel step's image when a key and certificate are configured.
+fn sign(step: &Step) -> Result<HookOutcome, HookError> {
+    let image = PathBuf::from(input(&step.outputs, "image")?);
+    let (key, cert) = match (std::env::var_os(KEY_VAR), std::env::var_os(CERT_VAR)) {
+        (Some(key), Some(cert)) => (PathBuf::from(key), PathBuf::from(cert)),
+        (None, None) => {
+            return Ok(HookOutcome::note(format!(
+                "skipped signing {}: no key configured ({KEY_VAR}, {CERT_VAR})",
+                image.display()
+            )))
+        }
+        _ => return Err(format!("set both {KEY_VAR} and {CERT_VAR}, or neither").into()),
+    };
+    let signed = image.with_extension("signed.efi");
+    let partial = image.with_extension("signed.efi.partial");
+    let output = Command::new("sbsign")
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--output")
+        .arg(&partial)
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run sbsign ({e}); apt-get install sbsigntool"))?;
+    if !output.status.success() {
+        let _ = fs::remove_file(&partial);
+        return Err(format!(
+            "sbsign failed on {} ({}): {}",
+            image.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
+    }
+    fs::rename(&partial, &signed).map_err(|e| format!("rename {}: {e}", signed.display()))?;
+    Ok(HookOutcome::note(format!(
+        "signed {} with {}",
+        signed.display(),
+        cert.display()
+    )))
+}
