@@ -104,7 +104,6 @@ pub fn find_source(volume: &Path) -> Result<PathBuf, KernelError> {
 pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> {
     let build_dir = request.build_dir;
     fs::create_dir_all(build_dir).map_err(io_err("create", build_dir))?;
-    let make_arg = |arg: &str| arg.to_owned();
 
     // 1. allnoconfig with the fragments and what we need, when the fragments changed.
     let mut fragments = Vec::new();
@@ -121,7 +120,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
         let seen = request.make.build_dir().join("autogentoo.fragment");
         request.make.make(&[
             format!("KCONFIG_ALLCONFIG={}", seen.display()),
-            make_arg("allnoconfig"),
+            "allnoconfig".to_owned(),
         ])?;
     }
 
@@ -131,7 +130,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     if !changes.is_empty() {
         config.save(&config_path)?;
     }
-    request.make.make(&[make_arg("olddefconfig")])?;
+    request.make.make(&["olddefconfig".to_owned()])?;
     let config = kconfig::Config::load(&config_path)?;
     kconfig::verify_after_olddefconfig(
         &config,
@@ -143,7 +142,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     // 3. The image: after an initramfs-only change, make relinks.
     request
         .make
-        .make(&[format!("-j{}", request.jobs.max(1)), make_arg("bzImage")])?;
+        .make(&[format!("-j{}", request.jobs.max(1)), "bzImage".to_owned()])?;
 
     // 4. The results, each renamed into place; the manifest last, as it describes the set.
     fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;

@@ -1,6 +1,5 @@
 //! `autogentoo kernel build`, and the kernel step of `build SYSTEM`.
 
-use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -296,13 +295,8 @@ fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), K
     if status.success() {
         Ok(())
     } else {
-        let target: Vec<OsString> = args.iter().map(OsString::from).collect();
         Err(KernelError::Make {
-            target: target
-                .iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" "),
+            target: args.join(" "),
             status: status.to_string(),
             log: log.to_owned(),
         })
