@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
+use autogentoo_core::initramfs::Newc;
+use autogentoo_core::kernel_build::Kbuild;
+use autogentoo_core::kernel_builder::KernelBuilder;
+use autogentoo_core::packer::Packer;
 use autogentoo_core::registry::{Registry, StorageSettings};
 use autogentoo_core::site_config::SiteConfig;
 use autogentoo_core::storage::Storage;
@@ -91,17 +95,28 @@ impl Context {
             autogentoo_backend_btrfs::open,
         );
         registry.register_storage(autogentoo_backend_zfs::NAME, autogentoo_backend_zfs::open);
-        let plugins = plugins::load(&config.plugins.dirs, &mut registry);
-        Ok(Self {
+        registry.register_packer(Newc::NAME, || Ok(Box::new(Newc)));
+        registry.register_kernel_builder(Kbuild::HOST, || Ok(Box::new(Kbuild::host())));
+        let mut ctx = Self {
             config,
             backend,
             settings,
             json: global.json,
             quiet: global.quiet,
-            plugins,
+            plugins: Plugins::default(),
             config_path: config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
             registry,
-        })
+        };
+        let reinvoke = ctx.reinvoke();
+        let program: Vec<std::ffi::OsString> = std::iter::once(reinvoke.get_program())
+            .chain(reinvoke.get_args())
+            .map(ToOwned::to_owned)
+            .collect();
+        ctx.registry.register_kernel_builder(Kbuild::ROOT, move || {
+            Ok(Box::new(Kbuild::in_root(program.clone())))
+        });
+        ctx.plugins = plugins::load(&ctx.config.plugins.dirs, &mut ctx.registry);
+        Ok(ctx)
     }
 
     /// The workdir's plain directories.
@@ -122,6 +137,18 @@ impl Context {
             command.arg("--quiet");
         }
         command
+    }
+
+    /// The packer `name`.
+    pub fn packer(&self, name: &str) -> Result<Box<dyn Packer>> {
+        let factory = self.registry.packer(name)?;
+        Ok(factory()?)
+    }
+
+    /// The kernel builder `name`.
+    pub fn kernel_builder(&self, name: &str) -> Result<Box<dyn KernelBuilder>> {
+        let factory = self.registry.kernel_builder(name)?;
+        Ok(factory()?)
     }
 
     /// Opens the selected backend over the workdir.

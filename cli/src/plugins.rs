@@ -1,6 +1,7 @@
 //! Plugins: libraries found in the site config's `[plugins] dirs` and in the directories of
-//! `AUTOGENTOO_PLUGIN_PATH`, loaded when the program starts. Their storage backends join the
-//! built-in ones in the registry, and their hooks run around the steps of `build SYSTEM`.
+//! `AUTOGENTOO_PLUGIN_PATH`, loaded when the program starts. Their storage backends, packers
+//! and kernel builders join the built-in ones in the registry, and their hooks run around the
+//! steps of `build SYSTEM`.
 //!
 //! Directories are searched in that order, the libraries of each by name; hooks run in the
 //! order their plugins were loaded. A library that cannot be used (not a plugin, built for
@@ -15,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use autogentoo_core::initramfs::Layer;
+use autogentoo_core::packer::Layer;
 use autogentoo_core::pipeline::Fingerprint;
 use autogentoo_core::registry::Registry;
 use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
@@ -44,8 +45,8 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Loads the plugins in `config_dirs` and in [`PATH_VAR`]'s directories, registers their
-/// storage backends, and warns once for each library left out.
+/// Loads the plugins in `config_dirs` and in [`PATH_VAR`]'s directories, registers what they
+/// provide, and warns once for each library left out.
 pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
     let mut dirs = config_dirs.to_vec();
     if let Some(path) = std::env::var_os(PATH_VAR) {
@@ -102,8 +103,8 @@ fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 impl Plugins {
-    /// Registers a loaded plugin's backends, unless it clashes with a plugin or backend
-    /// already there.
+    /// Registers what a loaded plugin provides, unless a name clashes with a plugin, backend,
+    /// packer or kernel builder already there.
     fn admit(&mut self, plugin: LoadedPlugin, registry: &mut Registry) -> Result<(), Failure> {
         let refuse = |reason: String| Failure {
             path: plugin.path.clone(),
@@ -116,15 +117,35 @@ impl Plugins {
                 earlier.path.display()
             )));
         }
-        let taken = registry.storage_names();
-        if let Some(name) = plugin.storage_backends.iter().find(|b| taken.contains(b)) {
-            return Err(refuse(format!(
-                "plugin '{}' provides the storage backend '{name}', which is already provided",
-                plugin.name
-            )));
+        let offered = [
+            (
+                "storage backend",
+                &plugin.storage_backends,
+                registry.storage_names(),
+            ),
+            ("packer", &plugin.packers, registry.packer_names()),
+            (
+                "kernel builder",
+                &plugin.kernel_builders,
+                registry.kernel_builder_names(),
+            ),
+        ];
+        for (what, names, taken) in offered {
+            if let Some(name) = names.iter().find(|n| taken.contains(n)) {
+                return Err(refuse(format!(
+                    "plugin '{}' provides the {what} '{name}', which is already provided",
+                    plugin.name
+                )));
+            }
         }
         for backend in &plugin.storage_backends {
             registry.register_storage(backend, plugin.storage_factory(backend));
+        }
+        for packer in &plugin.packers {
+            registry.register_packer(packer, plugin.packer_factory(packer));
+        }
+        for builder in &plugin.kernel_builders {
+            registry.register_kernel_builder(builder, plugin.kernel_builder_factory(builder));
         }
         self.loaded.push(plugin);
         Ok(())

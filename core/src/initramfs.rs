@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use serde::Serialize;
@@ -26,79 +26,34 @@ use sha2::{Digest, Sha256};
 
 use crate::cpio::{self, Header};
 use crate::in_root::RootDir;
+use crate::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use crate::site_config::Compression;
 use crate::stage_import::Progress;
-use crate::storage::{io_err, StorageError};
+use crate::storage::io_err;
 
-/// One tree to pack. The first layer is the root; the others are site files.
-#[derive(Clone, Debug)]
-pub struct Layer {
-    /// How the manifest names it: `root:web`, `common`, `hardware/qemu-x86_64`, …
-    pub name: String,
-    pub path: PathBuf,
-    /// Site files are packed as owned by root unless `keep_site_owners`.
-    pub site: bool,
+/// The built-in packer, registered as [`Newc::NAME`]: see the module documentation.
+pub struct Newc;
+
+impl Newc {
+    pub const NAME: &'static str = "newc";
 }
 
-/// What to pack and how.
-pub struct PackRequest<'a> {
-    pub layers: Vec<Layer>,
-    /// Directories of the root layer (relative) whose contents are left out; the directories
-    /// themselves stay, as mount points.
-    pub exclude: Vec<PathBuf>,
-    /// The program the kernel runs from the initramfs, an absolute path inside it.
-    pub rdinit: String,
-    pub keep_site_owners: bool,
-    pub compression: Compression,
-    pub level: Option<u32>,
-    /// Clamp every mtime to this (the `SOURCE_DATE_EPOCH` convention).
-    pub source_date_epoch: Option<u64>,
-    pub threads: usize,
-    pub output: PathBuf,
-    pub progress: &'a dyn Progress,
-    pub cancel: &'a AtomicBool,
-}
+impl Packer for Newc {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
 
-/// What a pack produced.
-#[derive(Debug, Serialize)]
-pub struct PackReport {
-    pub archive: PathBuf,
-    pub manifest: PathBuf,
-    pub sha256: String,
-    pub compression: Compression,
-    pub entries: u64,
-    /// Size of the uncompressed cpio stream.
-    pub cpio_bytes: u64,
-    /// Size of the archive as written.
-    pub archive_bytes: u64,
-    /// Entries whose extended attributes (file capabilities, …) were left behind: newc has no
-    /// place for them.
-    pub dropped_xattrs: u64,
-}
+    fn capabilities(&self) -> PackerCapabilities {
+        PackerCapabilities {
+            compressions: vec![Compression::Gzip, Compression::Zstd, Compression::None],
+            reproducible: true,
+            manifest: true,
+        }
+    }
 
-/// Why a pack failed; nothing is left at the output path or beside it.
-#[derive(Debug, thiserror::Error)]
-pub enum PackError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("{} is {size} bytes; a newc cpio holds files below 4 GiB: exclude it (pack.exclude) or remove it", .path.display())]
-    TooLarge { path: PathBuf, size: u64 },
-    #[error("the packed tree has no {rdinit} (the program the kernel starts); add one to the root or an overlay, or set pack.rdinit")]
-    NoInit { rdinit: String },
-    #[error(
-        "{rdinit} (from {layer}) is not executable, so the kernel could not start it; chmod +x it"
-    )]
-    InitNotExecutable { rdinit: String, layer: String },
-    #[error("{} changed while it was packed; pack again when nothing writes to the root", .path.display())]
-    Changed { path: PathBuf },
-    #[error("writing {}: {source}", .path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("interrupted; no archive was written")]
-    Interrupted,
+    fn pack(&self, request: &PackRequest) -> Result<PackReport, PackError> {
+        pack(request)
+    }
 }
 
 /// What kind of entry, with what it needs beyond the common fields.
@@ -140,6 +95,7 @@ struct ManifestEntry {
 
 /// Packs the layers into the archive at `request.output`; see the module documentation.
 pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
+    (&Newc as &dyn Packer).check(request.compression)?;
     let roots: Vec<RootDir> = request
         .layers
         .iter()
@@ -432,6 +388,7 @@ impl Compressor {
                 Self::Zstd(encoder)
             }
             Compression::None => Self::None(out),
+            Compression::Xz => unreachable!("pack() refuses xz before it writes"),
         })
     }
 
@@ -576,7 +533,7 @@ fn write_archive(
         .map_err(|e| io_err("write", &manifest_path)(e.error))?;
     Ok(PackReport {
         archive: output.clone(),
-        manifest: manifest_path,
+        manifest: Some(manifest_path),
         sha256,
         compression: request.compression,
         entries: tree.len() as u64,
@@ -767,4 +724,10 @@ mod tests {
             PathBuf::from("out/web/initramfs.cpio.gz.manifest.json")
         );
     }
+}
+
+/// The packer conformance suite on the built-in packer.
+#[cfg(test)]
+mod conformance {
+    crate::packer_conformance!(|| -> Box<dyn crate::packer::Packer> { Box::new(super::Newc) });
 }

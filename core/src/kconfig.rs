@@ -427,6 +427,7 @@ impl Requirements {
         match compression {
             Compression::Gzip => need("RD_GZIP", Value::Yes),
             Compression::Zstd => need("RD_ZSTD", Value::Yes),
+            Compression::Xz => need("RD_XZ", Value::Yes),
             Compression::None => {}
         }
         need("DEVTMPFS", Value::Yes);
@@ -476,7 +477,9 @@ fn initramfs_source(path: &Path, compression: Compression) -> Result<String, Kco
     // through; any other name is read as a directory or a gen_init_cpio list.
     let named_right = match compression {
         Compression::None => text.ends_with(".cpio"),
-        Compression::Gzip | Compression::Zstd => text.matches(".cpio.").count() == 1,
+        Compression::Gzip | Compression::Zstd | Compression::Xz => {
+            text.matches(".cpio.").count() == 1
+        }
     };
     if !named_right {
         return Err(refuse(match compression {

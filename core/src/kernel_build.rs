@@ -6,16 +6,124 @@
 //! then the hardware overlays' fragments, in order) and what the pipeline needs (see
 //! [`crate::kconfig`]); after `make olddefconfig` it is checked again, since Kconfig silently
 //! drops an option whose dependencies are unmet. `make` runs on the host or inside the root
-//! (its toolchain); the caller supplies a [`Make`] for either.
+//! (its toolchain): [`Kbuild`] is the built-in [`KernelBuilder`] for either place, and
+//! [`build`] with a [`Make`] of one's own is there for builders that plugins write.
 
-use std::fs;
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::kconfig::{self, Requirements};
+use crate::kernel_builder::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
+use crate::root_mounts;
 use crate::storage::{io_err, StorageError};
+
+/// kbuild, on the host or inside the root: the built-in kernel builders.
+pub struct Kbuild {
+    place: Place,
+}
+
+enum Place {
+    Host,
+    /// Inside the root through `PROGRAM… root run ROOT -- make …`, PROGRAM being this program
+    /// with its global options.
+    Root {
+        program: Vec<OsString>,
+    },
+}
+
+impl Kbuild {
+    /// The name of the builder that uses the host's toolchain.
+    pub const HOST: &'static str = "host";
+    /// The name of the builder that uses the root's toolchain.
+    pub const ROOT: &'static str = "root";
+
+    /// Builds with the host's `make` and compiler.
+    pub fn host() -> Self {
+        Self { place: Place::Host }
+    }
+
+    /// Builds inside the root with its toolchain; `program` is this program and the global
+    /// options it needs to find the root again (`/proc/self/exe --workdir …`).
+    pub fn in_root(program: Vec<OsString>) -> Self {
+        Self {
+            place: Place::Root { program },
+        }
+    }
+}
+
+impl KernelBuilder for Kbuild {
+    fn name(&self) -> &str {
+        match self.place {
+            Place::Host => Self::HOST,
+            Place::Root { .. } => Self::ROOT,
+        }
+    }
+
+    fn capabilities(&self) -> KernelBuilderCapabilities {
+        KernelBuilderCapabilities {
+            uses_root: matches!(self.place, Place::Root { .. }),
+            links_initramfs: true,
+        }
+    }
+
+    fn build(&self, job: &KernelJob) -> Result<KernelReport, KernelError> {
+        if !job.initramfs.is_file() {
+            return Err(KernelError::NoInitramfs(job.initramfs.to_owned()));
+        }
+        fs::create_dir_all(job.build_dir).map_err(io_err("create", job.build_dir))?;
+        let log = job.build_dir.join("build.log");
+        let host;
+        let in_root;
+        let (make, seen_initramfs): (&dyn Make, PathBuf) = match &self.place {
+            Place::Host => {
+                host = HostMake {
+                    source: job.source.to_owned(),
+                    build_dir: job.build_dir.to_owned(),
+                    log,
+                };
+                (&host, job.initramfs.to_owned())
+            }
+            Place::Root { program } => {
+                let initramfs_dir = job.initramfs.parent().unwrap_or(Path::new("/"));
+                let plan = root_mounts::kernel_plan(job.source, job.build_dir, initramfs_dir);
+                root_mounts::mount_all(job.root_path, &plan).map_err(|source| {
+                    KernelError::Mount {
+                        root: job.root.to_owned(),
+                        source,
+                    }
+                })?;
+                in_root = RootMake {
+                    program: program.clone(),
+                    root: job.root.to_owned(),
+                    log,
+                };
+                let file_name = job.initramfs.file_name().unwrap_or_default();
+                let seen = Path::new("/")
+                    .join(root_mounts::INITRAMFS_TARGET)
+                    .join(file_name);
+                (&in_root, seen)
+            }
+        };
+        let requirements = Requirements::new(Some(&seen_initramfs), job.compression, job.cmdline)?;
+        build(&KernelBuildRequest {
+            source: job.source,
+            build_dir: job.build_dir,
+            fragments: job.fragments,
+            requirements: &requirements,
+            arch: job.arch,
+            jobs: job.jobs,
+            make,
+            out_dir: job.out_dir,
+            name: job.system,
+            inputs: job.inputs,
+        })
+    }
+}
 
 /// Runs `make` in the kernel source tree with `O=` the build directory, as the runner sees
 /// them, appending its output to the build log.
@@ -41,6 +149,17 @@ pub enum KernelError {
     },
     #[error("{}: no kernel source tree (a directory with Makefile and Kconfig) in it", .0.display())]
     NoSource(PathBuf),
+    #[error("{} does not exist; pack the root first (`autogentoo root pack ROOT`)", .0.display())]
+    NoInitramfs(PathBuf),
+    #[error("cannot mount the kernel into root '{root}'")]
+    Mount {
+        root: String,
+        #[source]
+        source: StorageError,
+    },
+    /// A plugin's builder failed; its message, causes included.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What to build.
@@ -212,4 +331,86 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// `make` on the host, with the host's toolchain, its output appended to `log`.
+pub struct HostMake {
+    pub source: PathBuf,
+    pub build_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Make for HostMake {
+    fn build_dir(&self) -> PathBuf {
+        self.build_dir.clone()
+    }
+
+    fn make(&self, args: &[String]) -> Result<(), KernelError> {
+        let mut command = Command::new("make");
+        command
+            .arg("-C")
+            .arg(&self.source)
+            .arg(format!("O={}", self.build_dir.display()))
+            .args(args);
+        run_logged(command, &self.log, args)
+    }
+}
+
+/// `make` inside the root (its toolchain), through `root run`: the sources, build directory and
+/// initramfs are bound in by [`root_mounts::kernel_plan`].
+struct RootMake {
+    program: Vec<OsString>,
+    root: String,
+    log: PathBuf,
+}
+
+impl Make for RootMake {
+    fn build_dir(&self) -> PathBuf {
+        Path::new("/").join(root_mounts::KERNEL_BUILD_TARGET)
+    }
+
+    fn make(&self, args: &[String]) -> Result<(), KernelError> {
+        let (program, options) = self
+            .program
+            .split_first()
+            .expect("the program to run is named");
+        let mut command = Command::new(program);
+        command.args(options);
+        command.args(["root", "run", &self.root, "--", "make", "-C"]);
+        command.arg(Path::new("/").join(root_mounts::KERNEL_SOURCE_TARGET));
+        command.arg(format!("O={}", self.build_dir().display()));
+        command.args(args);
+        run_logged(command, &self.log, args)
+    }
+}
+
+/// Runs a command with its output appended to the build log; a failure names the target and
+/// the log.
+pub fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), KernelError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err("open", log))?;
+    let err = file.try_clone().map_err(io_err("open", log))?;
+    tracing::info!(
+        "{} {}",
+        command.get_program().to_string_lossy(),
+        args.join(" ")
+    );
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .status()
+        .map_err(io_err("run make for", log))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(KernelError::Make {
+            target: args.join(" "),
+            status: status.to_string(),
+            log: log.to_owned(),
+        })
+    }
 }

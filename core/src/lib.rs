@@ -1,5 +1,7 @@
-//! The autogentoo model: the [`storage::Storage`] trait that backends implement and its
-//! conformance suite, the backend registry, stage import, and the site configuration.
+//! The autogentoo model: the [`storage::Storage`], [`packer::Packer`] and
+//! [`kernel_builder::KernelBuilder`] traits with their built-in implementations and conformance
+//! suites, the registry that finds them by name, stage import, chroot mounts, the pipeline's
+//! state, and the site configuration.
 //! The command-line program and the backends build on this crate; it never prints and never
 //! exits, it returns typed errors that carry the path and the operation.
 
@@ -10,9 +12,11 @@ pub mod in_root;
 pub mod initramfs;
 pub mod kconfig;
 pub mod kernel_build;
+pub mod kernel_builder;
 pub mod loop_device;
 pub mod mountinfo;
 pub mod names;
+pub mod packer;
 pub mod pipeline;
 pub mod qemu_boot;
 pub mod registry;

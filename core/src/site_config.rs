@@ -189,8 +189,10 @@ impl Default for MountsSection {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PackSection {
-    /// The initramfs compression: `gzip`, `zstd` or `none`. The kernel must be able to unpack it
-    /// (`CONFIG_RD_GZIP`, `CONFIG_RD_ZSTD`).
+    /// The packer: `newc` (built in) or one a plugin provides.
+    pub packer: String,
+    /// The initramfs compression: `gzip`, `zstd`, `none`, or `xz` with a packer that writes it.
+    /// The kernel config is made to unpack it (`CONFIG_RD_GZIP`, …).
     pub compression: Compression,
     /// The compression level, 1-9 for gzip and 1-19 for zstd; unset means the compressor's
     /// default.
@@ -221,6 +223,7 @@ impl Default for PackSection {
             "run",
         ];
         Self {
+            packer: "newc".to_owned(),
             compression: Compression::default(),
             level: None,
             exclude: exclude.map(str::to_owned).to_vec(),
@@ -237,6 +240,8 @@ pub enum Compression {
     #[default]
     Gzip,
     Zstd,
+    /// Not written by the built-in packer; for packers that plugins provide.
+    Xz,
     None,
 }
 
@@ -246,6 +251,7 @@ impl Compression {
         match self {
             Self::Gzip => Some(1..=9),
             Self::Zstd => Some(1..=19),
+            Self::Xz => Some(0..=9),
             Self::None => None,
         }
     }
@@ -256,6 +262,7 @@ impl fmt::Display for Compression {
         f.write_str(match self {
             Self::Gzip => "gzip",
             Self::Zstd => "zstd",
+            Self::Xz => "xz",
             Self::None => "none",
         })
     }
@@ -283,20 +290,14 @@ pub struct SystemConfig {
     /// Commands run inside the root, in order, before it is packed, like `emerge -uDN @world`.
     #[serde(default)]
     pub commands: Vec<String>,
-    /// Where the kernel is built: `root` (with the root's toolchain, the Gentoo way) or `host`.
-    #[serde(default)]
-    pub kernel_build: KernelBuildPlace,
+    /// The kernel builder: `root` (kbuild with the root's toolchain, the Gentoo way), `host`
+    /// (kbuild with the host's), or one a plugin provides.
+    #[serde(default = "default_kernel_build")]
+    pub kernel_build: String,
 }
 
-/// Where `build SYSTEM` runs `make` for the kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelBuildPlace {
-    /// Inside the root, with its toolchain (`kernel mount` then `root run`).
-    #[default]
-    Root,
-    /// On the host, with the host's toolchain.
-    Host,
+fn default_kernel_build() -> String {
+    "root".to_owned()
 }
 
 impl SystemConfig {
@@ -881,7 +882,7 @@ mod tests {
             "[build\njobs = 1\n",
             "[build]\nenv = { \"1X\" = \"y\" }\n",
             "[build]\narch = \"amd46\"\n",
-            "[pack]\ncompression = \"xz\"\n",
+            "[pack]\ncompression = \"lz4\"\n",
             "[systems.demo]\nroot = \"x\"\n",
         ] {
             let message = error(text);

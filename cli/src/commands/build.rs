@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::initramfs::{self, PackRequest};
+use autogentoo_core::packer::PackRequest;
 use autogentoo_core::pipeline::{Fingerprint, State};
-use autogentoo_core::root_mounts::{self, umount_all};
-use autogentoo_core::site_config::KernelBuildPlace;
+use autogentoo_core::root_mounts;
 use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
 use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
 use autogentoo_core::workdir;
@@ -14,7 +13,7 @@ use autogentoo_plugin_api::Values;
 use clap::Args;
 
 use crate::commands::kernel::build::{
-    build_kernel, default_initramfs, fragments, kernel_volume, KernelJob,
+    build_kernel, default_initramfs, fragments, kernel_volume, KernelStep,
 };
 use crate::commands::root::pack::layers;
 use crate::context::Context;
@@ -182,6 +181,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
 
     // 5. The initramfs.
     let compression = ctx.config.pack.compression;
+    let packer = ctx.packer(&ctx.config.pack.packer)?;
+    packer.check(compression)?;
     let archive = default_initramfs(ctx, &root_name, compression);
     let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
     let exclude: Vec<PathBuf> = ctx.config.pack.exclude.iter().map(PathBuf::from).collect();
@@ -191,8 +192,11 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         .text(
             "options",
             &format!(
-                "{compression:?} {:?} {} {}",
-                ctx.config.pack.level, ctx.config.pack.rdinit, epoch
+                "{} {compression:?} {:?} {} {}",
+                packer.name(),
+                ctx.config.pack.level,
+                ctx.config.pack.rdinit,
+                epoch
             ),
         )
         .text(
@@ -231,6 +235,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
                 }),
             )
             .with("archive", &archive)
+            .with("packer", packer.name())
             .with("compression", compression.to_string());
         let extra_layers = hooks.before("pack", &inputs)?;
         let cancel = crate::interrupt::cancel_flag()?;
@@ -247,11 +252,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             progress: &Silent,
             cancel: &cancel,
         };
-        let report =
-            initramfs::pack(&request).with_context(|| format!("cannot pack root '{root_name}'"))?;
-        let outputs = Values::default()
-            .with("archive", &report.archive)
-            .with("manifest", &report.manifest);
+        let report = packer
+            .pack(&request)
+            .with_context(|| format!("cannot pack root '{root_name}'"))?;
+        let mut outputs = Values::default().with("archive", &report.archive);
+        if let Some(manifest) = &report.manifest {
+            outputs = outputs.with("manifest", manifest);
+        }
         hooks.after("pack", &inputs, &outputs)?;
         state.record("pack", &pack_print)?;
     }
@@ -263,7 +270,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let mut kernel_print = hooks
         .mark(Fingerprint::default())
         .text("kernel", &format!("{} {kernel_created}", kernel.name()))
-        .text("place", &format!("{:?}", system.kernel_build))
+        .text("builder", &system.kernel_build)
         .text("cmdline", system.cmdline.as_deref().unwrap_or(""))
         .text("compression", &format!("{compression:?}"));
     for fragment in fragments(ctx, &system)? {
@@ -283,12 +290,11 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             run: run_kernel,
             why: if run_kernel {
                 format!(
-                    "{} from '{}' ({:?})",
+                    "{} from '{}' ({} builder)",
                     image.display(),
                     kernel.name(),
                     system.kernel_build
                 )
-                .to_lowercase()
             } else {
                 "initramfs, config and sources unchanged".into()
             },
@@ -300,24 +306,20 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             .with("root", &root_name)
             .with("kernel", kernel.name())
             .with("initramfs", &archive)
-            .with("place", format!("{:?}", system.kernel_build).to_lowercase())
+            .with("builder", &system.kernel_build)
             .with("cmdline", system.cmdline.as_deref().unwrap_or(""));
         hooks.before("kernel", &inputs)?;
-        let job = KernelJob {
+        let job = KernelStep {
             system_name: &args.system,
             system: &system,
             root: &root_name,
             kernel: Some(kernel.name()),
-            place: system.kernel_build,
+            builder: &system.kernel_build,
             initramfs: &archive,
             compression,
+            unmount_after: true,
         };
-        let built = build_kernel(ctx, &job);
-        if system.kernel_build == KernelBuildPlace::Root {
-            umount_all(&root_path, false)
-                .with_context(|| format!("cannot unmount root '{root_name}'"))?;
-        }
-        let report = built?;
+        let report = build_kernel(ctx, &job)?;
         let outputs = Values::default()
             .with("image", &report.image)
             .with("sha256", &report.sha256)

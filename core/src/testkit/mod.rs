@@ -1,7 +1,9 @@
-//! Test support shared by the backends and the end-to-end tests (feature `testkit`): the storage
-//! conformance suite and a tree comparison that knows about owners, modes, xattrs and hardlinks.
+//! Test support shared by the backends, packers and end-to-end tests (feature `testkit`): the
+//! storage and packer conformance suites and a tree comparison that knows about owners, modes,
+//! xattrs and hardlinks.
 
 pub mod conformance;
+pub mod packer_conformance;
 pub mod tree;
 pub mod zfs_pool;
 

@@ -2,6 +2,10 @@
 //! the host to ask and to read the answers. What comes back from the other side is checked like
 //! any input (names are validated again), so a confused plugin gives an error, not a bad value.
 
+// `ErrorFfi` is the boundary's error type, passed by value with a layout the ABI fixes; errors
+// are rare, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -9,16 +13,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
+use autogentoo_core::kernel_builder::{
+    KernelBuilderCapabilities, KernelError, KernelJob, KernelReport,
+};
 use autogentoo_core::names::NameError;
+use autogentoo_core::packer::{Layer, PackError, PackReport, PackRequest, PackerCapabilities};
 use autogentoo_core::registry::StorageSettings;
+use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::{
     Capabilities, PendingVolume, Snapshot, SnapshotId, StorageError, Usage, Volume, VolumeId,
     VolumeKind,
 };
 
 use crate::ffi::{
-    caps, error_kind, ErrorFfi, KeyedFfi, KindFfi, PendingFfi, SnapshotFfi, SnapshotIdFfi,
-    UsageFfi, VolumeFfi, VolumeIdFfi,
+    caps, error_kind, kernel_caps, packer_caps, ErrorFfi, KernelJobFfi, KernelReportFfi, KeyedFfi,
+    KindFfi, LayerFfi, PackReportFfi, PackRequestFfi, PackerCapabilitiesFfi, PendingFfi,
+    SnapshotFfi, SnapshotIdFfi, UsageFfi, VolumeFfi, VolumeIdFfi,
 };
 use crate::hooks::Values;
 
@@ -337,6 +347,321 @@ fn intern(text: &str) -> &'static str {
     let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
     seen.insert(leaked);
     leaked
+}
+
+/// A compression by the name both sides print it as.
+pub fn compression_from(name: &str) -> Result<Compression, ErrorFfi> {
+    [
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Xz,
+        Compression::None,
+    ]
+    .into_iter()
+    .find(|c| c.to_string() == name)
+    .ok_or_else(|| ErrorFfi::new(error_kind::FAILED, format!("unknown compression '{name}'")))
+}
+
+pub fn pack_request_ffi(request: &PackRequest) -> PackRequestFfi {
+    PackRequestFfi {
+        layers: request
+            .layers
+            .iter()
+            .map(|layer| LayerFfi {
+                name: layer.name.as_str().into(),
+                path: path_ffi(&layer.path),
+                site: layer.site,
+            })
+            .collect(),
+        exclude: request.exclude.iter().map(|p| path_ffi(p)).collect(),
+        rdinit: request.rdinit.as_str().into(),
+        keep_site_owners: request.keep_site_owners,
+        compression: request.compression.to_string().into(),
+        level: request.level.into(),
+        source_date_epoch: request.source_date_epoch.into(),
+        threads: request.threads as u64,
+        output: path_ffi(&request.output),
+        extra: RVec::new(),
+    }
+}
+
+/// The parts of a request that cross the boundary; the plugin's side adds the cancel flag and
+/// a silent progress.
+pub struct PackRequestParts {
+    pub layers: Vec<Layer>,
+    pub exclude: Vec<PathBuf>,
+    pub rdinit: String,
+    pub keep_site_owners: bool,
+    pub compression: Compression,
+    pub level: Option<u32>,
+    pub source_date_epoch: Option<u64>,
+    pub threads: usize,
+    pub output: PathBuf,
+}
+
+pub fn pack_request_from(request: &PackRequestFfi) -> Result<PackRequestParts, ErrorFfi> {
+    Ok(PackRequestParts {
+        layers: request
+            .layers
+            .iter()
+            .map(|layer| Layer {
+                name: layer.name.clone().into(),
+                path: path_from(&layer.path),
+                site: layer.site,
+            })
+            .collect(),
+        exclude: request.exclude.iter().map(path_from).collect(),
+        rdinit: request.rdinit.clone().into(),
+        keep_site_owners: request.keep_site_owners,
+        compression: compression_from(&request.compression)?,
+        level: request.level.into_option(),
+        source_date_epoch: request.source_date_epoch.into_option(),
+        threads: request.threads.max(1) as usize,
+        output: path_from(&request.output),
+    })
+}
+
+pub fn pack_report_ffi(report: PackReport) -> PackReportFfi {
+    PackReportFfi {
+        archive: path_ffi(&report.archive),
+        manifest: report.manifest.as_deref().map(path_ffi).into(),
+        sha256: report.sha256.into(),
+        compression: report.compression.to_string().into(),
+        entries: report.entries,
+        cpio_bytes: report.cpio_bytes,
+        archive_bytes: report.archive_bytes,
+        dropped_xattrs: report.dropped_xattrs,
+        extra: RVec::new(),
+    }
+}
+
+pub fn pack_report_from(report: PackReportFfi) -> Result<PackReport, ErrorFfi> {
+    Ok(PackReport {
+        archive: path_from(&report.archive),
+        manifest: report.manifest.as_ref().map(path_from).into_option(),
+        sha256: report.sha256.into(),
+        compression: compression_from(&report.compression)?,
+        entries: report.entries,
+        cpio_bytes: report.cpio_bytes,
+        archive_bytes: report.archive_bytes,
+        dropped_xattrs: report.dropped_xattrs,
+    })
+}
+
+pub fn packer_capabilities_ffi(capabilities: PackerCapabilities) -> PackerCapabilitiesFfi {
+    let mut bits = 0;
+    if capabilities.reproducible {
+        bits |= packer_caps::REPRODUCIBLE;
+    }
+    if capabilities.manifest {
+        bits |= packer_caps::MANIFEST;
+    }
+    PackerCapabilitiesFfi {
+        compressions: capabilities
+            .compressions
+            .iter()
+            .map(|c| c.to_string().into())
+            .collect(),
+        bits,
+    }
+}
+
+/// A compression this host does not know is left out: the host would not ask for it.
+pub fn packer_capabilities_from(capabilities: PackerCapabilitiesFfi) -> PackerCapabilities {
+    PackerCapabilities {
+        compressions: capabilities
+            .compressions
+            .iter()
+            .filter_map(|name| compression_from(name).ok())
+            .collect(),
+        reproducible: capabilities.bits & packer_caps::REPRODUCIBLE != 0,
+        manifest: capabilities.bits & packer_caps::MANIFEST != 0,
+    }
+}
+
+/// The kind codes of the core's storage errors, which both new interfaces pass on as they are.
+fn is_storage_kind(kind: u32) -> bool {
+    (error_kind::NOT_FOUND..=error_kind::CORRUPT).contains(&kind)
+}
+
+/// An error with its causes on one line, as the host shows it.
+pub fn chain_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+pub fn pack_error_ffi(error: PackError) -> ErrorFfi {
+    match error {
+        PackError::Storage(e) => error_ffi(e),
+        PackError::Interrupted => ErrorFfi::new(error_kind::INTERRUPTED, "interrupted"),
+        other => ErrorFfi::new(error_kind::FAILED, chain_text(&other)),
+    }
+}
+
+pub fn pack_error_from(error: ErrorFfi, plugin: &str, call: &str) -> PackError {
+    match error.kind {
+        kind if is_storage_kind(kind) => PackError::Storage(error_from(error, plugin, call)),
+        error_kind::INTERRUPTED => PackError::Interrupted,
+        error_kind::PANICKED => PackError::Failed(format!(
+            "plugin '{plugin}' panicked in {call}: {}",
+            error.what
+        )),
+        _ => PackError::Failed(format!("plugin '{plugin}': {}", error.what)),
+    }
+}
+
+pub fn kernel_job_ffi(job: &KernelJob) -> KernelJobFfi {
+    KernelJobFfi {
+        system: job.system.into(),
+        root: job.root.into(),
+        root_path: path_ffi(job.root_path),
+        source: path_ffi(job.source),
+        build_dir: path_ffi(job.build_dir),
+        fragments: job.fragments.iter().map(|p| path_ffi(p)).collect(),
+        initramfs: path_ffi(job.initramfs),
+        compression: job.compression.to_string().into(),
+        cmdline: job.cmdline.map(RString::from).into(),
+        arch: job.arch.into(),
+        jobs: job.jobs,
+        out_dir: path_ffi(job.out_dir),
+        inputs: job
+            .inputs
+            .iter()
+            .map(|(k, v)| Tuple2(k.as_str().into(), v.as_str().into()))
+            .collect(),
+        extra: RVec::new(),
+    }
+}
+
+/// The owned parts of a job, for the plugin's side to lend out as a `KernelJob`.
+pub struct KernelJobParts {
+    pub system: String,
+    pub root: String,
+    pub root_path: PathBuf,
+    pub source: PathBuf,
+    pub build_dir: PathBuf,
+    pub fragments: Vec<PathBuf>,
+    pub initramfs: PathBuf,
+    pub compression: Compression,
+    pub cmdline: Option<String>,
+    pub arch: String,
+    pub jobs: u32,
+    pub out_dir: PathBuf,
+    pub inputs: Vec<(String, String)>,
+}
+
+impl KernelJobParts {
+    pub fn job(&self) -> KernelJob<'_> {
+        KernelJob {
+            system: &self.system,
+            root: &self.root,
+            root_path: &self.root_path,
+            source: &self.source,
+            build_dir: &self.build_dir,
+            fragments: &self.fragments,
+            initramfs: &self.initramfs,
+            compression: self.compression,
+            cmdline: self.cmdline.as_deref(),
+            arch: &self.arch,
+            jobs: self.jobs,
+            out_dir: &self.out_dir,
+            inputs: &self.inputs,
+        }
+    }
+}
+
+pub fn kernel_job_from(job: &KernelJobFfi) -> Result<KernelJobParts, ErrorFfi> {
+    Ok(KernelJobParts {
+        system: job.system.clone().into(),
+        root: job.root.clone().into(),
+        root_path: path_from(&job.root_path),
+        source: path_from(&job.source),
+        build_dir: path_from(&job.build_dir),
+        fragments: job.fragments.iter().map(path_from).collect(),
+        initramfs: path_from(&job.initramfs),
+        compression: compression_from(&job.compression)?,
+        cmdline: job.cmdline.as_ref().map(|c| c.to_string()).into_option(),
+        arch: job.arch.clone().into(),
+        jobs: job.jobs,
+        out_dir: path_from(&job.out_dir),
+        inputs: job
+            .inputs
+            .iter()
+            .map(|Tuple2(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+}
+
+pub fn kernel_report_ffi(report: KernelReport) -> KernelReportFfi {
+    KernelReportFfi {
+        image: path_ffi(&report.image),
+        config: path_ffi(&report.config),
+        system_map: path_ffi(&report.system_map),
+        manifest: path_ffi(&report.manifest),
+        sha256: report.sha256.into(),
+        config_changes: report
+            .config_changes
+            .into_iter()
+            .map(RString::from)
+            .collect(),
+        extra: RVec::new(),
+    }
+}
+
+pub fn kernel_report_from(report: KernelReportFfi) -> KernelReport {
+    KernelReport {
+        image: path_from(&report.image),
+        config: path_from(&report.config),
+        system_map: path_from(&report.system_map),
+        manifest: path_from(&report.manifest),
+        sha256: report.sha256.into(),
+        config_changes: report
+            .config_changes
+            .into_iter()
+            .map(RString::into_string)
+            .collect(),
+    }
+}
+
+pub fn kernel_capabilities_ffi(capabilities: KernelBuilderCapabilities) -> u64 {
+    let mut bits = 0;
+    if capabilities.uses_root {
+        bits |= kernel_caps::USES_ROOT;
+    }
+    if capabilities.links_initramfs {
+        bits |= kernel_caps::LINKS_INITRAMFS;
+    }
+    bits
+}
+
+pub fn kernel_capabilities_from(bits: u64) -> KernelBuilderCapabilities {
+    KernelBuilderCapabilities {
+        uses_root: bits & kernel_caps::USES_ROOT != 0,
+        links_initramfs: bits & kernel_caps::LINKS_INITRAMFS != 0,
+    }
+}
+
+pub fn kernel_error_ffi(error: KernelError) -> ErrorFfi {
+    match error {
+        KernelError::Storage(e) => error_ffi(e),
+        other => ErrorFfi::new(error_kind::FAILED, chain_text(&other)),
+    }
+}
+
+pub fn kernel_error_from(error: ErrorFfi, plugin: &str, call: &str) -> KernelError {
+    match error.kind {
+        kind if is_storage_kind(kind) => KernelError::Storage(error_from(error, plugin, call)),
+        error_kind::PANICKED => KernelError::Failed(format!(
+            "plugin '{plugin}' panicked in {call}: {}",
+            error.what
+        )),
+        _ => KernelError::Failed(format!("plugin '{plugin}': {}", error.what)),
+    }
 }
 
 #[cfg(test)]

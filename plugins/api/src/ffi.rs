@@ -7,12 +7,14 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec, Tuple2};
+use std::sync::atomic::AtomicBool;
+
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec, Tuple2};
 use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 
 /// abi_stable's own version of the root module, kept equal to [`crate::API_VERSION`]: since its
 /// major is not 0, abi_stable only requires equal majors, which the header check already ensured.
-pub const ROOT_MODULE_VERSION: &str = "1.0.0";
+pub const ROOT_MODULE_VERSION: &str = "1.1.0";
 
 /// Named values: storage settings, a step's inputs and outputs. Values are bytes, so paths need
 /// not be UTF-8.
@@ -21,19 +23,30 @@ pub type KeyedFfi = RVec<Tuple2<RString, RVec<u8>>>;
 /// A storage backend object made by a plugin.
 pub type StorageBox = StorageFfi_TO<'static, RBox<()>>;
 
+/// A packer made by a plugin (API 1.1).
+pub type PackerBox = PackerFfi_TO<'static, RBox<()>>;
+
+/// A kernel builder made by a plugin (API 1.1).
+pub type KernelBuilderBox = KernelBuilderFfi_TO<'static, RBox<()>>;
+
 /// The root module of a plugin.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
 pub struct PluginMod {
     /// What the plugin provides, as `(kind, name)`: `("storage", "overlay")`,
-    /// `("pipeline-hooks", "")`. A later version adds kinds.
+    /// `("pipeline-hooks", "")`; since 1.1 also `("packer", NAME)` and
+    /// `("kernel-builder", NAME)`.
     pub provides: extern "C" fn() -> RResult<RVec<Tuple2<RString, RString>>, ErrorFfi>,
     /// Opens the storage backend `name` with the settings (`workdir`, `dataset`).
     pub open_storage: extern "C" fn(RStr<'_>, &KeyedFfi) -> RResult<StorageBox, ErrorFfi>,
     /// Runs the plugin's hook at `point` (`HOOK_BEFORE` or `HOOK_AFTER`) of a step.
     #[sabi(last_prefix_field)]
     pub run_hook: extern "C" fn(u8, &StepFfi) -> RResult<RVec<OutcomeItemFfi>, ErrorFfi>,
+    /// 1.1: makes the packer `name`.
+    pub open_packer: extern "C" fn(RStr<'_>) -> RResult<PackerBox, ErrorFfi>,
+    /// 1.1: makes the kernel builder `name`.
+    pub open_kernel_builder: extern "C" fn(RStr<'_>) -> RResult<KernelBuilderBox, ErrorFfi>,
 }
 
 impl RootModule for PluginModRef {
@@ -166,6 +179,8 @@ pub mod error_kind {
     pub const CORRUPT: u32 = 11;
     pub const FAILED: u32 = 12;
     pub const UNKNOWN_BACKEND: u32 = 13;
+    /// 1.1: a pack stopped because it was asked to.
+    pub const INTERRUPTED: u32 = 14;
     pub const PANICKED: u32 = 100;
 }
 
@@ -201,4 +216,122 @@ pub trait StorageFfi: Send + Sync {
         key: RStr<'_>,
         value: RStr<'_>,
     ) -> RResult<(), ErrorFfi>;
+}
+
+/// One layer of a pack.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct LayerFfi {
+    pub name: RString,
+    pub path: RVec<u8>,
+    pub site: bool,
+}
+
+/// The core's `PackRequest`, less the progress bar (a plugin's pack shows none). Compressions
+/// travel by name, so a new one is not a layout change; `extra` is for keys a later minor
+/// version adds.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PackRequestFfi {
+    pub layers: RVec<LayerFfi>,
+    pub exclude: RVec<RVec<u8>>,
+    pub rdinit: RString,
+    pub keep_site_owners: bool,
+    pub compression: RString,
+    pub level: ROption<u32>,
+    pub source_date_epoch: ROption<u64>,
+    pub threads: u64,
+    pub output: RVec<u8>,
+    pub extra: KeyedFfi,
+}
+
+/// The core's `PackReport`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PackReportFfi {
+    pub archive: RVec<u8>,
+    pub manifest: ROption<RVec<u8>>,
+    pub sha256: RString,
+    pub compression: RString,
+    pub entries: u64,
+    pub cpio_bytes: u64,
+    pub archive_bytes: u64,
+    pub dropped_xattrs: u64,
+    pub extra: KeyedFfi,
+}
+
+/// The core's `PackerCapabilities`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PackerCapabilitiesFfi {
+    pub compressions: RVec<RString>,
+    /// `packer_caps` bits.
+    pub bits: u64,
+}
+
+/// Packer capabilities as bits; an older plugin's 0 in a later bit reads as "cannot".
+pub mod packer_caps {
+    pub const REPRODUCIBLE: u64 = 1 << 0;
+    pub const MANIFEST: u64 = 1 << 1;
+}
+
+/// A packer, method for method the core's `Packer` trait.
+#[sabi_trait]
+pub trait PackerFfi: Send + Sync {
+    fn name(&self) -> RResult<RString, ErrorFfi>;
+    fn capabilities(&self) -> RResult<PackerCapabilitiesFfi, ErrorFfi>;
+    #[sabi(last_prefix_field)]
+    fn pack(
+        &self,
+        request: &PackRequestFfi,
+        cancel: &AtomicBool,
+    ) -> RResult<PackReportFfi, ErrorFfi>;
+}
+
+/// The core's `KernelJob`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct KernelJobFfi {
+    pub system: RString,
+    pub root: RString,
+    pub root_path: RVec<u8>,
+    pub source: RVec<u8>,
+    pub build_dir: RVec<u8>,
+    pub fragments: RVec<RVec<u8>>,
+    pub initramfs: RVec<u8>,
+    pub compression: RString,
+    pub cmdline: ROption<RString>,
+    pub arch: RString,
+    pub jobs: u32,
+    pub out_dir: RVec<u8>,
+    pub inputs: RVec<Tuple2<RString, RString>>,
+    pub extra: KeyedFfi,
+}
+
+/// The core's `KernelReport`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct KernelReportFfi {
+    pub image: RVec<u8>,
+    pub config: RVec<u8>,
+    pub system_map: RVec<u8>,
+    pub manifest: RVec<u8>,
+    pub sha256: RString,
+    pub config_changes: RVec<RString>,
+    pub extra: KeyedFfi,
+}
+
+/// Kernel builder capabilities as bits.
+pub mod kernel_caps {
+    pub const USES_ROOT: u64 = 1 << 0;
+    pub const LINKS_INITRAMFS: u64 = 1 << 1;
+}
+
+/// A kernel builder, method for method the core's `KernelBuilder` trait.
+#[sabi_trait]
+pub trait KernelBuilderFfi: Send + Sync {
+    fn name(&self) -> RResult<RString, ErrorFfi>;
+    fn capabilities(&self) -> RResult<u64, ErrorFfi>;
+    #[sabi(last_prefix_field)]
+    fn build(&self, job: &KernelJobFfi) -> RResult<KernelReportFfi, ErrorFfi>;
 }

@@ -16,12 +16,19 @@ use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RBoxError, RResult, RStr, RString, RVec, Tuple2};
+use std::sync::atomic::AtomicBool;
+
+use autogentoo_core::kernel_builder::{KernelBuilder, KernelError};
+use autogentoo_core::packer::{PackError, PackRequest, Packer};
 use autogentoo_core::registry::StorageSettings;
+use autogentoo_core::stage_import::Silent;
 use autogentoo_core::storage::{Storage, StorageError};
 
 use crate::convert::*;
 use crate::ffi::{
-    error_kind, ErrorFfi, KeyedFfi, KindFfi, OutcomeItemFfi, PendingFfi, PluginMod, PluginModRef,
+    error_kind, ErrorFfi, KernelBuilderBox, KernelBuilderFfi, KernelBuilderFfi_TO, KernelJobFfi,
+    KernelReportFfi, KeyedFfi, KindFfi, OutcomeItemFfi, PackReportFfi, PackRequestFfi, PackerBox,
+    PackerCapabilitiesFfi, PackerFfi, PackerFfi_TO, PendingFfi, PluginMod, PluginModRef,
     SnapshotFfi, SnapshotIdFfi, StepFfi, StorageBox, StorageFfi, StorageFfi_TO, UsageFfi,
     VolumeFfi, VolumeIdFfi, HOOK_BEFORE, OUTCOME_LAYER, OUTCOME_NOTE,
 };
@@ -30,10 +37,18 @@ use crate::hooks::{HookOutcome, PipelineHooks, Step};
 /// Opens a storage backend: the same signature as a built-in backend's factory.
 pub type StorageOpen = fn(&StorageSettings) -> Result<Box<dyn Storage>, StorageError>;
 
+/// Makes a packer: the same signature as a built-in packer's factory.
+pub type PackerOpen = fn() -> Result<Box<dyn Packer>, PackError>;
+
+/// Makes a kernel builder: the same signature as a built-in builder's factory.
+pub type KernelBuilderOpen = fn() -> Result<Box<dyn KernelBuilder>, KernelError>;
+
 /// What a plugin provides. Build one in the function given to [`crate::export_plugin!`].
 #[derive(Default)]
 pub struct Plugin {
     storage: Vec<(String, StorageOpen)>,
+    packers: Vec<(String, PackerOpen)>,
+    kernel_builders: Vec<(String, KernelBuilderOpen)>,
     hooks: Option<Box<dyn PipelineHooks>>,
 }
 
@@ -45,6 +60,18 @@ impl Plugin {
     /// Adds a storage backend, selected with `--backend NAME`.
     pub fn storage_backend(mut self, name: &str, open: StorageOpen) -> Self {
         self.storage.push((name.to_owned(), open));
+        self
+    }
+
+    /// Adds a packer, selected with `pack.packer = "NAME"` (API 1.1).
+    pub fn packer(mut self, name: &str, open: PackerOpen) -> Self {
+        self.packers.push((name.to_owned(), open));
+        self
+    }
+
+    /// Adds a kernel builder, selected with a system's `kernel_build = "NAME"` (API 1.1).
+    pub fn kernel_builder(mut self, name: &str, open: KernelBuilderOpen) -> Self {
+        self.kernel_builders.push((name.to_owned(), open));
         self
     }
 
@@ -92,6 +119,8 @@ pub fn root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> {
         provides,
         open_storage,
         run_hook,
+        open_packer,
+        open_kernel_builder,
     }
     .leak_into_prefix())
 }
@@ -130,6 +159,14 @@ extern "C" fn provides() -> RResult<RVec<Tuple2<RString, RString>>, ErrorFfi> {
             .iter()
             .map(|(name, _)| Tuple2("storage".into(), name.as_str().into()))
             .collect();
+        let named = |kind: &str, name: &String| Tuple2(kind.into(), name.as_str().into());
+        out.extend(plugin.packers.iter().map(|(n, _)| named("packer", n)));
+        out.extend(
+            plugin
+                .kernel_builders
+                .iter()
+                .map(|(n, _)| named("kernel-builder", n)),
+        );
         if plugin.hooks.is_some() {
             out.push(Tuple2("pipeline-hooks".into(), RString::new()));
         }
@@ -154,6 +191,38 @@ extern "C" fn open_storage(name: RStr<'_>, settings: &KeyedFfi) -> RResult<Stora
     })
 }
 
+/// The opener registered under `name`, or an error saying this plugin has no such `what`.
+fn opener<T: Copy>(list: &[(String, T)], what: &str, name: &str) -> Result<T, ErrorFfi> {
+    list.iter()
+        .find(|(known, _)| known == name)
+        .map(|(_, open)| *open)
+        .ok_or_else(|| {
+            ErrorFfi::new(
+                error_kind::UNKNOWN_BACKEND,
+                format!("this plugin provides no {what} '{name}'"),
+            )
+        })
+}
+
+extern "C" fn open_packer(name: RStr<'_>) -> RResult<PackerBox, ErrorFfi> {
+    guard(|| {
+        let open = opener(&plugin().packers, "packer", &name)?;
+        let packer = open().map_err(pack_error_ffi)?;
+        Ok(PackerFfi_TO::from_value(GuestPacker(packer), TD_Opaque))
+    })
+}
+
+extern "C" fn open_kernel_builder(name: RStr<'_>) -> RResult<KernelBuilderBox, ErrorFfi> {
+    guard(|| {
+        let open = opener(&plugin().kernel_builders, "kernel builder", &name)?;
+        let builder = open().map_err(kernel_error_ffi)?;
+        Ok(KernelBuilderFfi_TO::from_value(
+            GuestKernelBuilder(builder),
+            TD_Opaque,
+        ))
+    })
+}
+
 extern "C" fn run_hook(point: u8, step: &StepFfi) -> RResult<RVec<OutcomeItemFfi>, ErrorFfi> {
     guard(|| {
         let Some(hooks) = &plugin().hooks else {
@@ -170,15 +239,9 @@ extern "C" fn run_hook(point: u8, step: &StepFfi) -> RResult<RVec<OutcomeItemFfi
         } else {
             hooks.after(&step)
         };
-        outcome.map(outcome_ffi).map_err(|error| {
-            let mut text = error.to_string();
-            let mut source = error.source();
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            ErrorFfi::new(error_kind::FAILED, text)
-        })
+        outcome
+            .map(outcome_ffi)
+            .map_err(|error| ErrorFfi::new(error_kind::FAILED, chain_text(&*error)))
     })
 }
 
@@ -301,5 +364,68 @@ impl StorageFfi for Guest {
         value: RStr<'_>,
     ) -> RResult<(), ErrorFfi> {
         self.call(|s| s.set_property(&volume_id_from(id)?, &key, &value))
+    }
+}
+
+/// A plugin's packer, answering the host.
+struct GuestPacker(Box<dyn Packer>);
+
+impl PackerFfi for GuestPacker {
+    fn name(&self) -> RResult<RString, ErrorFfi> {
+        guard(|| Ok(self.0.name().into()))
+    }
+
+    fn capabilities(&self) -> RResult<PackerCapabilitiesFfi, ErrorFfi> {
+        guard(|| Ok(packer_capabilities_ffi(self.0.capabilities())))
+    }
+
+    fn pack(
+        &self,
+        request: &PackRequestFfi,
+        cancel: &AtomicBool,
+    ) -> RResult<PackReportFfi, ErrorFfi> {
+        guard(|| {
+            let parts = pack_request_from(request)?;
+            let request = PackRequest {
+                layers: parts.layers,
+                exclude: parts.exclude,
+                rdinit: parts.rdinit,
+                keep_site_owners: parts.keep_site_owners,
+                compression: parts.compression,
+                level: parts.level,
+                source_date_epoch: parts.source_date_epoch,
+                threads: parts.threads,
+                output: parts.output,
+                progress: &Silent,
+                cancel,
+            };
+            self.0
+                .pack(&request)
+                .map(pack_report_ffi)
+                .map_err(pack_error_ffi)
+        })
+    }
+}
+
+/// A plugin's kernel builder, answering the host.
+struct GuestKernelBuilder(Box<dyn KernelBuilder>);
+
+impl KernelBuilderFfi for GuestKernelBuilder {
+    fn name(&self) -> RResult<RString, ErrorFfi> {
+        guard(|| Ok(self.0.name().into()))
+    }
+
+    fn capabilities(&self) -> RResult<u64, ErrorFfi> {
+        guard(|| Ok(kernel_capabilities_ffi(self.0.capabilities())))
+    }
+
+    fn build(&self, job: &KernelJobFfi) -> RResult<KernelReportFfi, ErrorFfi> {
+        guard(|| {
+            let parts = kernel_job_from(job)?;
+            self.0
+                .build(&parts.job())
+                .map(kernel_report_ffi)
+                .map_err(kernel_error_ffi)
+        })
     }
 }

@@ -14,10 +14,15 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RResult, RStr, RString, Tuple2};
+use autogentoo_core::kernel_builder::{
+    KernelBuilder, KernelBuilderCapabilities, KernelError, KernelJob, KernelReport,
+};
+use autogentoo_core::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     Capabilities, PendingVolume, Snapshot, SnapshotId, Storage, StorageError, Usage, Volume,
@@ -26,8 +31,8 @@ use autogentoo_core::storage::{
 
 use crate::convert::*;
 use crate::ffi::{
-    error_kind, ErrorFfi, PluginModRef, StepFfi, StorageBox, HOOK_AFTER, HOOK_BEFORE,
-    OUTCOME_LAYER, OUTCOME_NOTE,
+    error_kind, ErrorFfi, KernelBuilderBox, PackerBox, PluginModRef, StepFfi, StorageBox,
+    HOOK_AFTER, HOOK_BEFORE, OUTCOME_LAYER, OUTCOME_NOTE,
 };
 use crate::hooks::{ExtraLayer, HookOutcome, HookPoint, Step};
 use crate::{ApiVersion, PluginHeader, API_VERSION, HEADER_MAGIC, HEADER_SYMBOL};
@@ -75,6 +80,10 @@ pub struct LoadedPlugin {
     pub api: ApiVersion,
     /// The storage backends it provides, by name.
     pub storage_backends: Vec<String>,
+    /// The packers it provides, by name (API 1.1).
+    pub packers: Vec<String>,
+    /// The kernel builders it provides, by name (API 1.1).
+    pub kernel_builders: Vec<String>,
     /// Whether it has pipeline hooks.
     pub pipeline_hooks: bool,
     module: PluginModRef,
@@ -142,10 +151,14 @@ fn load_checked(path: &Path) -> Result<LoadedPlugin, LoadFailure> {
         }
     };
     let mut storage_backends = Vec::new();
+    let mut packers = Vec::new();
+    let mut kernel_builders = Vec::new();
     let mut pipeline_hooks = false;
     for Tuple2(kind, provided) in provides {
         match kind.as_str() {
             "storage" => storage_backends.push(provided.into()),
+            "packer" => packers.push(provided.into()),
+            "kernel-builder" => kernel_builders.push(provided.into()),
             "pipeline-hooks" => pipeline_hooks = true,
             // A kind from a later minor version than ours: accepts() refused such plugins.
             _ => {}
@@ -157,6 +170,8 @@ fn load_checked(path: &Path) -> Result<LoadedPlugin, LoadFailure> {
         version,
         api,
         storage_backends,
+        packers,
+        kernel_builders,
         pipeline_hooks,
         module,
     })
@@ -229,6 +244,28 @@ impl LoadedPlugin {
         move |settings| open_storage(module, &plugin, &backend, settings)
     }
 
+    /// The factory of the packer `packer`, for the core registry.
+    pub fn packer_factory(
+        &self,
+        packer: &str,
+    ) -> impl Fn() -> Result<Box<dyn Packer>, PackError> + Send + Sync + 'static {
+        let module = self.module;
+        let plugin: Arc<str> = self.name.as_str().into();
+        let packer = packer.to_owned();
+        move || open_packer(module, &plugin, &packer)
+    }
+
+    /// The factory of the kernel builder `builder`, for the core registry.
+    pub fn kernel_builder_factory(
+        &self,
+        builder: &str,
+    ) -> impl Fn() -> Result<Box<dyn KernelBuilder>, KernelError> + Send + Sync + 'static {
+        let module = self.module;
+        let plugin: Arc<str> = self.name.as_str().into();
+        let builder = builder.to_owned();
+        move || open_kernel_builder(module, &plugin, &builder)
+    }
+
     /// The plugin's pipeline hooks, if it has any.
     pub fn hooks(&self) -> Option<PluginHooks> {
         self.pipeline_hooks.then(|| PluginHooks {
@@ -245,14 +282,14 @@ fn open_storage(
     settings: &StorageSettings,
 ) -> Result<Box<dyn Storage>, StorageError> {
     let call = |what: &str| format!("opening the '{backend}' backend{what}");
-    let inner = into_storage((module.open_storage())(
+    let inner = into_result((module.open_storage())(
         RStr::from_str(backend),
         &settings_ffi(settings),
     ))
     .map_err(|e| error_from(e, plugin, &call("")))?;
-    let name = into_storage(inner.backend_name())
+    let name = into_result(inner.backend_name())
         .map_err(|e| error_from(e, plugin, &call(" (its name)")))?;
-    let capabilities = into_storage(inner.capabilities())
+    let capabilities = into_result(inner.capabilities())
         .map_err(|e| error_from(e, plugin, &call(" (its capabilities)")))?;
     Ok(Box::new(PluginStorage {
         inner,
@@ -262,7 +299,110 @@ fn open_storage(
     }))
 }
 
-fn into_storage<T>(result: RResult<T, ErrorFfi>) -> Result<T, ErrorFfi> {
+/// The 1.1 entry `entry` of a plugin that declared it provides something only 1.1 carries.
+fn absent(plugin: &str, entry: &str) -> ErrorFfi {
+    ErrorFfi::new(
+        error_kind::FAILED,
+        format!(
+            "plugin '{plugin}' lists a {entry} but has no entry to make one (built for API 1.0?)"
+        ),
+    )
+}
+
+fn open_packer(
+    module: PluginModRef,
+    plugin: &Arc<str>,
+    packer: &str,
+) -> Result<Box<dyn Packer>, PackError> {
+    let call = format!("opening the '{packer}' packer");
+    let fail = |e| pack_error_from(e, plugin, &call);
+    let open = module
+        .open_packer()
+        .ok_or_else(|| fail(absent(plugin, "packer")))?;
+    let inner: PackerBox = into_result(open(RStr::from_str(packer))).map_err(fail)?;
+    let name = into_result(inner.name()).map_err(fail)?;
+    let capabilities = into_result(inner.capabilities()).map_err(fail)?;
+    Ok(Box::new(PluginPacker {
+        inner,
+        plugin: plugin.clone(),
+        name: name.into(),
+        capabilities: packer_capabilities_from(capabilities),
+    }))
+}
+
+fn open_kernel_builder(
+    module: PluginModRef,
+    plugin: &Arc<str>,
+    builder: &str,
+) -> Result<Box<dyn KernelBuilder>, KernelError> {
+    let call = format!("opening the '{builder}' kernel builder");
+    let fail = |e| kernel_error_from(e, plugin, &call);
+    let open = module
+        .open_kernel_builder()
+        .ok_or_else(|| fail(absent(plugin, "kernel builder")))?;
+    let inner: KernelBuilderBox = into_result(open(RStr::from_str(builder))).map_err(fail)?;
+    let name = into_result(inner.name()).map_err(fail)?;
+    let capabilities = into_result(inner.capabilities()).map_err(fail)?;
+    Ok(Box::new(PluginKernelBuilder {
+        inner,
+        plugin: plugin.clone(),
+        name: name.into(),
+        capabilities: kernel_capabilities_from(capabilities),
+    }))
+}
+
+/// A plugin's packer as the core sees it; its name and capabilities are asked once.
+struct PluginPacker {
+    inner: PackerBox,
+    plugin: Arc<str>,
+    name: String,
+    capabilities: PackerCapabilities,
+}
+
+impl Packer for PluginPacker {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> PackerCapabilities {
+        self.capabilities.clone()
+    }
+
+    fn pack(&self, request: &PackRequest) -> Result<PackReport, PackError> {
+        let cancel: &AtomicBool = request.cancel;
+        let result = into_result(self.inner.pack(&pack_request_ffi(request), cancel));
+        let call = format!("the '{}' packer", self.name);
+        let report = result.map_err(|e| pack_error_from(e, &self.plugin, &call))?;
+        pack_report_from(report).map_err(|e| pack_error_from(e, &self.plugin, &call))
+    }
+}
+
+/// A plugin's kernel builder as the core sees it; its name and capabilities are asked once.
+struct PluginKernelBuilder {
+    inner: KernelBuilderBox,
+    plugin: Arc<str>,
+    name: String,
+    capabilities: KernelBuilderCapabilities,
+}
+
+impl KernelBuilder for PluginKernelBuilder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> KernelBuilderCapabilities {
+        self.capabilities.clone()
+    }
+
+    fn build(&self, job: &KernelJob) -> Result<KernelReport, KernelError> {
+        let call = format!("the '{}' kernel builder", self.name);
+        into_result(self.inner.build(&kernel_job_ffi(job)))
+            .map(kernel_report_from)
+            .map_err(|e| kernel_error_from(e, &self.plugin, &call))
+    }
+}
+
+fn into_result<T>(result: RResult<T, ErrorFfi>) -> Result<T, ErrorFfi> {
     result.into()
 }
 

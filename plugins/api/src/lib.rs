@@ -3,10 +3,13 @@
 //!
 //! A plugin is a `cdylib` that calls [`export_plugin!`] once. Its author writes ordinary Rust
 //! against `autogentoo-core` — a storage backend is an implementation of
-//! [`Storage`](autogentoo_core::storage::Storage), pipeline hooks implement [`PipelineHooks`] —
-//! and this crate carries every call across the library boundary. On the host side,
-//! [`host::load`] opens a library, checks it, and hands back factories that return a
-//! `Box<dyn Storage>` like any built-in backend's, and hooks the pipeline calls around its steps.
+//! [`Storage`](autogentoo_core::storage::Storage), a packer of
+//! [`Packer`](autogentoo_core::packer::Packer), a kernel builder of
+//! [`KernelBuilder`](autogentoo_core::kernel_builder::KernelBuilder), pipeline hooks implement
+//! [`PipelineHooks`] — and this crate carries every call across the library boundary. On the
+//! host side, [`host::load`] opens a library, checks it, and hands back factories that return a
+//! `Box<dyn Storage>`, `Box<dyn Packer>` or `Box<dyn KernelBuilder>` like any built-in one's,
+//! and hooks the pipeline calls around its steps.
 //!
 //! The boundary itself is built on `abi_stable`, which is kept private to this crate: plugins and
 //! the program only ever see this crate's types, so moving to another mechanism (stabby, a plain
@@ -30,9 +33,10 @@
 //! inputs and outputs, hook results, capabilities) travel as keyed lists or bit sets, so a new key
 //! or bit is a minor change too. Anything else is a new major version.
 //!
-//! Version 1.0 carries storage backends and pipeline hooks. Packers and kernel builders come in
-//! a later minor version, as entries appended to the root module, once the core has traits for
-//! them to mirror.
+//! - 1.0: storage backends and pipeline hooks.
+//! - 1.1: packers and kernel builders, as two entries appended to the root module and two kinds
+//!   in `provides`. A 1.0 plugin still loads: it lists neither kind, and the host reads the two
+//!   entries as absent.
 
 mod convert;
 // abi_stable's `#[sabi_trait]` (last released in 2023) writes impls inside a module it generates,
@@ -45,7 +49,7 @@ pub mod host;
 
 use std::fmt;
 
-pub use guest::{Plugin, StorageOpen};
+pub use guest::{KernelBuilderOpen, PackerOpen, Plugin, StorageOpen};
 pub use hooks::{ExtraLayer, HookError, HookOutcome, HookPoint, PipelineHooks, Step, Values};
 
 /// A version of the plugin API.
@@ -58,7 +62,7 @@ pub struct ApiVersion {
 
 /// The version of the API this crate speaks: plugins built with it declare it, the host checks
 /// plugins against it.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 0 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 1 };
 
 impl ApiVersion {
     /// Whether a host speaking `self` can load a plugin built for `plugin`.
@@ -131,7 +135,9 @@ impl PluginHeader {
 ///
 /// ```ignore
 /// fn define() -> autogentoo_plugin_api::Plugin {
-///     autogentoo_plugin_api::Plugin::new().storage_backend("overlay", open)
+///     autogentoo_plugin_api::Plugin::new()
+///         .storage_backend("overlay", open)
+///         .packer("newc-xz", open_packer)
 /// }
 /// autogentoo_plugin_api::export_plugin!("overlay", define);
 /// ```

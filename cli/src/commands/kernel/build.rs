@@ -1,22 +1,21 @@
 //! `autogentoo kernel build`, and the kernel step of `build SYSTEM`.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::kconfig::Requirements;
-use autogentoo_core::kernel_build::{self, KernelError, KernelReport, Make};
-use autogentoo_core::root_mounts::{self, mount_all};
-use autogentoo_core::site_config::{Compression, KernelBuildPlace, SystemConfig};
+use autogentoo_core::kernel_build::{self, Kbuild, KernelReport};
+use autogentoo_core::kernel_builder::KernelJob;
+use autogentoo_core::root_mounts::umount_all;
+use autogentoo_core::site_config::{Compression, SystemConfig};
 use autogentoo_core::storage::{Storage, VolumeId, VolumeKind};
 use clap::Args;
 
 use crate::context::Context;
 use crate::output;
 
-/// Build a system's EFI-stub kernel with its packed initramfs embedded: `make olddefconfig` and
-/// `make bzImage` out of tree, inside the root (its toolchain) or with --host on the host. The
+/// Build a system's EFI image with its packed initramfs, with the system's kernel builder: the
+/// built-in ones run `make olddefconfig` and `make bzImage` out of tree, inside the root (`root`,
+/// its toolchain) or on the host (`host`), with the initramfs linked into an EFI-stub kernel. The
 /// config is allnoconfig plus the system's kernel config, its hardware overlays' fragments and
 /// what the pipeline needs. Results go to WORKDIR/out/SYSTEM/: SYSTEM.efi, SYSTEM.config,
 /// SYSTEM.System.map and a manifest; the build log is WORKDIR/kbuild/SYSTEM/build.log.
@@ -33,9 +32,14 @@ pub struct BuildArgs {
     #[arg(long)]
     pub kernel: Option<String>,
 
-    /// Build with the host's toolchain instead of the root's
-    #[arg(long)]
+    /// Build with the host's toolchain instead of the root's: the same as --builder host
+    #[arg(long, conflicts_with = "builder")]
     pub host: bool,
+
+    /// The kernel builder: `root`, `host` or one a plugin provides [default: the system's
+    /// `kernel_build`]
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
 
     /// The initramfs [default: WORKDIR/out/ROOT/initramfs.cpio.gz (or .zst, or plain)]
     #[arg(long, value_name = "FILE")]
@@ -48,18 +52,20 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let initramfs = args
         .initramfs
         .unwrap_or_else(|| default_initramfs(ctx, &args.root, compression));
-    let job = KernelJob {
+    let builder = match (&args.builder, args.host) {
+        (Some(name), _) => name.as_str(),
+        (None, true) => Kbuild::HOST,
+        (None, false) => system.kernel_build.as_str(),
+    };
+    let job = KernelStep {
         system_name: &name,
         system: &system,
         root: &args.root,
         kernel: args.kernel.as_deref(),
-        place: if args.host {
-            KernelBuildPlace::Host
-        } else {
-            KernelBuildPlace::Root
-        },
+        builder,
         initramfs: &initramfs,
         compression,
+        unmount_after: false,
     };
     let report = build_kernel(ctx, &job)?;
     if ctx.json {
@@ -75,6 +81,7 @@ pub fn default_initramfs(ctx: &Context, root: &str, compression: Compression) ->
     let file = match compression {
         Compression::Gzip => "initramfs.cpio.gz",
         Compression::Zstd => "initramfs.cpio.zst",
+        Compression::Xz => "initramfs.cpio.xz",
         Compression::None => "initramfs.cpio",
     };
     ctx.layout().out().join(root).join(file)
@@ -103,14 +110,18 @@ fn system_of_root(
 }
 
 /// One kernel build: for `kernel build` and for the pipeline.
-pub struct KernelJob<'a> {
+pub struct KernelStep<'a> {
     pub system_name: &'a str,
     pub system: &'a SystemConfig,
     pub root: &'a str,
     pub kernel: Option<&'a str>,
-    pub place: KernelBuildPlace,
+    /// The kernel builder, by name.
+    pub builder: &'a str,
     pub initramfs: &'a Path,
     pub compression: Compression,
+    /// Unmount the root after a builder that used it (the pipeline does; `kernel build` leaves
+    /// the root as `kernel mount` would).
+    pub unmount_after: bool,
 }
 
 /// The kernel volume: named, the system's, or the only one there is.
@@ -147,12 +158,15 @@ pub fn fragments(ctx: &Context, system: &SystemConfig) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-pub fn build_kernel(ctx: &Context, job: &KernelJob) -> Result<KernelReport> {
+/// Builds a system's kernel with the builder the job names.
+pub fn build_kernel(ctx: &Context, job: &KernelStep) -> Result<KernelReport> {
     let storage = ctx.storage()?;
     let layout = ctx.layout();
+    let builder = ctx.kernel_builder(job.builder)?;
     let kernel = kernel_volume(&*storage, job.kernel.or(job.system.kernel.as_deref()))?;
     let volume = storage.get(&kernel)?;
     let source = kernel_build::find_source(&volume.path)?;
+    let root_path = storage.path(&VolumeId::new(VolumeKind::Root, job.root)?)?;
     if !job.initramfs.is_file() {
         bail!(
             "{} does not exist; pack the root first (`autogentoo root pack {}`)",
@@ -160,42 +174,6 @@ pub fn build_kernel(ctx: &Context, job: &KernelJob) -> Result<KernelReport> {
             job.root
         );
     }
-    let build_dir = layout.kernel_builds().join(job.system_name);
-    std::fs::create_dir_all(&build_dir)
-        .with_context(|| format!("cannot create {}", build_dir.display()))?;
-    let log = build_dir.join("build.log");
-    let initramfs_dir = job.initramfs.parent().expect("a file has a directory");
-    let file_name = job.initramfs.file_name().expect("a file has a name");
-
-    let host = HostMake {
-        source: source.clone(),
-        build_dir: build_dir.clone(),
-        log: log.clone(),
-    };
-    let in_root;
-    let (make, seen_initramfs): (&dyn Make, PathBuf) = match job.place {
-        KernelBuildPlace::Host => (&host, job.initramfs.to_owned()),
-        KernelBuildPlace::Root => {
-            let root = storage.path(&VolumeId::new(VolumeKind::Root, job.root)?)?;
-            let plan = root_mounts::kernel_plan(&source, &build_dir, initramfs_dir);
-            mount_all(&root, &plan)
-                .with_context(|| format!("cannot mount the kernel into root '{}'", job.root))?;
-            in_root = RootMake {
-                command: ctx.reinvoke(),
-                root: job.root.to_owned(),
-                log: log.clone(),
-            };
-            let seen = Path::new("/")
-                .join(root_mounts::INITRAMFS_TARGET)
-                .join(file_name);
-            (&in_root, seen)
-        }
-    };
-    let requirements = Requirements::new(
-        Some(&seen_initramfs),
-        job.compression,
-        job.system.cmdline.as_deref(),
-    )?;
     let inputs = vec![
         (
             "initramfs_sha256".to_owned(),
@@ -205,100 +183,37 @@ pub fn build_kernel(ctx: &Context, job: &KernelJob) -> Result<KernelReport> {
             "kernel".to_owned(),
             format!("{} (created {})", kernel.name(), volume.created),
         ),
-        (
-            "built_in".to_owned(),
-            format!("{:?}", job.place).to_lowercase(),
-        ),
+        ("builder".to_owned(), builder.name().to_owned()),
     ];
     let fragments = fragments(ctx, job.system)?;
-    let jobs = ctx.config.build.jobs;
-    let request = kernel_build::KernelBuildRequest {
+    let build_dir = layout.kernel_builds().join(job.system_name);
+    let out_dir = layout.out().join(job.system_name);
+    let request = KernelJob {
+        system: job.system_name,
+        root: job.root,
+        root_path: &root_path,
         source: &source,
         build_dir: &build_dir,
         fragments: &fragments,
-        requirements: &requirements,
+        initramfs: job.initramfs,
+        compression: job.compression,
+        cmdline: job.system.cmdline.as_deref(),
         arch: "x86",
-        jobs,
-        make,
-        out_dir: &layout.out().join(job.system_name),
-        name: job.system_name,
+        jobs: ctx.config.build.jobs,
+        out_dir: &out_dir,
         inputs: &inputs,
     };
-    kernel_build::build(&request)
-        .with_context(|| format!("cannot build the kernel of system '{}'", job.system_name))
-}
-
-/// `make` on the host, with the host's toolchain.
-struct HostMake {
-    source: PathBuf,
-    build_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Make for HostMake {
-    fn build_dir(&self) -> PathBuf {
-        self.build_dir.clone()
+    let built = builder.build(&request);
+    // A builder that used the root leaves its kernel mounts there; so does a failed one.
+    if builder.capabilities().uses_root && job.unmount_after {
+        umount_all(&root_path, false)
+            .with_context(|| format!("cannot unmount root '{}'", job.root))?;
     }
-
-    fn make(&self, args: &[String]) -> Result<(), KernelError> {
-        let mut command = Command::new("make");
-        command
-            .arg("-C")
-            .arg(&self.source)
-            .arg(format!("O={}", self.build_dir.display()))
-            .args(args);
-        run_logged(command, &self.log, args)
-    }
-}
-
-/// `make` inside the root (its toolchain), through `root run`: the sources, build directory and
-/// initramfs are bound in by `kernel mount`.
-struct RootMake {
-    command: Command,
-    root: String,
-    log: PathBuf,
-}
-
-impl Make for RootMake {
-    fn build_dir(&self) -> PathBuf {
-        Path::new("/").join(root_mounts::KERNEL_BUILD_TARGET)
-    }
-
-    fn make(&self, args: &[String]) -> Result<(), KernelError> {
-        let mut command = Command::new(self.command.get_program());
-        command.args(self.command.get_args());
-        command.args(["root", "run", &self.root, "--", "make", "-C"]);
-        command.arg(Path::new("/").join(root_mounts::KERNEL_SOURCE_TARGET));
-        command.arg(format!("O={}", self.build_dir().display()));
-        command.args(args);
-        run_logged(command, &self.log, args)
-    }
-}
-
-/// Runs a command with its output appended to the build log.
-fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), KernelError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(autogentoo_core::storage::io_err("open", log))?;
-    let err = file
-        .try_clone()
-        .map_err(autogentoo_core::storage::io_err("open", log))?;
-    tracing::info!("make {}", args.join(" "));
-    let status = command
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .status()
-        .map_err(autogentoo_core::storage::io_err("run make for", log))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(KernelError::Make {
-            target: args.join(" "),
-            status: status.to_string(),
-            log: log.to_owned(),
-        })
-    }
+    built.with_context(|| {
+        format!(
+            "cannot build the kernel of system '{}' ({} builder)",
+            job.system_name,
+            builder.name()
+        )
+    })
 }

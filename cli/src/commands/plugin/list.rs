@@ -36,6 +36,8 @@ struct Entry<'a> {
 #[derive(Serialize)]
 struct Provides<'a> {
     storage_backends: &'a [String],
+    packers: &'a [String],
+    kernel_builders: &'a [String],
     pipeline_hooks: bool,
 }
 
@@ -105,6 +107,8 @@ fn entry(plugin: &LoadedPlugin) -> Entry<'_> {
         api_version: plugin.api.to_string(),
         provides: Provides {
             storage_backends: &plugin.storage_backends,
+            packers: &plugin.packers,
+            kernel_builders: &plugin.kernel_builders,
             pipeline_hooks: plugin.pipeline_hooks,
         },
         path: &plugin.path,
@@ -113,10 +117,14 @@ fn entry(plugin: &LoadedPlugin) -> Entry<'_> {
 
 /// What a plugin provides, in words.
 fn provides(plugin: &LoadedPlugin) -> String {
-    let mut parts: Vec<String> = plugin
-        .storage_backends
+    let kinds = [
+        ("storage backend", &plugin.storage_backends),
+        ("packer", &plugin.packers),
+        ("kernel builder", &plugin.kernel_builders),
+    ];
+    let mut parts: Vec<String> = kinds
         .iter()
-        .map(|b| format!("storage backend '{b}'"))
+        .flat_map(|(what, names)| names.iter().map(move |n| format!("{what} '{n}'")))
         .collect();
     if plugin.pipeline_hooks {
         parts.push("pipeline hooks".into());

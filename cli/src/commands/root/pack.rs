@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::initramfs::{self, Layer, PackRequest};
+use autogentoo_core::packer::{Layer, PackRequest};
 use autogentoo_core::root_lock::{LockKind, RootLock};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
@@ -14,9 +14,10 @@ use crate::output;
 use crate::progress::Bar;
 
 /// Pack a root, then the site's `common/`, then overlays in order (a later layer wins) into one
-/// reproducible newc cpio for the kernel's initramfs, without changing the root. Caches, the
-/// repository, sources and pseudo-filesystems are left out (`pack.exclude`); `/dev/console` is
-/// always there. Writes the archive atomically with a manifest beside it.
+/// newc cpio for the kernel's initramfs, without changing the root. Caches, the repository,
+/// sources and pseudo-filesystems are left out (`pack.exclude`); `/dev/console` is always
+/// there. The archive appears atomically. The built-in packer (`newc`) is reproducible and
+/// writes a manifest beside the archive; `pack.packer` or --packer picks one a plugin provides.
 #[derive(Args, Debug)]
 pub struct PackArgs {
     /// The root
@@ -38,6 +39,10 @@ pub struct PackArgs {
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
 
+    /// The packer: `newc` or one a plugin provides [default: pack.packer]
+    #[arg(long, value_name = "NAME")]
+    pub packer: Option<String>,
+
     /// Compression level: 1-9 for gzip, 1-19 for zstd [default: pack.level, or the compressor's]
     #[arg(long)]
     pub level: Option<u32>,
@@ -47,6 +52,7 @@ pub struct PackArgs {
 pub enum CompressionArg {
     Gzip,
     Zstd,
+    Xz,
     None,
 }
 
@@ -55,6 +61,7 @@ impl From<CompressionArg> for Compression {
         match arg {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Xz => Compression::Xz,
             CompressionArg::None => Compression::None,
         }
     }
@@ -83,6 +90,8 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
             None => bail!("--level makes no sense without compression"),
         }
     }
+    let packer = ctx.packer(args.packer.as_deref().unwrap_or(&config.pack.packer))?;
+    packer.check(compression)?;
     let overlays = match &args.system {
         Some(system) => config.system(system)?.overlays.clone(),
         None => args.overlay.clone(),
@@ -115,7 +124,7 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
         progress: &bar,
         cancel: &cancel,
     };
-    let report = initramfs::pack(&request);
+    let report = packer.pack(&request);
     bar.finish();
     let report = report.with_context(|| format!("cannot pack root '{}'", args.name))?;
     if report.dropped_xattrs > 0 {
