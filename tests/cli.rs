@@ -99,6 +99,37 @@ fn unknown_backend_lists_the_known_ones() {
 }
 
 #[test]
+fn build_with_an_unknown_kernel_builder_lists_the_known_ones_before_any_step() -> Result<()> {
+    let workdir = Workdir::uninitialised();
+    let config = workdir.scratch().join("autogentoo.toml");
+    fs::write(
+        &config,
+        "[systems.demo]\nstage = \"demo\"\nkernel_build = \"distcc\"\n",
+    )?;
+    let run = workdir
+        .run([
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("build"),
+            OsStr::new("demo"),
+        ])
+        .expect_code(1);
+    run.expect_one_error();
+    assert!(
+        run.stderr
+            .contains("unknown kernel builder 'distcc'; known kernel builders: host, root"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !workdir.path().exists() || list_dir(workdir.path()).is_empty(),
+        "no step ran: {:?}",
+        list_dir(workdir.path())
+    );
+    Ok(())
+}
+
+#[test]
 fn config_with_an_unknown_key_names_file_line_and_key() -> Result<()> {
     let workdir = Workdir::new();
     let config = workdir.scratch().join("autogentoo.toml");

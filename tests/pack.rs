@@ -1231,6 +1231,29 @@ fn level_out_of_range_is_refused() -> Result<()> {
 }
 
 #[test]
+fn an_unknown_packer_or_a_compression_it_cannot_write_is_refused() -> Result<()> {
+    let fixture = Fixture::new()?;
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--packer", "erofs"],
+            "unknown packer 'erofs'; known packers: newc",
+        ),
+        (
+            &["--compression", "xz"],
+            "packer 'newc' does not write xz archives; it writes gzip, zstd, none",
+        ),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let run = fixture.pack(&args, None).expect_code(1);
+        run.expect_one_error();
+        assert!(run.stderr.contains(message), "{}", run.describe());
+        fixture.assert_nothing_written();
+    }
+    Ok(())
+}
+
+#[test]
 fn json_names_archive_manifest_sha256_and_entries() -> Result<()> {
     let fixture = Fixture::new()?;
     let run = fixture.pack(&[OsStr::new("--json")], None).expect_code(0);

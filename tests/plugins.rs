@@ -21,11 +21,12 @@ use autogentoo_tests::{
 const OVERLAY: &str = "autogentoo-plugin-overlay";
 const SITE_HOOKS: &str = "autogentoo-plugin-site-hooks";
 const API_MISMATCH: &str = "autogentoo-plugin-test-api-mismatch";
+const API_1_0: &str = "autogentoo-plugin-test-api-1-0";
 const PANICKING: &str = "autogentoo-plugin-test-panicking";
 
 /// What the loader says of the plugin built for API 99.0.
 const MISMATCH_REASON: &str = "plugin 'api-mismatch' was built for API 99.0, this autogentoo \
-                               speaks 1.0; rebuild it against autogentoo-plugin-api 1.x";
+                               speaks 1.1; rebuild it against autogentoo-plugin-api 1.x";
 
 /// A directory holding links to the libraries of `packages`.
 fn plugin_dir(dir: &Path, packages: &[&str]) -> PathBuf {
@@ -84,11 +85,11 @@ fn plugin_list_shows_each_plugin_and_each_library_it_could_not_use() {
 
     let run = with_plugins(&workdir, &dir, &["plugin", "list", "--json"]).expect_code(0);
     let listing = run.json();
-    assert_eq!(listing["api_version"], "1.0", "{}", run.describe());
+    assert_eq!(listing["api_version"], "1.1", "{}", run.describe());
     let plugins = listing["plugins"].as_array().expect("plugins");
     let names: Vec<&str> = plugins.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["overlay", "site-hooks"], "{}", run.describe());
-    assert_eq!(plugins[0]["api_version"], "1.0");
+    assert_eq!(plugins[0]["api_version"], "1.1");
     assert_eq!(
         plugins[0]["provides"]["storage_backends"],
         serde_json::json!(["overlay"])
@@ -174,11 +175,57 @@ fn a_plugin_built_for_another_api_is_refused_while_the_rest_keep_working() {
     let unknown = unknown.expect_code(1);
     assert!(
         unknown.stderr.contains(
-            "error: unknown storage backend 'api-mismatch'; known backends: btrfs, dir, overlay, zfs"
+            "error: unknown storage backend 'api-mismatch'; known storage backends: btrfs, dir, overlay, zfs"
         ),
         "{}",
         unknown.describe()
     );
+}
+
+#[test]
+fn a_plugin_built_for_api_1_0_still_loads_and_its_backend_works() {
+    let workdir = Workdir::uninitialised();
+    let _sweep = Sweep(workdir.top().to_owned());
+    let dir = plugin_dir(&workdir.scratch().join("plugins"), &[API_1_0, OVERLAY]);
+    let list = with_plugins(&workdir, &dir, &["plugin", "list", "--json"]).expect_code(0);
+    let listing = list.json();
+    assert_eq!(listing["failures"], serde_json::json!([]), "{}", list.describe());
+    let old = listing["plugins"]
+        .as_array()
+        .expect("a list of plugins")
+        .iter()
+        .find(|p| p["name"] == "api-1-0")
+        .unwrap_or_else(|| panic!("api-1-0 is loaded: {}", list.describe()));
+    assert_eq!(old["api_version"], "1.0");
+    assert_eq!(
+        old["provides"]["storage_backends"],
+        serde_json::json!(["dir-api-1-0"])
+    );
+    assert_eq!(old["provides"]["packers"], serde_json::json!([]));
+
+    let cli = |args: &[&OsStr]| {
+        let mut all = vec![OsStr::new("--backend"), OsStr::new("dir-api-1-0")];
+        all.extend_from_slice(args);
+        with_plugins(&workdir, &dir, &all).expect_code(0)
+    };
+    let os = OsStr::new;
+    cli(&[os("workdir"), os("init")]);
+    let tree = workdir.scratch().join("tree");
+    build_small_tree(&tree).expect("a small tree");
+    cli(&[
+        os("stage"),
+        os("import"),
+        tree.as_os_str(),
+        os("--name"),
+        os("base"),
+    ]);
+    let stages = cli(&[os("stage"), os("list")]);
+    assert!(
+        stages.stdout.lines().any(|l| l.starts_with("base\t")),
+        "{}",
+        stages.describe()
+    );
+    assert!(workdir.path().join("stages/base").is_dir());
 }
 
 #[test]

@@ -43,6 +43,10 @@ struct Step {
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let system = ctx.config.system(&args.system)?.clone();
+    // A packer or kernel builder nobody provides is refused before any step runs.
+    let packer = ctx.packer(&ctx.config.pack.packer)?;
+    packer.check(ctx.config.pack.compression)?;
+    ctx.kernel_builder(&system.kernel_build)?;
     let storage = ctx.storage()?;
     let layout = ctx.layout();
     let root_name = system.root_name(&args.system).to_owned();
@@ -181,8 +185,6 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
 
     // 5. The initramfs.
     let compression = ctx.config.pack.compression;
-    let packer = ctx.packer(&ctx.config.pack.packer)?;
-    packer.check(compression)?;
     let archive = default_initramfs(ctx, &root_name, compression);
     let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
     let exclude: Vec<PathBuf> = ctx.config.pack.exclude.iter().map(PathBuf::from).collect();

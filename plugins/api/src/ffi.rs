@@ -56,6 +56,34 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = VersionStrings::new(ROOT_MODULE_VERSION);
 }
 
+/// The root modules of earlier minor versions, frozen as they were released. abi_stable accepts
+/// a root module with more entries than the type it is checked against, never fewer, so the host
+/// checks a plugin against the root module of the version the plugin declares. Each minor
+/// version that appends entries leaves its predecessor's root module here, unchanged.
+// Only the layouts are used: a loaded module is read through the current root module's type.
+#[allow(dead_code)]
+pub mod v1_0 {
+    use super::*;
+
+    /// The root module of API 1.0.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+    pub struct PluginMod {
+        pub provides: extern "C" fn() -> RResult<RVec<Tuple2<RString, RString>>, ErrorFfi>,
+        pub open_storage: extern "C" fn(RStr<'_>, &KeyedFfi) -> RResult<StorageBox, ErrorFfi>,
+        #[sabi(last_prefix_field)]
+        pub run_hook: extern "C" fn(u8, &StepFfi) -> RResult<RVec<OutcomeItemFfi>, ErrorFfi>,
+    }
+
+    impl RootModule for PluginModRef {
+        declare_root_module_statics! {PluginModRef}
+        const BASE_NAME: &'static str = "autogentoo_plugin";
+        const NAME: &'static str = "autogentoo plugin";
+        const VERSION_STRINGS: VersionStrings = VersionStrings::new("1.0.0");
+    }
+}
+
 pub const HOOK_BEFORE: u8 = 0;
 pub const HOOK_AFTER: u8 = 1;
 

@@ -26,11 +26,11 @@ use autogentoo_core::storage::{Storage, StorageError};
 
 use crate::convert::*;
 use crate::ffi::{
-    error_kind, ErrorFfi, KernelBuilderBox, KernelBuilderFfi, KernelBuilderFfi_TO, KernelJobFfi,
-    KernelReportFfi, KeyedFfi, KindFfi, OutcomeItemFfi, PackReportFfi, PackRequestFfi, PackerBox,
-    PackerCapabilitiesFfi, PackerFfi, PackerFfi_TO, PendingFfi, PluginMod, PluginModRef,
-    SnapshotFfi, SnapshotIdFfi, StepFfi, StorageBox, StorageFfi, StorageFfi_TO, UsageFfi,
-    VolumeFfi, VolumeIdFfi, HOOK_BEFORE, OUTCOME_LAYER, OUTCOME_NOTE,
+    error_kind, v1_0, ErrorFfi, KernelBuilderBox, KernelBuilderFfi, KernelBuilderFfi_TO,
+    KernelJobFfi, KernelReportFfi, KeyedFfi, KindFfi, OutcomeItemFfi, PackReportFfi,
+    PackRequestFfi, PackerBox, PackerCapabilitiesFfi, PackerFfi, PackerFfi_TO, PendingFfi,
+    PluginMod, PluginModRef, SnapshotFfi, SnapshotIdFfi, StepFfi, StorageBox, StorageFfi,
+    StorageFfi_TO, UsageFfi, VolumeFfi, VolumeIdFfi, HOOK_BEFORE, OUTCOME_LAYER, OUTCOME_NOTE,
 };
 use crate::hooks::{HookOutcome, PipelineHooks, Step};
 
@@ -102,8 +102,41 @@ pub const unsafe fn lib_header(load: extern "C" fn() -> RootModuleResult) -> Lib
     unsafe { LibHeader::from_constructor::<PluginModRef>(load, CheckTypeLayout::Yes) }
 }
 
+/// The header abi_stable reads, for a root module laid out as API 1.0 laid it out.
+///
+/// # Safety
+/// `load` must return the root module of [`v1_0::PluginModRef`]'s type.
+pub const unsafe fn lib_header_v1_0(load: extern "C" fn() -> RootModuleResult) -> LibHeader {
+    // SAFETY: as the caller promises.
+    unsafe { LibHeader::from_constructor::<v1_0::PluginModRef>(load, CheckTypeLayout::Yes) }
+}
+
+/// Defines the plugin and returns its root module as API 1.0 laid it out: for the test plugin
+/// that stands for a plugin built against 1.0.
+pub fn root_module_v1_0(define: fn() -> Plugin) -> Result<v1_0::PluginModRef, RBoxError> {
+    define_once(define)?;
+    Ok(v1_0::PluginMod {
+        provides,
+        open_storage,
+        run_hook,
+    }
+    .leak_into_prefix())
+}
+
 /// Defines the plugin and returns its root module; called once, when the host loads it.
 pub fn root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> {
+    define_once(define)?;
+    Ok(PluginMod {
+        provides,
+        open_storage,
+        run_hook,
+        open_packer,
+        open_kernel_builder,
+    }
+    .leak_into_prefix())
+}
+
+fn define_once(define: fn() -> Plugin) -> Result<(), RBoxError> {
     // This library's panics are caught at the boundary and reported there; the default hook
     // would print them as well, on the host's stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -115,14 +148,7 @@ pub fn root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> {
         RBoxError::from_fmt(&message)
     })?;
     let _ = PLUGIN.set(plugin);
-    Ok(PluginMod {
-        provides,
-        open_storage,
-        run_hook,
-        open_packer,
-        open_kernel_builder,
-    }
-    .leak_into_prefix())
+    Ok(())
 }
 
 fn plugin() -> &'static Plugin {

@@ -31,7 +31,7 @@ use autogentoo_core::storage::{
 
 use crate::convert::*;
 use crate::ffi::{
-    error_kind, ErrorFfi, KernelBuilderBox, PackerBox, PluginModRef, StepFfi, StorageBox,
+    error_kind, v1_0, ErrorFfi, KernelBuilderBox, PackerBox, PluginModRef, StepFfi, StorageBox,
     HOOK_AFTER, HOOK_BEFORE, OUTCOME_LAYER, OUTCOME_NOTE,
 };
 use crate::hooks::{ExtraLayer, HookOutcome, HookPoint, Step};
@@ -64,8 +64,12 @@ pub enum LoadFailure {
     },
     #[error("plugin '{name}' is missing a symbol: {reason}")]
     MissingSymbol { name: String, reason: String },
-    #[error("plugin '{name}' does not match the API {API_VERSION} it declares: {reason}")]
-    Mismatch { name: String, reason: String },
+    #[error("plugin '{name}' does not match the API {api} it declares: {reason}")]
+    Mismatch {
+        name: String,
+        api: ApiVersion,
+        reason: String,
+    },
     #[error("plugin '{name}' failed to start: {reason}")]
     Start { name: String, reason: String },
 }
@@ -126,21 +130,31 @@ fn load_checked(path: &Path) -> Result<LoadedPlugin, LoadFailure> {
         name: name.clone(),
         reason: library_error(e),
     })?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| match e {
-            LibraryError::RootModule { err, .. } => LoadFailure::Start {
-                name: name.clone(),
-                reason: match err {
-                    abi_stable::library::RootModuleError::Unwound => "it panicked".to_owned(),
-                    other => other.to_string(),
-                },
+    let module = match api.minor {
+        // abi_stable refuses a root module with fewer entries than the type it is checked
+        // against, so a 1.0 plugin is checked against the root module as 1.0 laid it out. Its
+        // entries are a prefix of ours, and the accessors of the later ones read the plugin's
+        // own count of entries, so they answer "absent" for it.
+        0 => header
+            .init_root_module::<v1_0::PluginModRef>()
+            // SAFETY: the 1.0 root module is the prefix of ours, entry for entry.
+            .map(|module| PluginModRef(unsafe { module.0.cast() })),
+        _ => header.init_root_module::<PluginModRef>(),
+    };
+    let module = module.map_err(|e| match e {
+        LibraryError::RootModule { err, .. } => LoadFailure::Start {
+            name: name.clone(),
+            reason: match err {
+                abi_stable::library::RootModuleError::Unwound => "it panicked".to_owned(),
+                other => other.to_string(),
             },
-            other => LoadFailure::Mismatch {
-                name: name.clone(),
-                reason: library_error(other),
-            },
-        })?;
+        },
+        other => LoadFailure::Mismatch {
+            name: name.clone(),
+            api,
+            reason: library_error(other),
+        },
+    })?;
     let provides = match (module.provides())() {
         RResult::ROk(list) => list,
         RResult::RErr(e) => {

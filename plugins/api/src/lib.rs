@@ -165,10 +165,38 @@ macro_rules! export_plugin {
     };
 }
 
+/// Exports a plugin exactly as one built against API 1.0 would be: a 1.0 header and the 1.0
+/// root module. Only for the test plugin that checks that the program still loads 1.0 plugins.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin_for_api_1_0 {
+    ($name:literal, $define:path) => {
+        #[unsafe(export_name = "autogentoo_plugin_header")]
+        pub static AUTOGENTOO_PLUGIN_HEADER: $crate::PluginHeader = $crate::PluginHeader::new(
+            $name,
+            ::core::env!("CARGO_PKG_VERSION"),
+            $crate::ApiVersion { major: 1, minor: 0 },
+        );
+
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static AUTOGENTOO_PLUGIN_ROOT: $crate::__private::LibHeader = {
+            extern "C" fn load() -> $crate::__private::RootModuleResult {
+                $crate::__private::call_root_module_loader(|| {
+                    $crate::__private::root_module_v1_0($define)
+                })
+            }
+            // SAFETY: `load` returns the 1.0 root module type named here.
+            unsafe { $crate::__private::lib_header_v1_0(load) }
+        };
+    };
+}
+
 /// What [`export_plugin!`] expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::guest::{call_root_module_loader, lib_header, root_module};
+    pub use crate::guest::{
+        call_root_module_loader, lib_header, lib_header_v1_0, root_module, root_module_v1_0,
+    };
     pub use abi_stable::library::{LibHeader, RootModuleResult};
 }
 
