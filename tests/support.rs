@@ -1985,32 +1985,9 @@ impl BackendCli {
 // an environment of their own.
 
 /// The cdylib of the workspace's plugin package `package`, built now if it is not up to date:
-/// no test depends on it, so `cargo test -p autogentoo-tests` alone would not build it. It is
-/// built into the target directory and profile this test binary runs from.
+/// no test depends on it, so `cargo test -p autogentoo-tests` alone would not build it.
 pub fn plugin_library(package: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // TARGET/PROFILE/deps/TEST
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary is in TARGET/PROFILE/deps");
-    let target = profile_dir.parent().expect("TARGET/PROFILE");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo
-        .args(["build", "--quiet", "--package", package, "--target-dir"])
-        .arg(target)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    if profile_dir.file_name() == Some(OsStr::new("release")) {
-        cargo.arg("--release");
-    }
-    run_tool(&mut cargo).unwrap_or_else(|e| panic!("cannot build the plugin {package}: {e:#}"));
-    let library = profile_dir.join(format!("lib{}.so", package.replace('-', "_")));
-    assert!(
-        library.is_file(),
-        "{} is missing after the build",
-        library.display()
-    );
-    library
+    autogentoo_core::testkit::cdylib::build_cdylib(package, Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 impl Run {

@@ -38,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "ovmf",
     "debootstrap",
     "sbsigntool",
+    "systemd-boot-efi",
     "openssl",
 ];
 

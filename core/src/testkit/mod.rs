@@ -2,6 +2,7 @@
 //! storage and packer conformance suites and a tree comparison that knows about owners, modes,
 //! xattrs and hardlinks.
 
+pub mod cdylib;
 pub mod conformance;
 pub mod packer_conformance;
 pub mod tree;

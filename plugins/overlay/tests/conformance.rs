@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use autogentoo_core::mountinfo;
@@ -13,36 +12,12 @@ use autogentoo_core::storage::{SnapshotId, Storage, VolumeId, VolumeKind};
 use autogentoo_core::testkit::conformance::Fixture;
 use autogentoo_plugin_api::host::{self, LoadedPlugin};
 
-/// The plugin library, built now if it is not up to date: cargo builds a cdylib for the tests
-/// of its own package only when asked. It goes into the target directory and profile this test
-/// runs from (`TARGET/PROFILE/deps/TEST`).
+/// The plugin library, built now if it is not up to date.
 fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("TARGET/PROFILE/deps/TEST");
-    let target = profile_dir.parent().expect("TARGET/PROFILE");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            env!("CARGO_PKG_NAME"),
-            "--target-dir",
-        ])
-        .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name() == Some(std::ffi::OsStr::new("release")) {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the plugin failed ({status})"
-    );
-    profile_dir.join("libautogentoo_plugin_overlay.so")
+    autogentoo_core::testkit::cdylib::build_cdylib(
+        env!("CARGO_PKG_NAME"),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
 }
 
 fn plugin() -> &'static LoadedPlugin {
