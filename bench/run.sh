@@ -14,7 +14,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink)
 # The backends `--backend all` means, in the order they run.
 readonly ALL_BACKENDS=(dir btrfs zfs)
 # The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
@@ -102,12 +102,21 @@ uses_backend() {
 
 # Installs whatever is missing, through apt, so a fresh Debian machine can run the script as is.
 require_tools() {
+    local -a missing_files=()
     local -A package_of=([debootstrap]=debootstrap [xz]=xz-utils [pigz]=pigz [tar]=tar
         [mksquashfs]=squashfs-tools [cpio]=cpio [flock]=util-linux)
     if [[ -z $SCRATCH_PARENT ]]; then package_of+=([mkfs.ext4]=e2fsprogs [losetup]=mount); fi
     if uses_backend btrfs; then package_of+=([mkfs.btrfs]=btrfs-progs [losetup]=mount); fi
     if uses_backend zfs; then package_of+=([zfs-fuse]=zfs-fuse [zpool]=zfs-fuse [zfs]=zfs-fuse); fi
-    local cmd missing=()
+    if [[ " ${BENCHES[*]} " == *" kernel_relink "* ]]; then
+        package_of+=([make]=make [gcc]=gcc [bc]=bc [flex]=flex [bison]=bison [busybox]=busybox-static
+            [objcopy]=binutils)
+        [[ -f $KERNEL_TARBALL ]] || missing_files+=(linux-source)
+        [[ -f /usr/include/libelf.h ]] || missing_files+=(libelf-dev)
+        [[ -f /usr/include/openssl/ssl.h ]] || missing_files+=(libssl-dev)
+        [[ -f $UKI_STUB ]] || missing_files+=(systemd-boot-efi)
+    fi
+    local cmd missing=("${missing_files[@]}")
     for cmd in "${!package_of[@]}"; do
         command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
     done
@@ -714,6 +723,68 @@ bench_repo_pack() {
     compare repo_pack "repo pack (zstd $PACK_LEVEL, 128K)" "mksquashfs" \
         repo_pack_ours repo_pack_mksquashfs
     compare_sizes repo_pack_size "repo pack image size" "mksquashfs's" "$OURS_BYTES" "$THEIRS_BYTES"
+}
+
+# kernel build after an initramfs-only change vs a bare relink. The demo system (a busybox
+# stage, Debian's linux-source, the example site) is built once, untimed, by the host builder and
+# by the uki plugin's builder. Each round changes a site file (untimed); ours is `build SYSTEM`
+# (repack, olddefconfig, relink or reassembly, results copied out), theirs `make bzImage` in the
+# host builder's build directory after the archive changed, which only relinks.
+readonly KERNEL_TARBALL=/usr/src/linux-source-6.1.tar.xz
+readonly UKI_STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+ensure_kernel_site() {
+    [[ -z ${KSITE:-} ]] || return 0
+    KWD=$(mktemp -d "$SCRATCH/workdir.XXXXXX")
+    KSITE=$SCRATCH/site
+    cp -a "$REPO/config" "$KSITE"
+    local plugins=$KSITE/plugins
+    mkdir -p "$plugins"
+    say "  building the uki plugin (cargo build --release -p autogentoo-plugin-uki)"
+    (cd "$REPO" && cargo build --release -q -p autogentoo-plugin-uki) >&2
+    ln -s "${CARGO_TARGET_DIR:-$REPO/target}/release/libautogentoo_plugin_uki.so" "$plugins/"
+    {
+        printf '[storage]\nbackend = "dir"\n\n[plugins]\ndirs = ["plugins"]\n'
+        local system
+        for system in demo demo-uki; do
+            printf '\n[systems.%s]\nstage = "demo"\nkernel = "linux-6.1"\n' "$system"
+            printf 'overlays = ["hardware/qemu-x86_64", "secret-sauce/hello"]\n'
+            printf 'kernel_config = "kernel/qemu-x86_64.kconfig"\ncmdline = "console=ttyS0 rdinit=/init"\n'
+            printf 'kernel_build = "%s"\n' "$([[ $system == demo ]] && echo host || echo uki)"
+        done
+    } >"$KSITE/autogentoo.toml"
+    local tree=$SCRATCH/demo-stage applet
+    mkdir -p "$tree"/{bin,etc,dev,proc,sys,run,tmp}
+    cp /bin/busybox "$tree/bin/busybox"
+    for applet in sh cat echo mount poweroff; do ln -s busybox "$tree/bin/$applet"; done
+    printf '#!/bin/sh\necho autogentoo-bench: init reached\npoweroff -f\n' >"$tree/init"
+    chmod 755 "$tree/init"
+    kag workdir init >/dev/null
+    kag stage import "$tree" --name demo >/dev/null
+    kag kernel import "$KERNEL_TARBALL" --name linux-6.1 >/dev/null
+    local system
+    for system in demo demo-uki; do
+        say "  building $system once, with the kernel (untimed, a few minutes)"
+        kag build "$system" >/dev/null
+    done
+}
+# Our command on the kernel site; BACKEND is dir, as the site says.
+kag() { "$AUTOGENTOO_BIN" -q --config "$KSITE/autogentoo.toml" --workdir "$KWD" "$@"; }
+site_change() { printf 'round %s of %s\n' "$ROUND" "$1" >"$KSITE/overlays/secret-sauce/hello/etc/motd"; }
+kernel_relink_ours_setup() { site_change "$KSYSTEM"; }
+kernel_relink_ours_run() { kag build "$KSYSTEM"; }
+kernel_relink_make_setup() { touch "$KWD/out/demo/initramfs.cpio.gz"; }
+kernel_relink_make_run() {
+    make -s -C "$(kag kernel path linux-6.1)"/linux-source-6.1 O="$KWD/kbuild/demo" -j"$(nproc)" bzImage
+}
+bench_kernel_relink() {
+    use_backend dir
+    ensure_kernel_site
+    CMP_TREE_BYTES=$(stat -c %s "$KWD/out/demo/initramfs.cpio.gz") CMP_TREE_FILES=0
+    KSYSTEM=demo compare kernel_relink "build after an initramfs-only change (host builder)" \
+        "make bzImage (relink)" kernel_relink_ours kernel_relink_make
+    KSYSTEM=demo-uki compare kernel_relink_uki "build after an initramfs-only change (uki builder)" \
+        "make bzImage (relink)" kernel_relink_ours kernel_relink_make
+    unset CMP_TREE_BYTES CMP_TREE_FILES
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 //! Plugins loaded by the `autogentoo` binary, built by cargo from the example and test plugin
 //! crates in plugins/: `plugin list` and its failures; a plugin built for another API refused
 //! with the message naming both versions while the rest keep working; a panicking plugin call
-//! reported as an error by a process that goes on; the overlay backend driven through the
-//! binary; and the site plugin's hooks seen in a real `build` (a kernel compiled on the host):
-//! the build-info file in the packed archive, and the EFI image signed with sbsign and verified
-//! with sbverify.
+//! reported as an error by a process that goes on; a plugin laid out for API 1.0 still loaded;
+//! the overlay backend driven through the binary; and a real `build` (a kernel compiled on the
+//! host) with the uki plugin's packer and kernel builder and the site plugin's hooks: the
+//! build-info file in the xz archive, a Unified Kernel Image that boots in QEMU/OVMF, signed with
+//! sbsign and verified with sbverify, and reassembled without make after a site change.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -23,6 +24,7 @@ const SITE_HOOKS: &str = "autogentoo-plugin-site-hooks";
 const API_MISMATCH: &str = "autogentoo-plugin-test-api-mismatch";
 const API_1_0: &str = "autogentoo-plugin-test-api-1-0";
 const PANICKING: &str = "autogentoo-plugin-test-panicking";
+const UKI: &str = "autogentoo-plugin-uki";
 
 /// What the loader says of the plugin built for API 99.0.
 const MISMATCH_REASON: &str = "plugin 'api-mismatch' was built for API 99.0, this autogentoo \
@@ -78,7 +80,7 @@ fn plugin_list_shows_each_plugin_and_each_library_it_could_not_use() {
     let workdir = Workdir::uninitialised();
     let dir = plugin_dir(
         &workdir.scratch().join("plugins"),
-        &[OVERLAY, SITE_HOOKS, API_MISMATCH],
+        &[OVERLAY, SITE_HOOKS, UKI, API_MISMATCH],
     );
     fs::copy(some_library(), dir.join("libz.so")).expect("copy zlib");
     fs::write(dir.join("broken.so"), "not a library\n").expect("write broken.so");
@@ -88,7 +90,12 @@ fn plugin_list_shows_each_plugin_and_each_library_it_could_not_use() {
     assert_eq!(listing["api_version"], "1.1", "{}", run.describe());
     let plugins = listing["plugins"].as_array().expect("plugins");
     let names: Vec<&str> = plugins.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["overlay", "site-hooks"], "{}", run.describe());
+    assert_eq!(
+        names,
+        ["overlay", "site-hooks", "uki"],
+        "{}",
+        run.describe()
+    );
     assert_eq!(plugins[0]["api_version"], "1.1");
     assert_eq!(
         plugins[0]["provides"]["storage_backends"],
@@ -96,6 +103,14 @@ fn plugin_list_shows_each_plugin_and_each_library_it_could_not_use() {
     );
     assert_eq!(plugins[0]["provides"]["pipeline_hooks"], false);
     assert_eq!(plugins[1]["provides"]["pipeline_hooks"], true);
+    assert_eq!(
+        plugins[2]["provides"]["packers"],
+        serde_json::json!(["newc-xz"])
+    );
+    assert_eq!(
+        plugins[2]["provides"]["kernel_builders"],
+        serde_json::json!(["uki"])
+    );
     assert_eq!(
         plugins[0]["path"].as_str(),
         dir.join("libautogentoo_plugin_overlay.so").to_str()
@@ -131,10 +146,15 @@ fn plugin_list_shows_each_plugin_and_each_library_it_could_not_use() {
 
     let text = with_plugins(&workdir, &dir, &["plugin", "list"]).expect_code(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
-    assert_eq!(lines.len(), 5, "{}", text.describe());
+    assert_eq!(lines.len(), 6, "{}", text.describe());
     assert!(lines[0].starts_with("overlay ") && lines[0].contains("storage backend 'overlay'"));
     assert!(lines[1].starts_with("site-hooks ") && lines[1].contains("pipeline hooks"));
-    assert!(lines[2..].iter().all(|l| l.starts_with("failed: plugin ")));
+    assert!(
+        lines[2].starts_with("uki ") && lines[2].contains("packer 'newc-xz', kernel builder 'uki'"),
+        "{}",
+        text.describe()
+    );
+    assert!(lines[3..].iter().all(|l| l.starts_with("failed: plugin ")));
 }
 
 #[test]
@@ -189,7 +209,12 @@ fn a_plugin_built_for_api_1_0_still_loads_and_its_backend_works() {
     let dir = plugin_dir(&workdir.scratch().join("plugins"), &[API_1_0, OVERLAY]);
     let list = with_plugins(&workdir, &dir, &["plugin", "list", "--json"]).expect_code(0);
     let listing = list.json();
-    assert_eq!(listing["failures"], serde_json::json!([]), "{}", list.describe());
+    assert_eq!(
+        listing["failures"],
+        serde_json::json!([]),
+        "{}",
+        list.describe()
+    );
     let old = listing["plugins"]
         .as_array()
         .expect("a list of plugins")
@@ -374,14 +399,14 @@ fn build_demo_stage(tree: &Path) {
     let init = tree.join("init");
     fs::write(
         &init,
-        "#!/bin/sh\necho 'autogentoo-demo: init reached'\npoweroff -f\n",
+        "#!/bin/sh\necho 'autogentoo-demo: init reached'\ncat /etc/motd\npoweroff -f\n",
     )
     .expect("write /init");
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).expect("chmod /init");
 }
 
-/// A site with the example site's files, the demo system, and `plugins/` in `[plugins] dirs`
-/// holding the site-hooks plugin.
+/// A site with the example site's files, the demo system packed by `newc-xz` and built by
+/// `uki`, and `plugins/` in `[plugins] dirs` holding the site-hooks and uki plugins.
 fn write_site(site: &Path) {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     fs::create_dir_all(site).expect("the site directory");
@@ -394,14 +419,15 @@ fn write_site(site: &Path) {
         )
         .expect("copy the example site");
     }
-    plugin_dir(&site.join("plugins"), &[SITE_HOOKS]);
+    plugin_dir(&site.join("plugins"), &[SITE_HOOKS, UKI]);
     fs::write(
         site.join("autogentoo.toml"),
         r#"[storage]
 backend = "dir"
 
 [pack]
-compression = "gzip"
+packer = "newc-xz"
+compression = "xz"
 
 [plugins]
 dirs = ["plugins"]
@@ -412,18 +438,18 @@ overlays = ["hardware/qemu-x86_64", "secret-sauce/hello"]
 kernel_config = "kernel/qemu-x86_64.kconfig"
 kernel = "linux-6.1"
 cmdline = "console=ttyS0 rdinit=/init"
-kernel_build = "host"
+kernel_build = "uki"
 "#,
     )
     .expect("write the site config");
 }
 
-/// One file of a gzip-compressed newc archive, read back by GNU cpio.
+/// One file of an xz-compressed newc archive, read back by GNU cpio.
 fn file_in_archive(archive: &Path, name: &str) -> String {
     let listing = run_tool(
         Command::new("sh")
             .arg("-c")
-            .arg("gzip -dc \"$1\" | cpio -t --quiet")
+            .arg("xz -dc \"$1\" | cpio -t --quiet")
             .arg("sh")
             .arg(archive),
     )
@@ -436,7 +462,7 @@ fn file_in_archive(archive: &Path, name: &str) -> String {
     run_tool(
         Command::new("sh")
             .arg("-c")
-            .arg("gzip -dc \"$1\" | cpio -i --quiet --to-stdout \"$2\"")
+            .arg("xz -dc \"$1\" | cpio -i --quiet --to-stdout \"$2\"")
             .arg("sh")
             .arg(archive)
             .arg(name),
@@ -454,7 +480,7 @@ fn sbverify(cert: &Path, image: &Path) -> std::process::Output {
 }
 
 #[test]
-fn site_hooks_add_build_info_to_the_image_and_sign_it_in_a_real_build() {
+fn a_real_build_with_plugin_packer_builder_and_hooks_boots_and_reassembles_without_make() {
     let workdir = Workdir::uninitialised();
     let _sweep = Sweep(workdir.top().to_owned());
     let site = workdir.scratch().join("site");
@@ -524,7 +550,9 @@ fn site_hooks_add_build_info_to_the_image_and_sign_it_in_a_real_build() {
         first.describe()
     );
     assert!(!out.join("demo.signed.efi").exists());
-    let info = file_in_archive(&out.join("initramfs.cpio.gz"), "etc/autogentoo-build-info");
+    let archive = out.join("initramfs.cpio.xz");
+    run_tool(Command::new("xz").arg("-t").arg(&archive)).expect("xz -t accepts the archive");
+    let info = file_in_archive(&archive, "etc/autogentoo-build-info");
     for line in [
         "system=demo",
         "root=demo",
@@ -543,6 +571,48 @@ fn site_hooks_add_build_info_to_the_image_and_sign_it_in_a_real_build() {
         root.join("bin/busybox").is_file() && !root.join("etc/autogentoo-build-info").exists(),
         "the root volume itself is not changed"
     );
+
+    // The uki builder made a Unified Kernel Image, and it boots.
+    let sections = run_tool(Command::new("objdump").arg("-h").arg(&image)).expect("objdump -h");
+    for section in [".osrel", ".cmdline", ".linux", ".initrd"] {
+        assert!(
+            sections
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(section)),
+            "{section} in {}:\n{sections}",
+            image.display()
+        );
+    }
+    let manifest = |what: &str| -> String {
+        let text = fs::read_to_string(out.join("demo.manifest.json")).expect("the manifest");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        json[what].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(manifest("builder"), "uki");
+    let kernel_sha256 = manifest("kernel_sha256");
+    let boot = |image: &Path, expect: &str| {
+        let started = Instant::now();
+        cli(
+            &[
+                os("kernel"),
+                os("boot"),
+                image.as_os_str(),
+                os("--expect"),
+                os(expect),
+                os("--timeout"),
+                os("300"),
+            ],
+            None,
+        );
+        eprintln!(
+            "timing: boot of {}: {:.1} s",
+            image.display(),
+            started.elapsed().as_secs_f64()
+        );
+    };
+    boot(&image, "autogentoo-demo: init reached");
+    let log = workdir.path().join("kbuild/demo/build.log");
+    let log_before = fs::read_to_string(&log).expect("the build log");
 
     // With a key and certificate: a change to the site repacks and relinks, and the new image
     // is signed.
@@ -593,4 +663,13 @@ fn site_hooks_add_build_info_to_the_image_and_sign_it_in_a_real_build() {
         !sbverify(&cert, &image).status.success(),
         "the image the kernel build wrote is not the signed one"
     );
+
+    // The new initramfs is in the image, and no make ran for it: the kernel is the same.
+    assert_eq!(
+        fs::read_to_string(&log).expect("the build log"),
+        log_before,
+        "make ran after an initramfs-only change"
+    );
+    assert_eq!(manifest("kernel_sha256"), kernel_sha256);
+    boot(&signed, "second build");
 }
