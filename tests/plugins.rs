@@ -486,48 +486,35 @@ fn a_real_build_with_plugin_packer_builder_and_hooks_boots_and_reassembles_witho
     let site = workdir.scratch().join("site");
     write_site(&site);
     let config = site.join("autogentoo.toml");
-    let cli = |args: &[&OsStr], keys: Option<(&Path, &Path)>| {
+    let cli = |args: &[&OsStr]| {
         let mut command = workdir.command([OsStr::new("--config"), config.as_os_str()]);
         command.args(args).env_remove("AUTOGENTOO_PLUGIN_PATH");
-        for var in ["AUTOGENTOO_SIGN_KEY", "AUTOGENTOO_SIGN_CERT"] {
-            command.env_remove(var);
-        }
-        if let Some((key, cert)) = keys {
-            command.env("AUTOGENTOO_SIGN_KEY", key);
-            command.env("AUTOGENTOO_SIGN_CERT", cert);
-        }
         let run = Run::of(command);
         assert!(run.status.success(), "{}", run.describe());
         run
     };
     let os = OsStr::new;
-    cli(&[os("workdir"), os("init")], None);
+    cli(&[os("workdir"), os("init")]);
     let stage = workdir.scratch().join("demo-stage");
     build_demo_stage(&stage);
-    cli(
-        &[
-            os("stage"),
-            os("import"),
-            stage.as_os_str(),
-            os("--name"),
-            os("demo"),
-        ],
-        None,
-    );
-    cli(
-        &[
-            os("kernel"),
-            os("import"),
-            kernel_source().as_os_str(),
-            os("--name"),
-            os("linux-6.1"),
-        ],
-        None,
-    );
+    cli(&[
+        os("stage"),
+        os("import"),
+        stage.as_os_str(),
+        os("--name"),
+        os("demo"),
+    ]);
+    cli(&[
+        os("kernel"),
+        os("import"),
+        kernel_source().as_os_str(),
+        os("--name"),
+        os("linux-6.1"),
+    ]);
 
     // Without keys: the build-info file is packed, the image is left unsigned and says so.
     let started = Instant::now();
-    let first = cli(&[os("build"), os("demo")], None);
+    let first = cli(&[os("build"), os("demo")]);
     eprintln!(
         "timing: first build of demo with the site hooks: {:.0} s",
         started.elapsed().as_secs_f64()
@@ -592,18 +579,15 @@ fn a_real_build_with_plugin_packer_builder_and_hooks_boots_and_reassembles_witho
     let kernel_sha256 = manifest("kernel_sha256");
     let boot = |image: &Path, expect: &str| {
         let started = Instant::now();
-        cli(
-            &[
-                os("kernel"),
-                os("boot"),
-                image.as_os_str(),
-                os("--expect"),
-                os(expect),
-                os("--timeout"),
-                os("300"),
-            ],
-            None,
-        );
+        cli(&[
+            os("kernel"),
+            os("boot"),
+            image.as_os_str(),
+            os("--expect"),
+            os(expect),
+            os("--timeout"),
+            os("300"),
+        ]);
         eprintln!(
             "timing: boot of {}: {:.1} s",
             image.display(),
@@ -614,9 +598,9 @@ fn a_real_build_with_plugin_packer_builder_and_hooks_boots_and_reassembles_witho
     let log = workdir.path().join("kbuild/demo/build.log");
     let log_before = fs::read_to_string(&log).expect("the build log");
 
-    // With a key and certificate: a change to the site repacks and relinks, and the new image
-    // is signed.
-    let keys = workdir.scratch().join("keys");
+    // With a key and certificate in the site config (relative to the site): a change to the
+    // site repacks and reassembles, and the new image is signed.
+    let keys = site.join("keys");
     fs::create_dir(&keys).unwrap();
     let (key, cert) = (keys.join("db.key"), keys.join("db.crt"));
     run_tool(
@@ -631,11 +615,16 @@ fn a_real_build_with_plugin_packer_builder_and_hooks_boots_and_reassembles_witho
             .arg(&cert),
     )
     .expect("openssl makes a key and a certificate");
+    let mut text = fs::read_to_string(&config).expect("the site config");
+    text.push_str(
+        "\n[plugins.site-hooks]\nsign_key = \"keys/db.key\"\nsign_cert = \"keys/db.crt\"\n",
+    );
+    fs::write(&config, text).expect("configure the signing key");
     let motd = site.join("overlays/secret-sauce/hello/etc/motd");
     fs::create_dir_all(motd.parent().expect("a directory")).unwrap();
     fs::write(&motd, "second build\n").expect("change a site file");
     let started = Instant::now();
-    let second = cli(&[os("build"), os("demo")], Some((&key, &cert)));
+    let second = cli(&[os("build"), os("demo")]);
     eprintln!(
         "timing: rebuild of demo after a site change, signed: {:.0} s",
         started.elapsed().as_secs_f64()

@@ -115,7 +115,7 @@ impl Context {
         ctx.registry.register_kernel_builder(Kbuild::ROOT, move || {
             Ok(Box::new(Kbuild::in_root(program.clone())))
         });
-        ctx.plugins = plugins::load(&ctx.config.plugins.dirs, &mut ctx.registry);
+        ctx.plugins = plugins::load(&ctx.config.plugins, &mut ctx.registry);
         Ok(ctx)
     }
 

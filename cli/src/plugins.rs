@@ -9,7 +9,7 @@
 //! with one warning line; all of them are reported together, at load time, and everything else
 //! keeps working.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
@@ -19,6 +19,7 @@ use anyhow::Result;
 use autogentoo_core::packer::Layer;
 use autogentoo_core::pipeline::Fingerprint;
 use autogentoo_core::registry::Registry;
+use autogentoo_core::site_config::PluginsSection;
 use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
 use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values};
 
@@ -30,6 +31,8 @@ pub const PATH_VAR: &str = "AUTOGENTOO_PLUGIN_PATH";
 pub struct Plugins {
     pub loaded: Vec<LoadedPlugin>,
     pub failures: Vec<Failure>,
+    /// Each loaded plugin's settings from the site config, as hook inputs.
+    settings: BTreeMap<String, Values>,
 }
 
 /// A plugin library (or directory) left out, and why.
@@ -47,8 +50,8 @@ impl fmt::Display for Failure {
 
 /// Loads the plugins in `config_dirs` and in [`PATH_VAR`]'s directories, registers what they
 /// provide, and warns once for each library left out.
-pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
-    let mut dirs = config_dirs.to_vec();
+pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
+    let mut dirs = config.dirs.to_vec();
     if let Some(path) = std::env::var_os(PATH_VAR) {
         dirs.extend(std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()));
     }
@@ -87,8 +90,26 @@ pub fn load(config_dirs: &[PathBuf], registry: &mut Registry) -> Plugins {
     for failure in &plugins.failures {
         tracing::warn!("{failure}");
     }
+    for (name, settings) in &config.settings {
+        if !plugins.loaded.iter().any(|p| &p.name == name) {
+            tracing::warn!(
+                "the site config has settings for plugin '{name}' ([plugins.{name}]), \
+                 but no plugin of that name is loaded"
+            );
+            continue;
+        }
+        let mut values = Values::default();
+        for (key, value) in settings {
+            values.set(&format!("{SETTING_PREFIX}{key}"), value.to_string());
+        }
+        plugins.settings.insert(name.clone(), values);
+    }
     plugins
 }
+
+/// What a plugin's `[plugins.NAME]` settings are called among its hooks' inputs:
+/// `setting.KEY`.
+pub const SETTING_PREFIX: &str = "setting.";
 
 /// The `*.so` files of a plugin directory, sorted.
 fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -153,14 +174,31 @@ impl Plugins {
 
     /// The hooks of the pipeline for one build.
     pub fn step_hooks(&self, system: &str, common: Values, quiet: bool) -> StepHooks {
+        let hooks: Vec<(PluginHooks, Values)> = self
+            .loaded
+            .iter()
+            .filter_map(|p| {
+                let settings = self.settings.get(&p.name).cloned().unwrap_or_default();
+                p.hooks().map(|hooks| (hooks, settings))
+            })
+            .collect();
         StepHooks {
-            hooks: self.loaded.iter().filter_map(LoadedPlugin::hooks).collect(),
-            plugins: self
-                .loaded
+            plugins: hooks
                 .iter()
-                .filter(|p| p.pipeline_hooks)
-                .map(|p| format!("{} {}", p.name, p.version))
+                .map(|(hooks, settings)| {
+                    let plugin = self
+                        .loaded
+                        .iter()
+                        .find(|p| p.name == hooks.plugin())
+                        .expect("hooks come from a loaded plugin");
+                    let mut line = format!("{} {}", plugin.name, plugin.version);
+                    for (key, value) in settings.iter() {
+                        line.push_str(&format!(" {key}={}", value.to_string_lossy()));
+                    }
+                    line
+                })
                 .collect(),
+            hooks,
             system: system.to_owned(),
             common,
             quiet,
@@ -170,7 +208,9 @@ impl Plugins {
 
 /// The plugins' hooks around the steps of one `build SYSTEM`, in load order.
 pub struct StepHooks {
-    hooks: Vec<PluginHooks>,
+    /// Each plugin's hooks, with its settings.
+    hooks: Vec<(PluginHooks, Values)>,
+    /// The plugins with hooks: name, version and settings, for the steps' fingerprints.
     plugins: Vec<String>,
     system: String,
     /// Inputs every step has: `workdir`, `backend`, `out_dir`.
@@ -179,8 +219,9 @@ pub struct StepHooks {
 }
 
 impl StepHooks {
-    /// Adds the plugins that hook the steps, and their versions, to a step's fingerprint, so
-    /// that a new or upgraded plugin makes the step run again. Without any, adds nothing.
+    /// Adds the plugins that hook the steps, their versions and settings, to a step's
+    /// fingerprint, so that a new, upgraded or reconfigured plugin makes the step run again.
+    /// Without any, adds nothing.
     pub fn mark(&self, fingerprint: Fingerprint) -> Fingerprint {
         if self.plugins.is_empty() {
             fingerprint
@@ -218,14 +259,18 @@ impl StepHooks {
         for (key, value) in inputs.iter() {
             all.set(key, value);
         }
-        let seen = Step {
-            system: self.system.clone(),
-            name: step.to_owned(),
-            inputs: all,
-            outputs: outputs.clone(),
-        };
         let mut layers = Vec::new();
-        for hooks in &self.hooks {
+        for (hooks, settings) in &self.hooks {
+            let mut inputs = all.clone();
+            for (key, value) in settings.iter() {
+                inputs.set(key, value);
+            }
+            let seen = Step {
+                system: self.system.clone(),
+                name: step.to_owned(),
+                inputs,
+                outputs: outputs.clone(),
+            };
             let outcome = hooks.run(point, &seen)?;
             if !self.quiet {
                 for note in &outcome.notes {

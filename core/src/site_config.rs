@@ -76,7 +76,7 @@ fn known_systems(known: &[String]) -> String {
 }
 
 /// The whole site configuration: one `autogentoo.toml`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SiteConfig {
     /// Where the volumes live and which backend keeps them.
@@ -307,12 +307,48 @@ impl SystemConfig {
     }
 }
 
-/// `[plugins]`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[plugins]`, and `[plugins.NAME]` for each plugin that takes settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct PluginsSection {
     /// Directories searched for plugin libraries, relative to the site directory unless absolute.
     pub dirs: Vec<PathBuf>,
+    /// `[plugins.NAME]`: the settings of the plugin called NAME, handed to its hooks as they are
+    /// (a relative path is the plugin's to take from the site directory, which its hooks get).
+    #[serde(skip)]
+    pub settings: BTreeMap<String, BTreeMap<String, Setting>>,
+    /// Every other key of `[plugins]`, as written: checked, then read into `settings`.
+    #[serde(flatten)]
+    tables: BTreeMap<String, toml::Value>,
+}
+
+/// One plugin setting: a string, an integer or a boolean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Text(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl Setting {
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        match value {
+            toml::Value::String(text) => Some(Self::Text(text.clone())),
+            toml::Value::Integer(n) => Some(Self::Integer(*n)),
+            toml::Value::Boolean(b) => Some(Self::Boolean(*b)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Integer(n) => write!(f, "{n}"),
+            Self::Boolean(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 impl SiteConfig {
@@ -354,6 +390,15 @@ impl SiteConfig {
         }
         for dir in &mut config.plugins.dirs {
             *dir = site_dir.join(&*dir);
+        }
+        for (name, table) in &config.plugins.tables {
+            let settings = table
+                .as_table()
+                .into_iter()
+                .flatten()
+                .filter_map(|(key, value)| Some((key.clone(), Setting::from_toml(value)?)))
+                .collect();
+            config.plugins.settings.insert(name.clone(), settings);
         }
         config.site_dir = Some(site_dir);
         Ok(config)
@@ -478,6 +523,25 @@ impl SiteConfig {
             check_inside_root(Path::new(dir)).map_err(|message| {
                 c.error(&[Field("pack"), Field("exclude"), Item(index)], message)
             })?;
+        }
+        for (name, value) in &self.plugins.tables {
+            let Some(table) = value.as_table() else {
+                return Err(c.error(
+                    &[Field("plugins"), Field(name)],
+                    format!(
+                        "`{name}` is neither `dirs` nor a plugin's table of settings \
+                         ([plugins.{name}])"
+                    ),
+                ));
+            };
+            for (key, setting) in table {
+                if Setting::from_toml(setting).is_none() {
+                    return Err(c.error(
+                        &[Field("plugins"), Field(name), Field(key)],
+                        "a plugin setting is a string, an integer or a boolean",
+                    ));
+                }
+            }
         }
         if !pack.rdinit.starts_with('/') {
             return Err(c.error(
@@ -784,6 +848,28 @@ mod tests {
         assert_eq!(
             config.systems["demo"].kernel_config.as_deref(),
             Some(Path::new("/srv/site/kernel/x.kconfig"))
+        );
+    }
+
+    #[test]
+    fn plugin_settings_are_tables_named_after_the_plugin() {
+        let text = "[plugins]\ndirs = [\"plugins\"]\n\
+                    [plugins.site-hooks]\nsign_key = \"keys/db.key\"\nlevel = 3\nstrict = true\n";
+        let config = SiteConfig::parse(text, Path::new("/srv/site/autogentoo.toml")).unwrap();
+        let settings = &config.plugins.settings["site-hooks"];
+        assert_eq!(settings["sign_key"].to_string(), "keys/db.key");
+        assert_eq!(settings["level"].to_string(), "3");
+        assert_eq!(settings["strict"].to_string(), "true");
+        assert_eq!(config.plugins.dirs, [Path::new("/srv/site/plugins")]);
+        assert_eq!(
+            error("[plugins]\ndirz = [\"plugins\"]\n"),
+            "config/autogentoo.toml:2: plugins.dirz: `dirz` is neither `dirs` nor a plugin's \
+             table of settings ([plugins.dirz])"
+        );
+        assert_eq!(
+            error("[plugins.site-hooks]\nkeys = [\"a\"]\n"),
+            "config/autogentoo.toml:2: plugins.site-hooks.keys: a plugin setting is a string, \
+             an integer or a boolean"
         );
     }
 

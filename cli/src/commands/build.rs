@@ -52,14 +52,14 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let root_name = system.root_name(&args.system).to_owned();
     let out_dir = layout.out().join(&args.system);
     let mut state = State::load(&out_dir.join("build-state.json"));
-    let hooks = ctx.plugins.step_hooks(
-        &args.system,
-        Values::default()
-            .with("workdir", &layout.workdir)
-            .with("backend", storage.backend_name())
-            .with("out_dir", &out_dir),
-        ctx.quiet,
-    );
+    let mut common = Values::default()
+        .with("workdir", &layout.workdir)
+        .with("backend", storage.backend_name())
+        .with("out_dir", &out_dir);
+    if let Some(site_dir) = &ctx.config.site_dir {
+        common.set("site_dir", site_dir);
+    }
+    let hooks = ctx.plugins.step_hooks(&args.system, common, ctx.quiet);
     let mut plan: Vec<Step> = Vec::new();
     let mut say = |step: Step, pretend: bool| {
         if pretend || !ctx.quiet {

@@ -7,12 +7,12 @@
 //!
 //! | step | inputs | outputs |
 //! |---|---|---|
-//! | every step | `workdir`, `backend`, `out_dir` (the system's output directory) | |
+//! | every step | `workdir`, `backend`, `out_dir` (the system's output directory), `site_dir` (when there is a site config), `setting.KEY` for each key of the plugin's own `[plugins.NAME]` table in the site config | |
 //! | `workdir` | | |
 //! | `root` | `stage`, `root` (the volume's name) | `root_path` |
 //! | `commands` | `root`, `root_path`, `commands` (one per line) | |
-//! | `pack` | `root`, `root_path`, `root_origin` (`KIND/NAME@SNAPSHOT`, empty if none), `archive`, `compression` | `archive`, `manifest` |
-//! | `kernel` | `root`, `kernel`, `initramfs`, `place` (`root` or `host`), `cmdline` | `image`, `sha256`, `config`, `system_map`, `manifest` |
+//! | `pack` | `root`, `root_path`, `root_origin` (`KIND/NAME@SNAPSHOT`, empty if none), `archive`, `packer`, `compression` | `archive`, `manifest` (if the packer writes one) |
+//! | `kernel` | `root`, `kernel`, `initramfs`, `builder` (the kernel builder's name), `cmdline` | `image`, `sha256`, `config`, `system_map`, `manifest` |
 //!
 //! A `before pack` hook may return extra layers: directories packed after the site's overlays
 //! (so their files win), with the site files' owner rules. Notes are shown with the step lines.

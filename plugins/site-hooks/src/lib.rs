@@ -7,9 +7,14 @@
 //!   reproducible builds stay reproducible.
 //! - after `kernel`: signs the EFI image for Secure Boot with `sbsign` (Debian's `sbsigntool`)
 //!   when a key and certificate are configured, writing `SYSTEM.signed.efi` beside the image;
-//!   without them it says it skipped signing. The configuration is the environment:
-//!   `AUTOGENTOO_SIGN_KEY` (a PEM private key) and `AUTOGENTOO_SIGN_CERT` (its PEM certificate),
-//!   both or neither.
+//!   without them it says it skipped signing. They are the plugin's settings in the site
+//!   config, both or neither, relative to the site directory unless absolute:
+//!
+//!   ```toml
+//!   [plugins.site-hooks]
+//!   sign_key = "keys/db.key"    # a PEM private key
+//!   sign_cert = "keys/db.crt"   # its PEM certificate
+//!   ```
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -22,9 +27,9 @@ use autogentoo_plugin_api::{ExtraLayer, HookError, HookOutcome, PipelineHooks, P
 
 /// The file the pack hook adds, relative to the image's root.
 pub const BUILD_INFO: &str = "etc/autogentoo-build-info";
-/// The signing key and certificate, PEM files.
-pub const KEY_VAR: &str = "AUTOGENTOO_SIGN_KEY";
-pub const CERT_VAR: &str = "AUTOGENTOO_SIGN_CERT";
+/// The settings naming the signing key and certificate, PEM files.
+pub const KEY_SETTING: &str = "sign_key";
+pub const CERT_SETTING: &str = "sign_cert";
 
 fn define() -> Plugin {
     Plugin::new().pipeline_hooks(SiteHooks)
@@ -104,19 +109,43 @@ fn make_dir(dir: &Path) -> Result<(), HookError> {
         .map_err(|e| format!("chmod {}: {e}", dir.display()).into())
 }
 
+/// A path from the site config: relative ones are taken from the site directory.
+fn site_path(step: &Step, path: &Path) -> PathBuf {
+    match step.inputs.path("site_dir") {
+        Some(site) if path.is_relative() => site.join(path),
+        _ => path.to_owned(),
+    }
+}
+
 /// Signs the kernel step's image when a key and certificate are configured.
 fn sign(step: &Step) -> Result<HookOutcome, HookError> {
     let image = PathBuf::from(input(&step.outputs, "image")?);
-    let (key, cert) = match (std::env::var_os(KEY_VAR), std::env::var_os(CERT_VAR)) {
-        (Some(key), Some(cert)) => (PathBuf::from(key), PathBuf::from(cert)),
+    let setting = |key: &str| step.inputs.path(&format!("setting.{key}"));
+    let (key, cert) = match (setting(KEY_SETTING), setting(CERT_SETTING)) {
+        (Some(key), Some(cert)) => (site_path(step, key), site_path(step, cert)),
         (None, None) => {
             return Ok(HookOutcome::note(format!(
-                "skipped signing {}: no key configured ({KEY_VAR}, {CERT_VAR})",
+                "skipped signing {}: no key configured ([plugins.site-hooks] \
+                 {KEY_SETTING} and {CERT_SETTING})",
                 image.display()
             )))
         }
-        _ => return Err(format!("set both {KEY_VAR} and {CERT_VAR}, or neither").into()),
+        _ => {
+            return Err(format!(
+                "[plugins.site-hooks]: set both {KEY_SETTING} and {CERT_SETTING}, or neither"
+            )
+            .into())
+        }
     };
+    for file in [&key, &cert] {
+        if !file.is_file() {
+            return Err(format!(
+                "[plugins.site-hooks]: {} does not exist; check {KEY_SETTING} and {CERT_SETTING}",
+                file.display()
+            )
+            .into());
+        }
+    }
     let signed = image.with_extension("signed.efi");
     let partial = image.with_extension("signed.efi.partial");
     let output = Command::new("sbsign")
