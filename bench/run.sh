@@ -769,9 +769,21 @@ ensure_kernel_site() {
 }
 # Our command on the kernel site; BACKEND is dir, as the site says.
 kag() { "$AUTOGENTOO_BIN" -q --config "$KSITE/autogentoo.toml" --workdir "$KWD" "$@"; }
-site_change() { printf 'round %s of %s\n' "$ROUND" "$1" >"$KSITE/overlays/secret-sauce/hello/etc/motd"; }
-kernel_relink_ours_setup() { site_change "$KSYSTEM"; }
+site_change() {
+    local motd=$KSITE/overlays/secret-sauce/hello/etc/motd
+    mkdir -p "${motd%/*}"
+    printf 'round %s of %s\n' "$ROUND" "$1" >"$motd"
+}
+kernel_relink_ours_setup() {
+    site_change "$KSYSTEM"
+    IMAGE_BEFORE=$(sha256sum <"$KWD/out/$KSYSTEM/$KSYSTEM.efi")
+}
 kernel_relink_ours_run() { kag build "$KSYSTEM"; }
+# A build that skipped its steps would time nothing: the image must be a new one.
+kernel_relink_ours_cleanup() {
+    [[ $(sha256sum <"$KWD/out/$KSYSTEM/$KSYSTEM.efi") != "$IMAGE_BEFORE" ]] ||
+        die "build $KSYSTEM left $KSYSTEM.efi as it was after a site change"
+}
 kernel_relink_make_setup() { touch "$KWD/out/demo/initramfs.cpio.gz"; }
 kernel_relink_make_run() {
     make -s -C "$(kag kernel path linux-6.1)"/linux-source-6.1 O="$KWD/kbuild/demo" -j"$(nproc)" bzImage
@@ -779,7 +791,8 @@ kernel_relink_make_run() {
 bench_kernel_relink() {
     use_backend dir
     ensure_kernel_site
-    CMP_TREE_BYTES=$(stat -c %s "$KWD/out/demo/initramfs.cpio.gz") CMP_TREE_FILES=0
+    CMP_TREE_BYTES=$(stat -c %s "$KWD/out/demo/initramfs.cpio.gz")
+    CMP_TREE_FILES=$(gzip -dc "$KWD/out/demo/initramfs.cpio.gz" | cpio -t --quiet | wc -l)
     KSYSTEM=demo compare kernel_relink "build after an initramfs-only change (host builder)" \
         "make bzImage (relink)" kernel_relink_ours kernel_relink_make
     KSYSTEM=demo-uki compare kernel_relink_uki "build after an initramfs-only change (uki builder)" \

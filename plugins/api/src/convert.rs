@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, PoisonError};
 
 use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
@@ -20,6 +21,7 @@ use autogentoo_core::names::NameError;
 use autogentoo_core::packer::{Layer, PackError, PackReport, PackRequest, PackerCapabilities};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::site_config::Compression;
+use autogentoo_core::stage_import::Progress;
 use autogentoo_core::storage::{
     Capabilities, PendingVolume, Snapshot, SnapshotId, StorageError, Usage, Volume, VolumeId,
     VolumeKind,
@@ -385,22 +387,14 @@ pub fn pack_request_ffi(request: &PackRequest) -> PackRequestFfi {
     }
 }
 
-/// The parts of a request that cross the boundary; the plugin's side adds the cancel flag and
-/// a silent progress.
-pub struct PackRequestParts {
-    pub layers: Vec<Layer>,
-    pub exclude: Vec<PathBuf>,
-    pub rdinit: String,
-    pub keep_site_owners: bool,
-    pub compression: Compression,
-    pub level: Option<u32>,
-    pub source_date_epoch: Option<u64>,
-    pub threads: usize,
-    pub output: PathBuf,
-}
-
-pub fn pack_request_from(request: &PackRequestFfi) -> Result<PackRequestParts, ErrorFfi> {
-    Ok(PackRequestParts {
+/// The request a plugin's packer gets: what crossed the boundary, with the host's cancel flag
+/// and the plugin side's progress (none: a plugin's pack shows no bar).
+pub fn pack_request_from<'a>(
+    request: &PackRequestFfi,
+    progress: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+) -> Result<PackRequest<'a>, ErrorFfi> {
+    Ok(PackRequest {
         layers: request
             .layers
             .iter()
@@ -418,6 +412,8 @@ pub fn pack_request_from(request: &PackRequestFfi) -> Result<PackRequestParts, E
         source_date_epoch: request.source_date_epoch.into_option(),
         threads: request.threads.max(1) as usize,
         output: path_from(&request.output),
+        progress,
+        cancel,
     })
 }
 

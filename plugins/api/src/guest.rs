@@ -19,7 +19,7 @@ use abi_stable::std_types::{RBoxError, RResult, RStr, RString, RVec, Tuple2};
 use std::sync::atomic::AtomicBool;
 
 use autogentoo_core::kernel_builder::{KernelBuilder, KernelError};
-use autogentoo_core::packer::{PackError, PackRequest, Packer};
+use autogentoo_core::packer::{PackError, Packer};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::stage_import::Silent;
 use autogentoo_core::storage::{Storage, StorageError};
@@ -411,20 +411,7 @@ impl PackerFfi for GuestPacker {
         cancel: &AtomicBool,
     ) -> RResult<PackReportFfi, ErrorFfi> {
         guard(|| {
-            let parts = pack_request_from(request)?;
-            let request = PackRequest {
-                layers: parts.layers,
-                exclude: parts.exclude,
-                rdinit: parts.rdinit,
-                keep_site_owners: parts.keep_site_owners,
-                compression: parts.compression,
-                level: parts.level,
-                source_date_epoch: parts.source_date_epoch,
-                threads: parts.threads,
-                output: parts.output,
-                progress: &Silent,
-                cancel,
-            };
+            let request = pack_request_from(request, &Silent, cancel)?;
             self.0
                 .pack(&request)
                 .map(pack_report_ffi)
