@@ -176,3 +176,69 @@ fn sign(step: &Step) -> Result<HookOutcome, HookError> {
         cert.display()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autogentoo_plugin_api::Values;
+
+    /// The kernel step as the hook sees it after the step, with `settings` from the site config
+    /// of a site in `site`.
+    fn kernel_step(site: &Path, settings: &[(&str, &str)]) -> Step {
+        let mut inputs = Values::default().with("site_dir", site);
+        for (key, value) in settings {
+            inputs.set(&format!("setting.{key}"), value);
+        }
+        Step {
+            system: "demo".into(),
+            name: "kernel".into(),
+            inputs,
+            outputs: Values::default().with("image", site.join("demo.efi")),
+        }
+    }
+
+    fn error_of(step: &Step) -> String {
+        match sign(step) {
+            Ok(outcome) => panic!("signing should fail: {outcome:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn without_settings_signing_is_skipped_and_said() {
+        let site = tempfile::tempdir().unwrap();
+        let outcome = sign(&kernel_step(site.path(), &[])).unwrap();
+        assert_eq!(outcome.notes.len(), 1, "{outcome:?}");
+        assert!(
+            outcome.notes[0].starts_with("skipped signing"),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn half_a_setting_or_a_missing_file_is_an_error_naming_it() {
+        let site = tempfile::tempdir().unwrap();
+        let only_key = error_of(&kernel_step(site.path(), &[(KEY_SETTING, "keys/db.key")]));
+        assert_eq!(
+            only_key,
+            "[plugins.site-hooks]: set both sign_key and sign_cert, or neither"
+        );
+        let missing = error_of(&kernel_step(
+            site.path(),
+            &[
+                (KEY_SETTING, "keys/db.key"),
+                (CERT_SETTING, "/no/such/db.crt"),
+            ],
+        ));
+        let key = site.path().join("keys/db.key");
+        assert_eq!(
+            missing,
+            format!(
+                "[plugins.site-hooks]: {} does not exist; check sign_key and sign_cert",
+                key.display()
+            ),
+            "a relative path is taken from the site directory"
+        );
+        assert!(!site.path().join("demo.signed.efi").exists());
+    }
+}

@@ -26,7 +26,7 @@ fn open_packer() -> Result<Box<dyn Packer>, PackError> {
 }
 
 fn open_builder() -> Result<Box<dyn KernelBuilder>, KernelError> {
-    Ok(Box::new(uki::Uki))
+    Ok(Box::new(uki::Uki::new()))
 }
 
 fn define() -> Plugin {

@@ -35,13 +35,22 @@ use crate::tool::{OBJCOPY, OBJDUMP};
 ///   (`kernel_sha256`), which stays the same across initramfs-only changes;
 /// - a missing stub is an error saying to install systemd-boot-efi, checked before anything is
 ///   built, as is a missing `objdump` (binutils).
-pub struct Uki;
+pub struct Uki {
+    stub: PathBuf,
+}
 
 impl Uki {
     pub const NAME: &'static str = "uki";
     /// systemd-boot's EFI stub for x86-64, where Debian's systemd-boot-efi and Gentoo's
     /// systemd-boot install it.
     pub const STUB: &'static str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    /// The builder, with the stub at [`Uki::STUB`].
+    pub fn new() -> Self {
+        Self {
+            stub: PathBuf::from(Self::STUB),
+        }
+    }
 }
 
 impl KernelBuilder for Uki {
@@ -60,7 +69,7 @@ impl KernelBuilder for Uki {
         if !job.initramfs.is_file() {
             return Err(KernelError::NoInitramfs(job.initramfs.to_owned()));
         }
-        let stub = Path::new(Self::STUB);
+        let stub = self.stub.as_path();
         if !stub.is_file() {
             return Err(KernelError::Failed(format!(
                 "{} does not exist: install systemd-boot-efi (systemd's EFI stub, \
@@ -571,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_initramfs_is_refused_before_anything_is_built() {
+    fn a_missing_initramfs_or_stub_is_refused_before_anything_is_built() {
         let dir = tempfile::tempdir().unwrap();
         let build_dir = dir.path().join("build");
         let initramfs = dir.path().join("initramfs.cpio.xz");
@@ -590,11 +599,30 @@ mod tests {
             out_dir: dir.path(),
             inputs: &[],
         };
-        let builder: Box<dyn KernelBuilder> = Box::new(Uki);
+        let builder: Box<dyn KernelBuilder> = Box::new(Uki::new());
         match builder.build(&job).unwrap_err() {
             KernelError::NoInitramfs(path) => assert_eq!(path, initramfs),
             other => panic!("{other:?}"),
         }
         assert!(!build_dir.exists());
+
+        // With the initramfs there but no stub: an error saying what to install, and still
+        // nothing built or written.
+        fs::write(&initramfs, b"not looked at").unwrap();
+        let out_dir = dir.path().join("out");
+        let job = KernelJob {
+            out_dir: &out_dir,
+            ..job
+        };
+        let without_stub = Uki {
+            stub: dir.path().join("no-such.efi.stub"),
+        };
+        match without_stub.build(&job).unwrap_err() {
+            KernelError::Failed(message) => {
+                assert!(message.contains("install systemd-boot-efi"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!build_dir.exists() && !out_dir.exists());
     }
 }
