@@ -254,6 +254,39 @@ fn a_plugin_built_for_api_1_0_still_loads_and_its_backend_works() {
 }
 
 #[test]
+fn settings_for_a_plugin_that_is_not_loaded_are_warned_about() {
+    let workdir = Workdir::uninitialised();
+    let dir = plugin_dir(&workdir.scratch().join("plugins"), &[SITE_HOOKS]);
+    let config = workdir.scratch().join("autogentoo.toml");
+    fs::write(
+        &config,
+        "[plugins.site-hook]\nsign_key = \"keys/db.key\"\n[plugins.site-hooks]\nsign_key = \"k\"\n",
+    )
+    .expect("write the site config");
+    let list = with_plugins(
+        &workdir,
+        &dir,
+        &[
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("plugin"),
+            OsStr::new("list"),
+        ],
+    )
+    .expect_code(0);
+    let warnings: Vec<&str> = list.stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{}", list.describe());
+    assert!(
+        warnings[0].contains(
+            "the site config has settings for plugin 'site-hook' ([plugins.site-hook]), \
+             but no plugin of that name is loaded"
+        ),
+        "{}",
+        list.describe()
+    );
+}
+
+#[test]
 fn a_panicking_plugin_call_is_an_error_and_the_process_goes_on() {
     let workdir = Workdir::uninitialised();
     let dir = plugin_dir(&workdir.scratch().join("plugins"), &[PANICKING]);

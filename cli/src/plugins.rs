@@ -21,7 +21,7 @@ use autogentoo_core::pipeline::Fingerprint;
 use autogentoo_core::registry::Registry;
 use autogentoo_core::site_config::PluginsSection;
 use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
-use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values};
+use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values, SETTING_PREFIX};
 
 /// Directories searched for plugins, separated by `:`, after the site config's.
 pub const PATH_VAR: &str = "AUTOGENTOO_PLUGIN_PATH";
@@ -48,8 +48,9 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Loads the plugins in `config_dirs` and in [`PATH_VAR`]'s directories, registers what they
-/// provide, and warns once for each library left out.
+/// Loads the plugins in the site config's `dirs` and in [`PATH_VAR`]'s directories, registers
+/// what they provide, keeps each one's `[plugins.NAME]` settings for its hooks, and warns once
+/// for each library left out.
 pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
     let mut dirs = config.dirs.to_vec();
     if let Some(path) = std::env::var_os(PATH_VAR) {
@@ -106,10 +107,6 @@ pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
     }
     plugins
 }
-
-/// What a plugin's `[plugins.NAME]` settings are called among its hooks' inputs:
-/// `setting.KEY`.
-pub const SETTING_PREFIX: &str = "setting.";
 
 /// The `*.so` files of a plugin directory, sorted.
 fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -174,31 +171,23 @@ impl Plugins {
 
     /// The hooks of the pipeline for one build.
     pub fn step_hooks(&self, system: &str, common: Values, quiet: bool) -> StepHooks {
-        let hooks: Vec<(PluginHooks, Values)> = self
-            .loaded
-            .iter()
-            .filter_map(|p| {
-                let settings = self.settings.get(&p.name).cloned().unwrap_or_default();
-                p.hooks().map(|hooks| (hooks, settings))
-            })
-            .collect();
+        let mut hooks = Vec::new();
+        let mut plugins = Vec::new();
+        for plugin in &self.loaded {
+            let Some(plugin_hooks) = plugin.hooks() else {
+                continue;
+            };
+            let settings = self.settings.get(&plugin.name).cloned().unwrap_or_default();
+            let mut line = format!("{} {}", plugin.name, plugin.version);
+            for (key, value) in settings.iter() {
+                line.push_str(&format!(" {key}={}", value.to_string_lossy()));
+            }
+            plugins.push(line);
+            hooks.push((plugin_hooks, settings));
+        }
         StepHooks {
-            plugins: hooks
-                .iter()
-                .map(|(hooks, settings)| {
-                    let plugin = self
-                        .loaded
-                        .iter()
-                        .find(|p| p.name == hooks.plugin())
-                        .expect("hooks come from a loaded plugin");
-                    let mut line = format!("{} {}", plugin.name, plugin.version);
-                    for (key, value) in settings.iter() {
-                        line.push_str(&format!(" {key}={}", value.to_string_lossy()));
-                    }
-                    line
-                })
-                .collect(),
             hooks,
+            plugins,
             system: system.to_owned(),
             common,
             quiet,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::kconfig::{self, Requirements};
-use crate::kernel_builder::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
+use crate::kernel_builder::{self, KernelBuilder, KernelBuilderCapabilities, KernelJob};
 use crate::root_mounts;
 use crate::storage::{io_err, StorageError};
 
@@ -265,12 +265,8 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
 
     // 4. The results, each renamed into place; the manifest last, as it describes the set.
     fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;
-    let image = request.out_dir.join(format!("{}.efi", request.name));
-    let config_out = request.out_dir.join(format!("{}.config", request.name));
-    let map_out = request.out_dir.join(format!("{}.System.map", request.name));
-    let manifest_out = request
-        .out_dir
-        .join(format!("{}.manifest.json", request.name));
+    let [image, config_out, map_out, manifest_out] =
+        kernel_builder::outputs(request.out_dir, request.name);
     let built = build_dir.join(format!("arch/{}/boot/bzImage", request.arch));
     publish_copy(&built, &image)?;
     publish_copy(&config_path, &config_out)?;
@@ -386,18 +382,14 @@ impl Make for RootMake {
 
 /// Runs a command with its output appended to the build log; a failure names the target and
 /// the log.
-pub fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), KernelError> {
+fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), KernelError> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(io_err("open", log))?;
     let err = file.try_clone().map_err(io_err("open", log))?;
-    tracing::info!(
-        "{} {}",
-        command.get_program().to_string_lossy(),
-        args.join(" ")
-    );
+    tracing::info!("make {}", args.join(" "));
     let status = command
         .stdin(Stdio::null())
         .stdout(file)

@@ -81,7 +81,13 @@ pub struct KernelJob<'a> {
 impl KernelJob<'_> {
     /// The results' paths: image, config, System.map, manifest.
     pub fn outputs(&self) -> [PathBuf; 4] {
-        ["efi", "config", "System.map", "manifest.json"]
-            .map(|ext| self.out_dir.join(format!("{}.{ext}", self.system)))
+        outputs(self.out_dir, self.system)
     }
+}
+
+/// The results of a build of `system` in `out_dir`: `SYSTEM.efi`, `SYSTEM.config`,
+/// `SYSTEM.System.map`, `SYSTEM.manifest.json`.
+pub fn outputs(out_dir: &Path, system: &str) -> [PathBuf; 4] {
+    ["efi", "config", "System.map", "manifest.json"]
+        .map(|ext| out_dir.join(format!("{system}.{ext}")))
 }

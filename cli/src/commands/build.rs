@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     // A packer or kernel builder nobody provides is refused before any step runs.
     let packer = ctx.packer(&ctx.config.pack.packer)?;
     packer.check(ctx.config.pack.compression)?;
-    ctx.kernel_builder(&system.kernel_build)?;
+    let builder = ctx.kernel_builder(&system.kernel_build)?;
     let storage = ctx.storage()?;
     let layout = ctx.layout();
     let root_name = system.root_name(&args.system).to_owned();
@@ -316,7 +316,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             system: &system,
             root: &root_name,
             kernel: Some(kernel.name()),
-            builder: &system.kernel_build,
+            builder: &*builder,
             initramfs: &archive,
             compression,
             unmount_after: true,

@@ -202,16 +202,7 @@ extern "C" fn provides() -> RResult<RVec<Tuple2<RString, RString>>, ErrorFfi> {
 
 extern "C" fn open_storage(name: RStr<'_>, settings: &KeyedFfi) -> RResult<StorageBox, ErrorFfi> {
     guard(|| {
-        let (_, open) = plugin()
-            .storage
-            .iter()
-            .find(|(known, _)| known.as_str() == name.as_str())
-            .ok_or_else(|| {
-                ErrorFfi::new(
-                    error_kind::UNKNOWN_BACKEND,
-                    format!("this plugin provides no storage backend '{name}'"),
-                )
-            })?;
+        let open = opener(&plugin().storage, "storage backend", &name)?;
         let storage = open(&settings_from(settings)).map_err(error_ffi)?;
         Ok(StorageFfi_TO::from_value(Guest(storage), TD_Opaque))
     })

@@ -21,6 +21,10 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+/// What a plugin's `[plugins.NAME]` settings are called among its hooks' inputs:
+/// `setting.KEY`.
+pub const SETTING_PREFIX: &str = "setting.";
+
 /// Named values of a step; values are paths or text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Values(BTreeMap<String, OsString>);

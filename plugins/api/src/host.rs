@@ -14,7 +14,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
@@ -313,13 +312,12 @@ fn open_storage(
     }))
 }
 
-/// The 1.1 entry `entry` of a plugin that declared it provides something only 1.1 carries.
+/// A plugin that lists a packer or kernel builder in `provides` but lacks the entry that makes
+/// one: only a plugin whose header and root module disagree.
 fn absent(plugin: &str, entry: &str) -> ErrorFfi {
     ErrorFfi::new(
         error_kind::FAILED,
-        format!(
-            "plugin '{plugin}' lists a {entry} but has no entry to make one (built for API 1.0?)"
-        ),
+        format!("plugin '{plugin}' lists a {entry} but has no entry to make one"),
     )
 }
 
@@ -383,8 +381,7 @@ impl Packer for PluginPacker {
     }
 
     fn pack(&self, request: &PackRequest) -> Result<PackReport, PackError> {
-        let cancel: &AtomicBool = request.cancel;
-        let result = into_result(self.inner.pack(&pack_request_ffi(request), cancel));
+        let result = into_result(self.inner.pack(&pack_request_ffi(request), request.cancel));
         let call = format!("the '{}' packer", self.name);
         let report = result.map_err(|e| pack_error_from(e, &self.plugin, &call))?;
         pack_report_from(report).map_err(|e| pack_error_from(e, &self.plugin, &call))

@@ -50,7 +50,9 @@ pub mod host;
 use std::fmt;
 
 pub use guest::{KernelBuilderOpen, PackerOpen, Plugin, StorageOpen};
-pub use hooks::{ExtraLayer, HookError, HookOutcome, HookPoint, PipelineHooks, Step, Values};
+pub use hooks::{
+    ExtraLayer, HookError, HookOutcome, HookPoint, PipelineHooks, Step, Values, SETTING_PREFIX,
+};
 
 /// A version of the plugin API.
 #[repr(C)]

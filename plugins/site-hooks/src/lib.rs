@@ -23,7 +23,9 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use autogentoo_core::civil_time::timestamp;
-use autogentoo_plugin_api::{ExtraLayer, HookError, HookOutcome, PipelineHooks, Plugin, Step};
+use autogentoo_plugin_api::{
+    ExtraLayer, HookError, HookOutcome, PipelineHooks, Plugin, Step, SETTING_PREFIX,
+};
 
 /// The file the pack hook adds, relative to the image's root.
 pub const BUILD_INFO: &str = "etc/autogentoo-build-info";
@@ -120,7 +122,7 @@ fn site_path(step: &Step, path: &Path) -> PathBuf {
 /// Signs the kernel step's image when a key and certificate are configured.
 fn sign(step: &Step) -> Result<HookOutcome, HookError> {
     let image = PathBuf::from(input(&step.outputs, "image")?);
-    let setting = |key: &str| step.inputs.path(&format!("setting.{key}"));
+    let setting = |key: &str| step.inputs.path(&format!("{SETTING_PREFIX}{key}"));
     let (key, cert) = match (setting(KEY_SETTING), setting(CERT_SETTING)) {
         (Some(key), Some(cert)) => (site_path(step, key), site_path(step, cert)),
         (None, None) => {
@@ -187,7 +189,7 @@ mod tests {
     fn kernel_step(site: &Path, settings: &[(&str, &str)]) -> Step {
         let mut inputs = Values::default().with("site_dir", site);
         for (key, value) in settings {
-            inputs.set(&format!("setting.{key}"), value);
+            inputs.set(&format!("{SETTING_PREFIX}{key}"), value);
         }
         Step {
             system: "demo".into(),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use autogentoo_core::kernel_build::{self, Kbuild, KernelReport};
-use autogentoo_core::kernel_builder::KernelJob;
+use autogentoo_core::kernel_builder::{KernelBuilder, KernelJob};
 use autogentoo_core::root_mounts::umount_all;
 use autogentoo_core::site_config::{Compression, SystemConfig};
 use autogentoo_core::storage::{Storage, VolumeId, VolumeKind};
@@ -52,17 +52,17 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let initramfs = args
         .initramfs
         .unwrap_or_else(|| default_initramfs(ctx, &args.root, compression));
-    let builder = match (&args.builder, args.host) {
+    let builder = ctx.kernel_builder(match (&args.builder, args.host) {
         (Some(name), _) => name.as_str(),
         (None, true) => Kbuild::HOST,
         (None, false) => system.kernel_build.as_str(),
-    };
+    })?;
     let job = KernelStep {
         system_name: &name,
         system: &system,
         root: &args.root,
         kernel: args.kernel.as_deref(),
-        builder,
+        builder: &*builder,
         initramfs: &initramfs,
         compression,
         unmount_after: false,
@@ -115,8 +115,7 @@ pub struct KernelStep<'a> {
     pub system: &'a SystemConfig,
     pub root: &'a str,
     pub kernel: Option<&'a str>,
-    /// The kernel builder, by name.
-    pub builder: &'a str,
+    pub builder: &'a dyn KernelBuilder,
     pub initramfs: &'a Path,
     pub compression: Compression,
     /// Unmount the root after a builder that used it (the pipeline does; `kernel build` leaves
@@ -158,11 +157,11 @@ pub fn fragments(ctx: &Context, system: &SystemConfig) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Builds a system's kernel with the builder the job names.
+/// Builds a system's kernel with the job's builder.
 pub fn build_kernel(ctx: &Context, job: &KernelStep) -> Result<KernelReport> {
     let storage = ctx.storage()?;
     let layout = ctx.layout();
-    let builder = ctx.kernel_builder(job.builder)?;
+    let builder = job.builder;
     let kernel = kernel_volume(&*storage, job.kernel.or(job.system.kernel.as_deref()))?;
     let volume = storage.get(&kernel)?;
     let source = kernel_build::find_source(&volume.path)?;
