@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha512};
 
+use crate::bounded_read::{self, Limit, ReadError};
+
 /// A DIGESTS check that did not pass.
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
@@ -18,6 +20,8 @@ pub enum DigestError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
     #[error("{} has no SHA512 line for '{file}'; pass the DIGESTS file that belongs to this tarball", .digests.display())]
     NoEntry { digests: PathBuf, file: String },
     #[error("SHA512 of {} does not match {}: expected {expected}, got {actual}; the download is corrupt or not the one the DIGESTS describe", .file.display(), .digests.display())]
@@ -92,10 +96,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Checks `file` against the SHA512 that the DIGESTS file `digests` lists for it; returns the
 /// verified hash.
 pub fn verify(file: &Path, digests: &Path) -> Result<String, DigestError> {
-    let text = std::fs::read_to_string(digests).map_err(|source| DigestError::Read {
-        path: digests.to_owned(),
-        source,
-    })?;
+    let text = bounded_read::read_text(digests, Limit::DIGESTS)?;
     let file_name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

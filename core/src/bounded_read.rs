@@ -1,0 +1,240 @@
+//! Reading a whole file that a user or a site names: the site config, a DIGESTS file, a kernel
+//! config, a manifest, a state file. Each is read only if it is a regular file below a size
+//! limit stated for its kind, so `--config /dev/zero`, a fifo or a multi-gigabyte file is one
+//! clear line instead of a process that reads until memory runs out or waits forever.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+/// What kind of file is read, with the largest size accepted for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// How messages name the file: "site config", "DIGESTS file", …
+    pub what: &'static str,
+    pub max_bytes: u64,
+}
+
+impl Limit {
+    /// `autogentoo.toml`: a few kilobytes in practice.
+    pub const SITE_CONFIG: Limit = Limit {
+        what: "site config",
+        max_bytes: 1 << 20,
+    };
+    /// A Gentoo DIGESTS file: a few hashes, perhaps clear-signed.
+    pub const DIGESTS: Limit = Limit {
+        what: "DIGESTS file",
+        max_bytes: 1 << 20,
+    };
+    /// A kernel `.config` (about 300 KiB for a distribution kernel) or a fragment.
+    pub const KERNEL_CONFIG: Limit = Limit {
+        what: "kernel config",
+        max_bytes: 16 << 20,
+    };
+    /// A manifest or a state file of our own making.
+    pub const STATE: Limit = Limit {
+        what: "state file",
+        max_bytes: 64 << 20,
+    };
+    /// A file a plugin setting names (a key, a certificate).
+    pub const SETTING_FILE: Limit = Limit {
+        what: "file named by a plugin setting",
+        max_bytes: 1 << 20,
+    };
+}
+
+/// Why a file could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the {what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {what} {} is {kind}, not a regular file; name a file", .path.display())]
+    NotRegular {
+        what: &'static str,
+        path: PathBuf,
+        kind: FileKind,
+    },
+    #[error("the {what} {} is larger than {} bytes, more than a {what} can be; name the right file", .path.display(), .max_bytes)]
+    TooLarge {
+        what: &'static str,
+        path: PathBuf,
+        max_bytes: u64,
+    },
+    #[error("the {what} {} is not UTF-8 text", .path.display())]
+    NotText { what: &'static str, path: PathBuf },
+}
+
+impl ReadError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. }
+            | Self::NotRegular { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::NotText { path, .. } => path,
+        }
+    }
+
+    /// Whether the file is simply not there (for callers where that is allowed).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// The type of a file that is not a regular one, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    CharacterDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    Symlink,
+    Regular,
+}
+
+impl FileKind {
+    pub fn of(file_type: std::fs::FileType) -> Self {
+        if file_type.is_dir() {
+            Self::Directory
+        } else if file_type.is_char_device() {
+            Self::CharacterDevice
+        } else if file_type.is_block_device() {
+            Self::BlockDevice
+        } else if file_type.is_fifo() {
+            Self::Fifo
+        } else if file_type.is_socket() {
+            Self::Socket
+        } else if file_type.is_symlink() {
+            Self::Symlink
+        } else {
+            Self::Regular
+        }
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Directory => "a directory",
+            Self::CharacterDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Fifo => "a fifo",
+            Self::Socket => "a socket",
+            Self::Symlink => "a symlink",
+            Self::Regular => "a regular file",
+        })
+    }
+}
+
+/// The bytes of the regular file at `path` (symlinks followed), at most `limit.max_bytes`.
+pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
+    let io = |source| ReadError::Io {
+        what: limit.what,
+        path: path.to_owned(),
+        source,
+    };
+    // Non-blocking, so that opening a fifo does not wait for a writer; the type check below
+    // refuses it before anything is read.
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::open(path, flags, Mode::empty()).map_err(|e| io(e.into()))?);
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular {
+            what: limit.what,
+            path: path.to_owned(),
+            kind: FileKind::of(meta.file_type()),
+        });
+    }
+    let too_large = || ReadError::TooLarge {
+        what: limit.what,
+        path: path.to_owned(),
+        max_bytes: limit.max_bytes,
+    };
+    if meta.len() > limit.max_bytes {
+        return Err(too_large());
+    }
+    // The size can change while we read (a file being written): never read past the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit.max_bytes {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The same, as UTF-8 text.
+pub fn read_text(path: &Path, limit: Limit) -> Result<String, ReadError> {
+    String::from_utf8(read(path, limit)?).map_err(|_| ReadError::NotText {
+        what: limit.what,
+        path: path.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: Limit = Limit {
+        what: "test file",
+        max_bytes: 16,
+    };
+
+    #[test]
+    fn a_regular_file_within_the_limit_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "0123456789abcdef").unwrap();
+        assert_eq!(read(&path, SMALL).unwrap(), b"0123456789abcdef");
+        assert_eq!(read_text(&path, SMALL).unwrap(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn a_larger_file_is_refused_naming_it_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, "0123456789abcdefg").unwrap();
+        let err = read(&path, SMALL).unwrap_err();
+        assert!(matches!(err, ReadError::TooLarge { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("big") && text.contains("16 bytes"), "{text}");
+    }
+
+    #[test]
+    fn devices_fifos_and_directories_are_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(Path::new("/dev/zero"), SMALL).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
+        let err = read(dir.path(), SMALL).unwrap_err();
+        assert!(err.to_string().contains("a directory"), "{err}");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Without O_NONBLOCK this would wait for a writer forever.
+        let err = read(&fifo, SMALL).unwrap_err();
+        assert!(err.to_string().contains("a fifo"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let err = read(Path::new("/nonexistent/file"), SMALL).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+}
