@@ -136,10 +136,11 @@ impl fmt::Display for FileKind {
     }
 }
 
-/// The bytes of the regular file at `path` (symlinks followed), at most `limit.max_bytes`.
-pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
+/// The regular file at `path` (symlinks followed), open for reading, for callers that stream
+/// it; `what` names it in errors.
+pub fn open_regular(path: &Path, what: &'static str) -> Result<(File, u64), ReadError> {
     let io = |source| ReadError::Io {
-        what: limit.what,
+        what,
         path: path.to_owned(),
         source,
     };
@@ -150,21 +151,32 @@ pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular {
-            what: limit.what,
+            what,
             path: path.to_owned(),
             kind: FileKind::of(meta.file_type()),
         });
     }
+    Ok((file, meta.len()))
+}
+
+/// The bytes of the regular file at `path` (symlinks followed), at most `limit.max_bytes`.
+pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
+    let (file, len) = open_regular(path, limit.what)?;
+    let io = |source| ReadError::Io {
+        what: limit.what,
+        path: path.to_owned(),
+        source,
+    };
     let too_large = || ReadError::TooLarge {
         what: limit.what,
         path: path.to_owned(),
         max_bytes: limit.max_bytes,
     };
-    if meta.len() > limit.max_bytes {
+    if len > limit.max_bytes {
         return Err(too_large());
     }
     // The size can change while we read (a file being written): never read past the limit.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit.max_bytes + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;

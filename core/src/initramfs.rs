@@ -26,10 +26,11 @@ use sha2::{Digest, Sha256};
 
 use crate::cpio::{self, Header};
 use crate::in_root::RootDir;
+use crate::output_file::{self, OutputFile};
 use crate::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use crate::site_config::Compression;
 use crate::stage_import::Progress;
-use crate::storage::io_err;
+use crate::storage::{io_err, StorageError};
 
 /// The built-in packer, registered as [`Newc::NAME`]: see the module documentation.
 pub struct Newc;
@@ -318,7 +319,7 @@ fn has_xattrs(dir: &OwnedFd, name: &OsStr) -> bool {
 
 /// The file, hashing what is written, so the SHA256 is known without reading the archive back.
 struct Hashing {
-    file: File,
+    file: OutputFile,
     hasher: Sha256,
     written: u64,
 }
@@ -407,21 +408,14 @@ fn write_archive(
     tree: &BTreeMap<Vec<u8>, Item>,
 ) -> Result<PackReport, PackError> {
     let output = &request.output;
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".initramfs.")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
+    // Both are refused before anything is written if they cannot be files.
+    output_file::check_target(&manifest_path(output))?;
     let write_err = |source| PackError::Write {
         path: output.clone(),
         source,
     };
     let hashing = Hashing {
-        file: temp.reopen().map_err(write_err)?,
+        file: OutputFile::create(output)?,
         hasher: Sha256::new(),
         written: 0,
     };
@@ -482,7 +476,12 @@ fn write_archive(
                 &mut writer,
                 &mut buf,
                 request.progress,
-            )?,
+            )
+            .map_err(|e| match e {
+                // The archive, not the file being read, is what could not be written.
+                CopyError::Write(source) => write_err(source),
+                CopyError::Read(e) => e,
+            })?,
             _ => {}
         }
         writer.end_entry().map_err(write_err)?;
@@ -497,7 +496,6 @@ fn write_archive(
         .map_err(write_err)?
         .finish()
         .map_err(write_err)?;
-    hashing.file.sync_all().map_err(write_err)?;
     let archive_bytes = hashing.written;
     let sha256: String = hashing
         .hasher
@@ -517,20 +515,13 @@ fn write_archive(
         entries: manifest,
     })
     .expect("the manifest serialises");
-    let manifest_temp = tempfile::Builder::new()
-        .prefix(".manifest.")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    std::fs::write(manifest_temp.path(), text).map_err(io_err("write", &manifest_path))?;
-    // Temporary files are created private; the archive and manifest are ordinary outputs.
-    for path in [temp.path(), manifest_temp.path()] {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .map_err(io_err("chmod", path))?;
-    }
-    temp.persist(output).map_err(|e| write_err(e.error))?;
-    manifest_temp
-        .persist(&manifest_path)
-        .map_err(|e| io_err("write", &manifest_path)(e.error))?;
+    let mut manifest_file = OutputFile::create(&manifest_path)?;
+    manifest_file
+        .write_all(&text)
+        .map_err(io_err("write", &manifest_path))?;
+    // The archive first: a manifest never describes an archive that is not there.
+    hashing.file.commit()?;
+    manifest_file.commit()?;
     Ok(PackReport {
         archive: output.clone(),
         manifest: Some(manifest_path),
@@ -596,6 +587,18 @@ fn hardlink_plan(tree: &BTreeMap<Vec<u8>, Item>) -> HashMap<Vec<u8>, Link> {
     plan
 }
 
+/// Why one file could not be copied into the archive: reading it, or writing the archive.
+enum CopyError {
+    Read(PackError),
+    Write(io::Error),
+}
+
+impl From<StorageError> for CopyError {
+    fn from(e: StorageError) -> Self {
+        Self::Read(e.into())
+    }
+}
+
 /// Streams one file from its layer into the archive, checking it is still the file we indexed.
 fn copy_file<W: Write>(
     root: &RootDir,
@@ -604,7 +607,7 @@ fn copy_file<W: Write>(
     writer: &mut cpio::Writer<W>,
     buf: &mut [u8],
     progress: &dyn Progress,
-) -> Result<(), PackError> {
+) -> Result<(), CopyError> {
     let rel = Path::new(OsStr::from_bytes(path));
     let shown = root.display_path(rel);
     let fd = root
@@ -613,21 +616,18 @@ fn copy_file<W: Write>(
     let mut file = File::from(fd);
     let st = rustix::fs::fstat(&file).map_err(|e| io_err("inspect", &shown)(e.into()))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 != size {
-        return Err(PackError::Changed { path: shown });
+        return Err(CopyError::Read(PackError::Changed { path: shown }));
     }
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(left as usize);
         let n = match file.read(&mut buf[..want]) {
-            Ok(0) => return Err(PackError::Changed { path: shown }),
+            Ok(0) => return Err(CopyError::Read(PackError::Changed { path: shown })),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err("read", &shown)(e).into()),
         };
-        writer.data(&buf[..n]).map_err(|source| PackError::Write {
-            path: shown.clone(),
-            source,
-        })?;
+        writer.data(&buf[..n]).map_err(CopyError::Write)?;
         progress.advance(n as u64);
         left -= n as u64;
     }

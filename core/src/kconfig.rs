@@ -23,6 +23,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
+use crate::bounded_read::{self, Limit, ReadError};
+use crate::output_file::{self, OutputError, OutputFile};
 use crate::site_config::Compression;
 
 /// What every symbol line of a `.config` starts with.
@@ -52,6 +54,10 @@ pub enum KconfigError {
     },
     #[error(transparent)]
     Dropped(DroppedOptions),
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KconfigError {
@@ -248,7 +254,7 @@ impl Config {
 
     /// Reads and parses the config at `path`.
     pub fn load(path: &Path) -> Result<Self, KconfigError> {
-        let text = fs::read_to_string(path).map_err(io_err("read", path))?;
+        let text = bounded_read::read_text(path, Limit::KERNEL_CONFIG)?;
         Self::parse(&text).map_err(|error| KconfigError::Parse {
             path: path.to_owned(),
             error,
@@ -260,21 +266,21 @@ impl Config {
     /// place, so neither is ever seen half-written. The new file keeps the old one's
     /// permissions (0644 for a new file).
     pub fn save(&self, path: &Path) -> Result<(), KconfigError> {
-        let mode = match fs::read(path) {
-            Ok(old) => {
-                let mode = fs::metadata(path)
-                    .map_err(io_err("read", path))?
-                    .permissions()
-                    .mode();
+        // Refused before the old file is copied aside: no FILE.old beside a FILE we cannot write.
+        let target = output_file::check_target(path)?;
+        let mode = match fs::symlink_metadata(&target) {
+            Ok(meta) => {
+                let old = bounded_read::read(&target, Limit::KERNEL_CONFIG)?;
                 let mut old_path = path.as_os_str().to_owned();
                 old_path.push(".old");
+                let mode = meta.permissions().mode() & 0o7777;
                 write_atomically(Path::new(&old_path), &old, mode)?;
                 mode
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o644,
-            Err(e) => return Err(io_err("read", path)(e)),
+            Err(e) => return Err(io_err("inspect", path)(e)),
         };
-        write_atomically(path, self.to_string().as_bytes(), mode)
+        write_atomically(&target, self.to_string().as_bytes(), mode)
     }
 
     /// The value of `symbol`, if the config states one.
@@ -352,20 +358,9 @@ impl fmt::Display for Config {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KconfigError> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".autogentoo.")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    temp.write_all(bytes).map_err(io_err("write", path))?;
-    temp.as_file().sync_all().map_err(io_err("write", path))?;
-    fs::set_permissions(temp.path(), fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(io_err("set the permissions of", path))?;
-    temp.persist(path)
-        .map_err(|e| io_err("rename into place", path)(e.error))?;
+    let mut output = OutputFile::create(path)?.with_mode(mode);
+    output.write_all(bytes).map_err(io_err("write", path))?;
+    output.commit()?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::kconfig::{self, Requirements};
 use crate::kernel_builder::{self, KernelBuilder, KernelBuilderCapabilities, KernelJob};
+use crate::output_file::{self, OutputError, OutputFile};
 use crate::root_mounts;
 use crate::storage::{io_err, StorageError};
 
@@ -141,6 +142,8 @@ pub enum KernelError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Config(#[from] kconfig::KconfigError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("`make {target}` failed ({status}); see {}", .log.display())]
     Make {
         target: String,
@@ -222,6 +225,10 @@ pub fn find_source(volume: &Path) -> Result<PathBuf, KernelError> {
 /// Configures and builds; see the module documentation.
 pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> {
     let build_dir = request.build_dir;
+    // An output that cannot be written is refused before minutes of make.
+    for output in kernel_builder::outputs(request.out_dir, request.name) {
+        output_file::check_target(&output)?;
+    }
     fs::create_dir_all(build_dir).map_err(io_err("create", build_dir))?;
 
     // 1. allnoconfig with the fragments and what we need, when the fragments changed.
@@ -282,7 +289,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
         inputs: request.inputs,
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
-    publish_bytes(&text, &manifest_out)?;
+    output_file::write(&manifest_out, &text)?;
     Ok(KernelReport {
         image,
         config: config_out,
@@ -293,27 +300,12 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     })
 }
 
-/// Copies `from` to a temporary name beside `to`, syncs it and renames it over `to`.
-fn publish_copy(from: &Path, to: &Path) -> Result<(), StorageError> {
-    let bytes = fs::read(from).map_err(io_err("read", from))?;
-    publish_bytes(&bytes, to)
-}
-
-fn publish_bytes(bytes: &[u8], to: &Path) -> Result<(), StorageError> {
-    let dir = to.parent().expect("an output has a directory");
-    let mut temp = tempfile::Builder::new()
-        .prefix(".autogentoo.")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    std::io::Write::write_all(&mut temp, bytes).map_err(io_err("write", to))?;
-    temp.as_file().sync_all().map_err(io_err("sync", to))?;
-    std::fs::set_permissions(
-        temp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(io_err("chmod", to))?;
-    temp.persist(to)
-        .map_err(|e| io_err("rename into place", to)(e.error))?;
+/// Copies `from` to the output `to`, which appears whole or not at all.
+fn publish_copy(from: &Path, to: &Path) -> Result<(), KernelError> {
+    let mut source = fs::File::open(from).map_err(io_err("open", from))?;
+    let mut output = OutputFile::create(to)?;
+    std::io::copy(&mut source, &mut output).map_err(io_err("copy into", to))?;
+    output.commit()?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod kernel_builder;
 pub mod loop_device;
 pub mod mountinfo;
 pub mod names;
+pub mod output_file;
 pub mod packer;
 pub mod pipeline;
 pub mod qemu_boot;

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
+use crate::output_file::OutputError;
 use crate::site_config::Compression;
 use crate::stage_import::Progress;
 use crate::storage::StorageError;
@@ -124,6 +125,8 @@ pub struct PackReport {
 pub enum PackError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("{} is {size} bytes; a newc cpio holds files below 4 GiB: exclude it (pack.exclude) or remove it", .path.display())]
     TooLarge { path: PathBuf, size: u64 },
     #[error("the packed tree has no {rdinit} (the program the kernel starts); add one to the root or an overlay, or set pack.rdinit")]

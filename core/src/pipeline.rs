@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::bounded_read::{self, Limit, ReadError};
+use crate::output_file::{self, OutputError};
 use crate::storage::{io_err, StorageError};
 
 /// The fingerprints recorded by the last successful run of each step.
@@ -25,14 +27,19 @@ pub struct State {
 }
 
 impl State {
-    /// The state at `path`; an absent or unreadable file is an empty state (everything runs).
-    pub fn load(path: &Path) -> Self {
-        let mut state: State = fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+    /// The state at `path`; an absent file, or one this version cannot parse, is an empty
+    /// state (everything runs). Something there that is not a state file is an error naming it.
+    pub fn load(path: &Path) -> Result<Self, ReadError> {
+        let mut state: State = match bounded_read::read(path, Limit::STATE) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("ignoring {}, which cannot be parsed: {e}", path.display());
+                State::default()
+            }),
+            Err(e) if e.is_not_found() => State::default(),
+            Err(e) => return Err(e),
+        };
         state.path = path.to_owned();
-        state
+        Ok(state)
     }
 
     /// Whether `step` last ran with these inputs.
@@ -42,14 +49,10 @@ impl State {
 
     /// Records a successful run of `step` and saves the state at once (atomically), so an
     /// interrupted build keeps what it finished.
-    pub fn record(&mut self, step: &str, fingerprint: &str) -> Result<(), StorageError> {
+    pub fn record(&mut self, step: &str, fingerprint: &str) -> Result<(), OutputError> {
         self.steps.insert(step.to_owned(), fingerprint.to_owned());
-        let dir = self.path.parent().expect("the state file has a directory");
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        let temp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).expect("the state serialises");
-        fs::write(&temp, text).map_err(io_err("write", &temp))?;
-        fs::rename(&temp, &self.path).map_err(io_err("write", &self.path))
+        output_file::write(&self.path, &text).map(drop)
     }
 
     /// Forgets a step, so it runs next time (its inputs may have changed under it).
@@ -125,11 +128,16 @@ impl Fingerprint {
         Ok(self)
     }
 
-    /// Adds a file's contents (small inputs: config fragments).
-    pub fn file(mut self, path: &Path) -> Result<Self, StorageError> {
-        let bytes = fs::read(path).map_err(io_err("read", path))?;
+    /// Adds a regular file's contents, streamed (config fragments, an archive); `what` names
+    /// it in errors.
+    pub fn file(mut self, path: &Path, what: &'static str) -> Result<Self, ReadError> {
+        let (mut file, _) = bounded_read::open_regular(path, what)?;
         self.hasher.update(path.as_os_str().as_bytes());
-        self.hasher.update(&bytes);
+        std::io::copy(&mut file, &mut self.hasher).map_err(|source| ReadError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(self)
     }
 
@@ -175,10 +183,10 @@ mod tests {
     fn state_remembers_fingerprints_across_loads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/state.json");
-        let mut state = State::load(&path);
+        let mut state = State::load(&path).unwrap();
         assert!(!state.unchanged("pack", "abc"));
         state.record("pack", "abc").unwrap();
-        let state = State::load(&path);
+        let state = State::load(&path).unwrap();
         assert!(state.unchanged("pack", "abc"));
         assert!(!state.unchanged("pack", "def"));
     }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::mountinfo;
+use autogentoo_core::output_file::{self, OutputError};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
@@ -211,7 +213,7 @@ impl<T: Trees> TreeStore<T> {
             Err(e) => return Err(io_err("inspect", &dir)(e)),
         }
         let path = self.meta_path(id);
-        match fs::read(&path) {
+        match bounded_read::read(&path, Limit::STATE) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 StorageError::Corrupt(format!(
                     "{}: {e}; remove it to reset the metadata",
@@ -219,17 +221,19 @@ impl<T: Trees> TreeStore<T> {
                 ))
             }),
             // A volume whose metadata was never written (a crash right after its rename) is plain.
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Meta::default()),
-            Err(e) => Err(io_err("read", &path)(e)),
+            Err(e) if e.is_not_found() => Ok(Meta::default()),
+            Err(e) => Err(StorageError::Corrupt(e.to_string())),
         }
     }
 
     fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
         let path = self.meta_path(id);
-        let tmp = path.with_extension(format!("json.{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-        fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+        match output_file::write(&path, &bytes) {
+            Ok(_) => Ok(()),
+            Err(OutputError::Io(e)) => Err(e),
+            Err(e) => Err(StorageError::Corrupt(e.to_string())),
+        }
     }
 
     fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {

@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let layout = ctx.layout();
     let root_name = system.root_name(&args.system).to_owned();
     let out_dir = layout.out().join(&args.system);
-    let mut state = State::load(&out_dir.join("build-state.json"));
+    let mut state = State::load(&out_dir.join("build-state.json"))?;
     let mut common = Values::default()
         .with("workdir", &layout.workdir)
         .with("backend", storage.backend_name())
@@ -276,10 +276,10 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         .text("cmdline", system.cmdline.as_deref().unwrap_or(""))
         .text("compression", &format!("{compression:?}"));
     for fragment in fragments(ctx, &system)? {
-        kernel_print = kernel_print.file(&fragment)?;
+        kernel_print = kernel_print.file(&fragment, "kernel config")?;
     }
     if archive.is_file() {
-        kernel_print = kernel_print.file(&archive)?;
+        kernel_print = kernel_print.file(&archive, "initramfs")?;
     }
     let kernel_print = kernel_print.finish();
     // After a real pack the archive is the new one: an identical archive (packs are

@@ -1,22 +1,19 @@
-//! Writing a walked tree into an image with backhand, and the image file until it has its name.
+//! Writing a walked tree into an image with backhand.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufWriter, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemWriter, SuperBlock};
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, CWD};
-use rustix::io::Errno;
-use sha2::{Digest, Sha256};
+use rustix::fs::{Timespec, Timestamps};
 
 use super::ahead::{Active, Codec, Prediction, AHEAD_COMPRESSOR};
 use super::walk::{open_regular, Content, Walk};
-use super::{Compression, PackError, IMAGE_SUFFIX};
+use super::{Compression, PackError};
 use crate::storage::io_err;
 
 /// A failure while writing the image, before we know which file name to blame.
@@ -187,149 +184,15 @@ impl Read for SourceFile<'_> {
     }
 }
 
-/// The image file while it is written; see [`super`] on atomicity.
-pub(super) struct Output<'a> {
-    dir: &'a OwnedFd,
-    repos: &'a Path,
-    file: File,
-    /// The hidden name, where the filesystem has no `O_TMPFILE`; removed on drop.
-    temp: Option<String>,
-}
-
-impl<'a> Output<'a> {
-    pub(super) fn create(dir: &'a OwnedFd, repos: &'a Path, name: &str) -> Result<Self, PackError> {
-        let mode = Mode::from_raw_mode(0o644);
-        let flags = OFlags::RDWR | OFlags::CLOEXEC;
-        let fail = |e: Errno| PackError::from(io_err("create a file in", repos)(e.into()));
-        match rustix::fs::openat(dir, ".", flags | OFlags::TMPFILE, mode) {
-            Ok(fd) => Ok(Self {
-                dir,
-                repos,
-                file: File::from(fd),
-                temp: None,
-            }),
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
-                let temp = temp_name(name);
-                let excl = flags | OFlags::CREATE | OFlags::EXCL;
-                let fd = rustix::fs::openat(dir, temp.as_str(), excl, mode).map_err(fail)?;
-                Ok(Self {
-                    dir,
-                    repos,
-                    file: File::from(fd),
-                    temp: Some(temp),
-                })
-            }
-            Err(e) => Err(fail(e)),
-        }
-    }
-
-    pub(super) fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Gives the written file its mode and time and makes it durable; returns its size and
-    /// SHA-256.
-    pub(super) fn finish(&self, time: u32) -> Result<(u64, String), WriteFailure> {
-        let fail = |e: io::Error| WriteFailure::Output(e.to_string());
-        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(0o644)).map_err(|e| fail(e.into()))?;
-        let stamp = Timespec {
-            tv_sec: i64::from(time),
-            tv_nsec: 0,
-        };
-        let times = Timestamps {
-            last_access: stamp,
-            last_modification: stamp,
-        };
-        rustix::fs::futimens(&self.file, &times).map_err(|e| fail(e.into()))?;
-        self.file.sync_all().map_err(fail)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0; 1024 * 1024];
-        let mut size = 0;
-        loop {
-            let n = self.file.read_at(&mut buf, size).map_err(fail)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        let sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((size, sha256))
-    }
-
-    /// Gives the image its name `path` (in `repos/`): refused if that exists, unless `force`.
-    pub(super) fn commit(mut self, name: &str, path: &Path, force: bool) -> Result<(), PackError> {
-        let target = format!("{name}{IMAGE_SUFFIX}");
-        let exists = || PackError::Exists {
-            name: name.to_owned(),
-            path: path.to_owned(),
-        };
-        let fail = |e: Errno| PackError::from(io_err("create", path)(e.into()));
-        let linked = if force {
-            if self.temp.is_none() {
-                let temp = temp_name(name);
-                self.link_unnamed(&temp).map_err(fail)?;
-                self.temp = Some(temp);
-            }
-            self.rename_temp(&target)
-        } else {
-            // A link, unlike a rename, never replaces what another pack made meanwhile. The
-            // hidden name, if any, goes when `self` is dropped.
-            match &self.temp {
-                None => self.link_unnamed(&target),
-                Some(temp) => rustix::fs::linkat(
-                    self.dir,
-                    temp.as_str(),
-                    self.dir,
-                    target.as_str(),
-                    AtFlags::empty(),
-                ),
-            }
-        };
-        match linked {
-            Ok(()) => {}
-            Err(Errno::EXIST) => return Err(exists()),
-            Err(e) => return Err(fail(e)),
-        }
-        // The directory entry too must survive a crash.
-        rustix::fs::fsync(self.dir).map_err(|e| io_err("sync", self.repos)(e.into()))?;
-        Ok(())
-    }
-
-    /// Links the unnamed file in as `name`.
-    fn link_unnamed(&self, name: &str) -> Result<(), Errno> {
-        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        rustix::fs::linkat(CWD, proc.as_str(), self.dir, name, AtFlags::SYMLINK_FOLLOW)
-    }
-
-    /// Renames the hidden name over `target`; the hidden name is gone on success.
-    fn rename_temp(&mut self, target: &str) -> Result<(), Errno> {
-        let temp = self.temp.as_deref().expect("a temporary name");
-        rustix::fs::renameat(self.dir, temp, self.dir, target)?;
-        self.temp = None;
-        Ok(())
-    }
-}
-
-impl Drop for Output<'_> {
-    fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            if let Err(e) = rustix::fs::unlinkat(self.dir, temp.as_str(), AtFlags::empty()) {
-                tracing::warn!(
-                    "cannot remove the temporary {}: {e}",
-                    self.repos.join(temp).display()
-                );
-            }
-        }
-    }
-}
-
-/// The hidden name an image is written under where it needs one; not `*.sqfs`, so neither the
-/// listing nor `root mount` ever takes it for an image.
-fn temp_name(name: &str) -> String {
-    format!(".{name}{IMAGE_SUFFIX}.{}.tmp", std::process::id())
+/// Gives the written image its time.
+pub(super) fn set_time(file: &File, time: u32) -> Result<(), WriteFailure> {
+    let stamp = Timespec {
+        tv_sec: i64::from(time),
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: stamp,
+        last_modification: stamp,
+    };
+    rustix::fs::futimens(file, &times).map_err(|e| WriteFailure::Output(e.to_string()))
 }

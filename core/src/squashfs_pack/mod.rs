@@ -14,17 +14,14 @@
 //!   when that is set, mtimes newer than it being clamped to it; otherwise it is the newest mtime
 //!   in the tree, so the date says how new the repository is, not when it was packed, and
 //!   `newest_repo_image` (by mtime) picks the newest repository.
-//! - **atomic**: written into an unnamed file in `repos/` (`O_TMPFILE`) that is linked in under
-//!   its name only when complete, so an error, Ctrl-C or even SIGKILL leaves nothing behind.
-//!   Where the filesystem has no `O_TMPFILE`, a hidden temporary name is used and removed on
-//!   error.
+//! - **atomic**: written as an [`OutputFile`] in `repos/`, linked in under its name only when
+//!   complete, so an error, Ctrl-C or even SIGKILL leaves nothing behind.
 //!
 //! The tree is read without following a symlink anywhere below its top: directories are opened
 //! with `O_NOFOLLOW` and files with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so a symlink in a
 //! root's repository is packed as a symlink and never leads the reader out of the tree.
 //!
-//! The parts: `walk` reads the tree; `image` writes it with backhand into the output file and
-//! links that in; `ahead` compresses backhand's blocks ahead on a thread pool (backhand alone
+//! The parts: `walk` reads the tree; `image` writes it with backhand into the output file; `ahead` compresses backhand's blocks ahead on a thread pool (backhand alone
 //! compresses one at a time on the calling thread) without changing a byte of the image; and
 //! `listing` reads the superblocks of the images in `repos/` for `repo list`.
 
@@ -40,15 +37,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use backhand::compression::Compressor;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::in_root::{InnerPath, RootDir};
 use crate::names::{self, NameError};
+use crate::output_file::{self, OutputError, OutputFile};
 use crate::storage::{io_err, StorageError};
 
-use image::{Image, Output};
+use image::Image;
 pub use listing::{compressor_name, list_images, ImageInfo, Skipped, Superblock};
 use walk::Walker;
 
@@ -158,6 +156,8 @@ pub fn default_name(time: u32) -> String {
 pub enum PackError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("{} does not exist; give the directory to pack", .path.display())]
     MissingSource { path: PathBuf },
     #[error("{} is not a directory; give the directory to pack", .path.display())]
@@ -260,7 +260,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
     check_free(&repos_dir, repos, &name, request.force)?;
     let path = repos.join(format!("{name}{IMAGE_SUFFIX}"));
 
-    let output = Output::create(&repos_dir, repos, &name)?;
+    let output = OutputFile::create(&path)?;
     let image = Image {
         walk: &walk,
         top: top.as_fd(),
@@ -277,11 +277,24 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
         written.missed,
         written.inline
     );
-    let (size, sha256) = output.finish(time).map_err(|e| e.at(&path))?;
+    image::set_time(output.file(), time).map_err(|e| e.at(&path))?;
+    let (size, sha256) = output.digest()?;
     if request.cancel.load(Ordering::Relaxed) {
         return Err(PackError::Interrupted);
     }
-    output.commit(&name, &path, request.force)?;
+    // Without --force, a link that never replaces what another pack made meanwhile.
+    let committed = if request.force {
+        output.commit()
+    } else {
+        output.commit_new()
+    };
+    committed.map_err(|e| match e {
+        OutputError::Exists(path) => PackError::Exists {
+            name: name.clone(),
+            path,
+        },
+        other => other.into(),
+    })?;
     Ok(PackReport {
         name,
         path,
@@ -304,6 +317,10 @@ fn check_free(repos_dir: &OwnedFd, repos: &Path, name: &str, force: bool) -> Res
     })?;
     let file = format!("{name}{IMAGE_SUFFIX}");
     match rustix::fs::statat(repos_dir, file.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+            output_file::check_target(&repos.join(&file))?;
+            Ok(())
+        }
         Ok(_) if force => Ok(()),
         Ok(_) => Err(PackError::Exists {
             name: name.to_owned(),

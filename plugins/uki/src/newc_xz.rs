@@ -3,19 +3,18 @@
 //! which matters when it sits on a small EFI system partition inside a UKI.
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use autogentoo_core::initramfs::{self, manifest_path};
-use autogentoo_core::kernel_build::sha256_file;
+use autogentoo_core::output_file::{self, OutputFile};
 use autogentoo_core::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::io_err;
-use tempfile::{NamedTempFile, TempPath};
 
 use crate::tool::{ToolError, XZ};
 
@@ -59,18 +58,15 @@ impl Packer for NewcXz {
         let level = level(request.level)?;
         interrupted(request.cancel)?;
         let output = &request.output;
-        let dir = output
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let manifest_out = manifest_path(output);
+        // Both are refused before anything is packed if they cannot be files.
+        output_file::check_target(output)?;
+        output_file::check_target(&manifest_out)?;
 
         // The uncompressed archive and the core's manifest of it, under hidden names beside the
-        // output; the guards remove them whatever happens, and renames publish the results.
-        let cpio = hidden_temp(dir, ".cpio")?.into_temp_path();
-        let cpio_manifest = manifest_path(&cpio);
-        let cpio_manifest = TempPath::try_from_path(&cpio_manifest)
-            .map_err(io_err("name a temporary file", &cpio_manifest))?;
+        // output that a later run sweeps if this one is killed; the guards remove them.
+        let cpio = Scratch(output_file::scratch_path(output, "cpio"));
+        let cpio_manifest = Scratch(manifest_path(&cpio.0));
         let inner = initramfs::pack(&PackRequest {
             layers: request.layers.clone(),
             exclude: request.exclude.clone(),
@@ -80,45 +76,24 @@ impl Packer for NewcXz {
             level: None,
             source_date_epoch: request.source_date_epoch,
             threads: request.threads,
-            output: cpio.to_path_buf(),
+            output: cpio.0.clone(),
             progress: request.progress,
             cancel: request.cancel,
         })?;
 
-        let archive = hidden_temp(dir, ".xz")?;
-        compress(&cpio, &archive, level, request.cancel)?;
-        archive
-            .as_file()
-            .sync_all()
-            .map_err(io_err("sync", archive.path()))?;
-        fs::set_permissions(archive.path(), fs::Permissions::from_mode(0o644))
-            .map_err(io_err("chmod", archive.path()))?;
-        let sha256 = sha256_file(archive.path())?;
-        let archive_bytes = archive
-            .as_file()
-            .metadata()
-            .map_err(io_err("inspect", archive.path()))?
-            .len();
+        let archive = OutputFile::create(output)?;
+        compress(&cpio.0, &archive, level, request.cancel)?;
+        let (archive_bytes, sha256) = archive.digest()?;
 
-        let manifest = hidden_temp(dir, ".json")?;
-        let text = describe_archive(&cpio_manifest, output, &sha256, &inner.sha256)?;
-        fs::write(manifest.path(), text).map_err(io_err("write", manifest.path()))?;
+        let mut manifest = OutputFile::create(&manifest_out)?;
+        let text = describe_archive(&cpio_manifest.0, output, &sha256, &inner.sha256)?;
         manifest
-            .as_file()
-            .sync_all()
-            .map_err(io_err("sync", manifest.path()))?;
-        fs::set_permissions(manifest.path(), fs::Permissions::from_mode(0o644))
-            .map_err(io_err("chmod", manifest.path()))?;
+            .write_all(&text)
+            .map_err(io_err("write", &manifest_out))?;
 
         interrupted(request.cancel)?;
-        let manifest_out = manifest_path(output);
-        archive.persist(output).map_err(|e| PackError::Write {
-            path: output.clone(),
-            source: e.error,
-        })?;
-        manifest
-            .persist(&manifest_out)
-            .map_err(|e| io_err("rename into place", &manifest_out)(e.error))?;
+        archive.commit()?;
+        manifest.commit()?;
         Ok(PackReport {
             archive: output.clone(),
             manifest: Some(manifest_out),
@@ -155,25 +130,26 @@ fn interrupted(cancel: &AtomicBool) -> Result<(), PackError> {
     }
 }
 
-/// A new hidden file in `dir`, removed when dropped unless persisted.
-fn hidden_temp(dir: &Path, suffix: &str) -> Result<NamedTempFile, PackError> {
-    Ok(tempfile::Builder::new()
-        .prefix(".newc-xz.")
-        .suffix(suffix)
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?)
+/// An intermediate file, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Best effort: its name is one the next writer in that directory sweeps.
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// Compresses `input` into `output` with `xz`, stopping it when `cancel` is set.
 fn compress(
     input: &Path,
-    output: &NamedTempFile,
+    output: &OutputFile,
     level: u32,
     cancel: &AtomicBool,
 ) -> Result<(), PackError> {
     let stdin = File::open(input).map_err(io_err("open", input))?;
     let stdout = output
-        .as_file()
+        .file()
         .try_clone()
         .map_err(io_err("open", output.path()))?;
     let mut child = XZ
@@ -268,6 +244,7 @@ mod tests {
     use std::path::PathBuf;
     use std::process::Command;
 
+    use autogentoo_core::kernel_build::sha256_file;
     use autogentoo_core::packer::Layer;
     use autogentoo_core::stage_import::Silent;
 
@@ -503,7 +480,7 @@ mod tests {
         let mut file = File::open("/dev/urandom").unwrap();
         std::io::Read::read_exact(&mut file, &mut bytes).unwrap();
         fs::write(&input, &bytes).unwrap();
-        let output = hidden_temp(dir.path(), ".xz").unwrap();
+        let output = OutputFile::create(&dir.path().join("input.xz")).unwrap();
         let cancel = AtomicBool::new(false);
         let started = std::time::Instant::now();
         let error = thread::scope(|scope| {

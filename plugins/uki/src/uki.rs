@@ -7,7 +7,8 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use autogentoo_core::kconfig::{self, Requirements};
@@ -15,8 +16,8 @@ use autogentoo_core::kernel_build::{
     build, sha256_file, HostMake, KernelBuildRequest, KernelError, KernelReport,
 };
 use autogentoo_core::kernel_builder::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
+use autogentoo_core::output_file::{self, OutputFile};
 use autogentoo_core::storage::io_err;
-use tempfile::{NamedTempFile, TempPath};
 
 use crate::pe_layout::{self, Section};
 use crate::tool::{OBJCOPY, OBJDUMP};
@@ -289,8 +290,8 @@ fn os_release(system: &str) -> String {
     format!("NAME=autogentoo\nID=autogentoo\nPRETTY_NAME=\"autogentoo {system}\"\n")
 }
 
-/// Assembles the image and writes the results beside it under temporary names, then renames
-/// them into place, the manifest last, as it describes the set.
+/// Assembles the image in the build directory, then writes the results as outputs that appear
+/// whole, the manifest last, as it describes the set.
 fn publish(
     job: &KernelJob,
     dir: &BuildDir,
@@ -298,26 +299,28 @@ fn publish(
     stub_end: u64,
     kernel: &Kernel,
 ) -> Result<KernelReport, KernelError> {
-    let osrel = temp_in(&dir.0, ".osrel")?;
-    fs::write(osrel.path(), os_release(job.system)).map_err(io_err("write", osrel.path()))?;
-    let cmdline = temp_in(&dir.0, ".cmdline")?;
-    fs::write(cmdline.path(), job.cmdline.unwrap_or_default())
-        .map_err(io_err("write", cmdline.path()))?;
-
-    fs::create_dir_all(job.out_dir).map_err(io_err("create", job.out_dir))?;
     let [image, config, system_map, manifest] = job.outputs();
-    let image_temp = temp_in(job.out_dir, ".efi")?.into_temp_path();
+    // Refused before objcopy runs, when one of them cannot be a file.
+    for path in job.outputs() {
+        output_file::check_target(&path)?;
+    }
+    let osrel = dir.0.join("uki.osrel");
+    fs::write(&osrel, os_release(job.system)).map_err(io_err("write", &osrel))?;
+    let cmdline = dir.0.join("uki.cmdline");
+    fs::write(&cmdline, job.cmdline.unwrap_or_default()).map_err(io_err("write", &cmdline))?;
+    // objcopy writes a named file; it is made here, under a name each build reuses.
+    let assembled = dir.0.join("uki.efi");
     assemble(
         stub,
         stub_end,
         &[
             Part {
                 name: ".osrel",
-                contents: osrel.path(),
+                contents: &osrel,
             },
             Part {
                 name: ".cmdline",
-                contents: cmdline.path(),
+                contents: &cmdline,
             },
             Part {
                 name: ".linux",
@@ -328,34 +331,33 @@ fn publish(
                 contents: job.initramfs,
             },
         ],
-        &image_temp,
+        &assembled,
     )?;
-    finish(&image_temp)?;
-    let config_temp = copy_temp(&kernel.config, job.out_dir)?;
-    let map_temp = copy_temp(&kernel.system_map, job.out_dir)?;
-
-    let sha256 = sha256_file(&image_temp)?;
+    let sha256 = sha256_file(&assembled)?;
     let described = serde_json::json!({
         "image": file_name(&image),
         "builder": Uki::NAME,
         "sha256": sha256,
-        "config_sha256": sha256_file(&config_temp)?,
+        "config_sha256": sha256_file(&kernel.config)?,
         "kernel_sha256": sha256_file(&kernel.bzimage)?,
         "inputs": job.inputs,
     });
-    let manifest_temp = temp_in(job.out_dir, ".json")?.into_temp_path();
     let text = serde_json::to_vec_pretty(&described).expect("the manifest serialises");
-    fs::write(&manifest_temp, text).map_err(io_err("write", &manifest_temp))?;
-    finish(&manifest_temp)?;
-
-    for (temp, path) in [
-        (image_temp, &image),
-        (config_temp, &config),
-        (map_temp, &system_map),
-        (manifest_temp, &manifest),
+    let mut outputs = Vec::new();
+    for (from, to) in [
+        (&assembled, &image),
+        (&kernel.config, &config),
+        (&kernel.system_map, &system_map),
     ] {
-        temp.persist(path)
-            .map_err(|e| io_err("rename into place", path)(e.error))?;
+        outputs.push(copy_output(from, to)?);
+    }
+    let mut described = OutputFile::create(&manifest)?;
+    described
+        .write_all(&text)
+        .map_err(io_err("write", &manifest))?;
+    outputs.push(described);
+    for output in outputs {
+        output.commit()?;
     }
     Ok(KernelReport {
         image,
@@ -367,31 +369,12 @@ fn publish(
     })
 }
 
-/// A new hidden file in `dir`, removed when dropped unless persisted.
-fn temp_in(dir: &Path, suffix: &str) -> Result<NamedTempFile, KernelError> {
-    Ok(tempfile::Builder::new()
-        .prefix(".uki.")
-        .suffix(suffix)
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?)
-}
-
-/// A copy of `from` under a temporary name in `dir`, ready to be renamed into place.
-fn copy_temp(from: &Path, dir: &Path) -> Result<TempPath, KernelError> {
-    let suffix = format!(".{}", file_name(from));
-    let temp = temp_in(dir, &suffix)?.into_temp_path();
-    fs::copy(from, &temp).map_err(io_err("copy", from))?;
-    finish(&temp)?;
-    Ok(temp)
-}
-
-/// Syncs a written result and makes it readable: temporary files are created private.
-fn finish(path: &Path) -> Result<(), KernelError> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("sync", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io_err("chmod", path))?;
-    Ok(())
+/// A copy of `from` as the output `to`, committed by the caller.
+fn copy_output(from: &Path, to: &Path) -> Result<OutputFile, KernelError> {
+    let mut source = fs::File::open(from).map_err(io_err("open", from))?;
+    let mut output = OutputFile::create(to)?;
+    io::copy(&mut source, &mut output).map_err(io_err("copy into", to))?;
+    Ok(output)
 }
 
 fn file_name(path: &Path) -> String {
