@@ -24,6 +24,14 @@ pub enum DigestError {
     Unreadable(#[from] ReadError),
     #[error("{} has no SHA512 line for '{file}'; pass the DIGESTS file that belongs to this tarball", .digests.display())]
     NoEntry { digests: PathBuf, file: String },
+    #[error("{}:{line}: malformed SHA512 line for '{file}': {reason}; a SHA512 line is 128 hex digits, \
+             two spaces and the file name; fix the line or download the DIGESTS file again", .digests.display())]
+    Malformed {
+        digests: PathBuf,
+        line: usize,
+        file: String,
+        reason: String,
+    },
     #[error("SHA512 of {} does not match {}: expected {expected}, got {actual}; the download is corrupt or not the one the DIGESTS describe", .file.display(), .digests.display())]
     Mismatch {
         file: PathBuf,
@@ -33,12 +41,24 @@ pub enum DigestError {
     },
 }
 
+/// A SHA512 line for the file that does not hold a SHA512.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MalformedLine {
+    /// Counted from 1, as editors show it.
+    pub line: usize,
+    pub reason: String,
+}
+
 /// The SHA512 that `digests` lists for a file named `file_name` (the last path component is
-/// compared), lowercased.
-pub fn expected_sha512(digests: &str, file_name: &str) -> Option<String> {
+/// compared), lowercased; `None` if no SHA512 line names the file.
+///
+/// A SHA512 line is one under a `# SHA512 HASH` header, or, before any header, a bare
+/// `HEX  NAME` line as `sha512sum` writes. The first such line for the file decides: a hash
+/// that is not 128 hex digits is malformed, never a hash that merely fails to match.
+pub fn expected_sha512(digests: &str, file_name: &str) -> Result<Option<String>, MalformedLine> {
     let mut section: Option<String> = None;
     let mut in_signature = false;
-    for line in digests.lines() {
+    for (index, line) in digests.lines().enumerate() {
         let line = line.trim_end();
         // Clear-signed messages dash-escape lines that begin with '-'.
         let line = line.strip_prefix("- ").unwrap_or(line);
@@ -57,21 +77,38 @@ pub fn expected_sha512(digests: &str, file_name: &str) -> Option<String> {
                 .map(str::to_ascii_uppercase);
             continue;
         }
+        if section.as_deref().is_some_and(|s| s != "SHA512") {
+            continue;
+        }
         let mut fields = line.split_whitespace();
         let (Some(hash), Some(name)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let is_sha512 = match &section {
-            Some(s) => s == "SHA512",
-            None => hash.len() == 128,
-        };
         let name = name.trim_start_matches('*');
         let base = name.rsplit('/').next().unwrap_or(name);
-        if is_sha512 && base == file_name && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Some(hash.to_ascii_lowercase());
+        if base != file_name {
+            continue;
         }
+        return match sha512_problem(hash) {
+            None => Ok(Some(hash.to_ascii_lowercase())),
+            Some(reason) => Err(MalformedLine {
+                line: index + 1,
+                reason,
+            }),
+        };
     }
-    None
+    Ok(None)
+}
+
+/// What is wrong with `hash` as a SHA512 in hex, if anything.
+fn sha512_problem(hash: &str) -> Option<String> {
+    if let Some(bad) = hash.chars().find(|c| !c.is_ascii_hexdigit()) {
+        Some(format!("'{bad}' is not a hex digit"))
+    } else if hash.len() != 128 {
+        Some(format!("the hash has {} hex digits", hash.len()))
+    } else {
+        None
+    }
 }
 
 /// The SHA512 of a file's contents, lowercase hex.
@@ -101,10 +138,23 @@ pub fn verify(file: &Path, digests: &Path) -> Result<String, DigestError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let expected = expected_sha512(&text, &file_name).ok_or_else(|| DigestError::NoEntry {
-        digests: digests.to_owned(),
-        file: file_name,
-    })?;
+    let expected = match expected_sha512(&text, &file_name) {
+        Ok(Some(expected)) => expected,
+        Ok(None) => {
+            return Err(DigestError::NoEntry {
+                digests: digests.to_owned(),
+                file: file_name,
+            })
+        }
+        Err(MalformedLine { line, reason }) => {
+            return Err(DigestError::Malformed {
+                digests: digests.to_owned(),
+                line,
+                file: file_name,
+                reason,
+            })
+        }
+    };
     let actual = sha512_file(file).map_err(|source| DigestError::Read {
         path: file.to_owned(),
         source,
@@ -138,18 +188,62 @@ mod tests {
              -----BEGIN PGP SIGNATURE-----\n\nabcdef\n-----END PGP SIGNATURE-----\n"
         );
         assert_eq!(
-            expected_sha512(&text, "stage3-amd64-openrc-20261124T170000Z.tar.xz").as_deref(),
-            Some(SHA512_A)
+            expected_sha512(&text, "stage3-amd64-openrc-20261124T170000Z.tar.xz"),
+            Ok(Some(SHA512_A.to_owned()))
         );
-        assert_eq!(expected_sha512(&text, "other.tar.xz"), None);
+        assert_eq!(expected_sha512(&text, "other.tar.xz"), Ok(None));
     }
 
     #[test]
     fn plain_sha512sum_output_is_accepted() {
         let text = format!("{}  ./dist/stage.tar\n", SHA512_A.to_uppercase());
         assert_eq!(
-            expected_sha512(&text, "stage.tar").as_deref(),
-            Some(SHA512_A)
+            expected_sha512(&text, "stage.tar"),
+            Ok(Some(SHA512_A.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_short_sha512_line_for_the_file_is_malformed_not_a_mismatch() {
+        let short = &SHA512_A[..60];
+        let headed =
+            format!("# BLAKE2B HASH\n{BLAKE_A}  stage.tar\n# SHA512 HASH\n{short}  stage.tar\n");
+        let found = expected_sha512(&headed, "stage.tar").unwrap_err();
+        assert_eq!(found.line, 4, "{found:?}");
+        assert!(found.reason.contains("60 hex digits"), "{found:?}");
+        let bare = format!("{SHA512_A}  other.tar\n{short}  ./stage.tar\n");
+        assert_eq!(expected_sha512(&bare, "stage.tar").unwrap_err().line, 2);
+        let not_hex = format!("# SHA512 HASH\n{}xyz  stage.tar\n", &SHA512_A[..125]);
+        assert!(expected_sha512(&not_hex, "stage.tar")
+            .unwrap_err()
+            .reason
+            .contains("'x' is not a hex digit"));
+        // Another file's short line, or a short hash of another kind, is none of our business.
+        let others = format!(
+            "# SHA512 HASH\n{short}  stage.tar.CONTENTS.gz\n{SHA512_A}  stage.tar\n\
+             # SHA256 HASH\n{short}  stage.tar\n"
+        );
+        assert_eq!(
+            expected_sha512(&others, "stage.tar"),
+            Ok(Some(SHA512_A.to_owned()))
+        );
+
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("stage.tar");
+        std::fs::write(&file, b"a stage").unwrap();
+        let digests = tmp.path().join("stage.tar.DIGESTS");
+        std::fs::write(&digests, &headed).unwrap();
+        let err = verify(&file, &digests).unwrap_err();
+        assert!(
+            matches!(err, DigestError::Malformed { line: 4, .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("{}:4: malformed", digests.display()))
+                && message.contains("128 hex digits")
+                && !message.contains("does not match"),
+            "{message}"
         );
     }
 
