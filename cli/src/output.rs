@@ -1,4 +1,13 @@
 //! Printing results and errors: plain text for people, JSON (`--json`) for scripts.
+//!
+//! Under `--json` a command that succeeds prints one JSON document on stdout, and a failure
+//! prints one JSON object on stderr: `{"error": …, "causes": […], "exit_code": N}`, with names
+//! whole. For people, a cause is one line, and a name too long to read is shortened in the
+//! middle.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use serde::Serialize;
 
@@ -10,22 +19,126 @@ pub fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
-/// Prints an error as one line per cause. A cause whose text the line above already holds
-/// (an error that shows its source inline) is not repeated.
-pub fn print_error(err: &anyhow::Error) {
-    let mut previous = String::new();
-    for (i, cause) in err.chain().enumerate() {
+/// The exit code of a failed command (usage errors have their own, from clap).
+const FAILURE: u8 = 1;
+/// The exit code of a usage error, as clap gives it.
+const USAGE: u8 = 2;
+
+/// The longest word (a run without spaces, like a path) a message shows whole to people.
+const LONGEST_WORD: usize = 160;
+
+/// What a failure says to a script.
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    error: &'a str,
+    causes: &'a [String],
+    exit_code: u8,
+}
+
+/// Prints an error: one line per cause for people, one JSON object with `json`. A cause whose
+/// text the line above already holds (an error that shows its source inline) is not repeated.
+pub fn print_error(err: &anyhow::Error, json: bool) {
+    let mut lines: Vec<String> = Vec::new();
+    for cause in err.chain() {
         let text = cause.to_string();
-        if i > 0 && previous.contains(&text) {
+        if lines
+            .last()
+            .is_some_and(|previous| previous.contains(&text))
+        {
             continue;
         }
-        if i == 0 {
-            eprintln!("error: {text}");
-        } else {
-            eprintln!("  caused by: {text}");
-        }
-        previous = text;
+        lines.push(text);
     }
+    if json {
+        print_error_document(&lines[0], &lines[1..], FAILURE);
+        return;
+    }
+    for (i, text) in lines.iter().enumerate() {
+        // A message may span lines (a console's last lines); each is shortened on its own.
+        let shown: Vec<String> = text.lines().map(shorten_words).collect();
+        if i == 0 {
+            eprintln!("error: {}", shown.join("\n"));
+        } else {
+            eprintln!("  caused by: {}", shown.join("\n"));
+        }
+    }
+}
+
+fn print_error_document(error: &str, causes: &[String], exit_code: u8) {
+    let document = ErrorDocument {
+        error,
+        causes,
+        exit_code,
+    };
+    eprintln!(
+        "{}",
+        serde_json::to_string(&document).expect("an error document serialises")
+    );
+}
+
+/// A command line clap refused (or `--help`, `--version`, which it reports the same way).
+pub fn usage_error(err: clap::Error, json: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational || !json {
+        // clap prints and knows the exit code (0 for help, 2 for a usage error).
+        let _ = err.print();
+        return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
+    }
+    let rendered = err.render().to_string();
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
+    let error = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let causes: Vec<String> = lines.map(str::to_owned).collect();
+    print_error_document(&error, &causes, USAGE);
+    ExitCode::from(USAGE)
+}
+
+/// Whether the command line asks for JSON, read before clap has parsed it (so that a usage
+/// error can be reported as JSON too).
+pub fn json_requested(args: impl Iterator<Item = OsString>) -> bool {
+    args.skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Whether log lines on stderr get colours: only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>).
+pub fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `text` with every word longer than [`LONGEST_WORD`] shortened in the middle, so that a
+/// 5,000-character entry name does not make a 5 KB error line. Both ends stay: a path's start
+/// says where, its end what.
+pub fn shorten_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(4 * LONGEST_WORD));
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let chars = word.chars().count();
+        if chars <= LONGEST_WORD {
+            out.push_str(word);
+            continue;
+        }
+        let keep = LONGEST_WORD / 2 - 2;
+        out.extend(word.chars().take(keep));
+        out.push_str(&format!("…[{} more]…", chars - 2 * keep));
+        out.extend(word.chars().skip(chars - keep));
+    }
+    out
 }
 
 pub use autogentoo_core::civil_time::timestamp;
@@ -49,6 +162,46 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_words_are_shortened_in_the_middle_and_short_ones_kept() {
+        let name = format!("usr/{}/bin", "a".repeat(5000));
+        let line = format!("entry '{name}' climbs out of the stage with '..'");
+        let shown = shorten_words(&line);
+        assert!(shown.len() < 400, "{} bytes", shown.len());
+        assert!(shown.starts_with("entry 'usr/aaa"), "{shown}");
+        assert!(
+            shown.contains("aaa/bin' climbs out of the stage with '..'"),
+            "{shown}"
+        );
+        assert!(shown.contains("more]"), "{shown}");
+        assert_eq!(shorten_words("a short line"), "a short line");
+    }
+
+    #[test]
+    fn json_is_found_before_the_command_separator_only() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>().into_iter();
+        assert!(json_requested(args(&[
+            "autogentoo",
+            "--json",
+            "root",
+            "list"
+        ])));
+        assert!(json_requested(args(&[
+            "autogentoo",
+            "root",
+            "list",
+            "--json"
+        ])));
+        assert!(!json_requested(args(&[
+            "autogentoo",
+            "root",
+            "run",
+            "x",
+            "--",
+            "--json"
+        ])));
+    }
 
     #[test]
     fn bytes_use_binary_units() {

@@ -97,6 +97,9 @@ struct ManifestEntry {
 /// Packs the layers into the archive at `request.output`; see the module documentation.
 pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
     (&Newc as &dyn Packer).check(request.compression)?;
+    // Refused before the layers are read if either cannot be a file.
+    output_file::check_target(&request.output)?;
+    output_file::check_target(&manifest_path(&request.output))?;
     let roots: Vec<RootDir> = request
         .layers
         .iter()
@@ -408,8 +411,6 @@ fn write_archive(
     tree: &BTreeMap<Vec<u8>, Item>,
 ) -> Result<PackReport, PackError> {
     let output = &request.output;
-    // Both are refused before anything is written if they cannot be files.
-    output_file::check_target(&manifest_path(output))?;
     let write_err = |source| PackError::Write {
         path: output.clone(),
         source,

@@ -15,6 +15,8 @@ pub struct Mount {
     pub fstype: String,
     /// What is mounted: a device (`/dev/loop3`), or the filesystem's name for virtual ones.
     pub source: PathBuf,
+    /// It is in a peer group: mounts and unmounts below it propagate to other namespaces.
+    pub shared: bool,
 }
 
 /// Every mount of this process's mount namespace, in the kernel's order.
@@ -63,6 +65,10 @@ fn parse_line(line: &[u8]) -> Option<Mount> {
         point: PathBuf::from(OsString::from_vec(unescape(fields.get(4)?))),
         fstype: text(fields.get(separator + 1)?),
         source: PathBuf::from(OsString::from_vec(unescape(fields.get(separator + 2)?))),
+        shared: fields
+            .get(6..separator)?
+            .iter()
+            .any(|f| f.starts_with(b"shared:")),
     })
 }
 
@@ -107,6 +113,9 @@ mod tests {
         assert_eq!(mount.point, PathBuf::from("/mnt/with space"));
         assert_eq!(mount.fstype, "squashfs");
         assert_eq!(mount.source, PathBuf::from("/dev/loop3"));
+        assert!(mount.shared);
+        let private = parse_line(b"36 35 98:0 / / rw - ext4 /dev/vda rw").unwrap();
+        assert!(!private.shared);
         assert!(parse_line(b"garbage").is_none());
     }
 

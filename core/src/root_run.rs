@@ -10,13 +10,16 @@
 //! caller dies, its death signal kills PID 1; when the last process of the mount namespace is
 //! gone, its mounts — loop devices included — go with it.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
@@ -71,14 +74,33 @@ pub fn enter_namespaces() -> Result<(), StorageError> {
     .map_err(|e| io_err("make the mounts private in", "/")(e.into()))
 }
 
-/// Starts `init` (normally this program again, in its init role) as PID 1 of the new PID
-/// namespace, set to die with us.
-pub fn spawn_init(mut init: Command) -> Result<Child, StorageError> {
+/// The mount namespace this process is in, to hand to [`spawn_init`]: read it before
+/// [`enter_namespaces`], so the init can tell the caller's namespace from its own.
+pub fn mount_namespace() -> Result<u64, StorageError> {
+    let path = "/proc/self/ns/mnt";
+    let st = rustix::fs::stat(path).map_err(|e| io_err("inspect", path)(e.into()))?;
+    Ok(st.st_ino)
+}
+
+/// Starts `init` (this program again, in its init role) as PID 1 of the new PID namespace, set
+/// to die with us, and hands it `spec` through the handshake: a pipe only this process holds,
+/// whose descriptor the init gets as `--handshake-fd N`. `caller_namespace` is
+/// [`mount_namespace`] as it was before [`enter_namespaces`].
+pub fn spawn_init(
+    mut init: Command,
+    spec: &InitSpec,
+    caller_namespace: u64,
+) -> Result<Child, StorageError> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| io_err("create the handshake pipe in", "/proc/self")(e.into()))?;
+    let handshake = read.as_raw_fd();
+    init.arg("--handshake-fd").arg(handshake.to_string());
     // In the child, the parent lives outside its PID namespace, so getppid() says 0 whatever
     // happens; a pidfd tells whether the parent died before the death signal was armed.
     let parent = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
         .map_err(|e| io_err("watch", "/proc/self")(e.into()))?;
-    // SAFETY: the closure makes only async-signal-safe system calls.
+    // SAFETY: the closure makes only async-signal-safe system calls, on descriptors that stay
+    // open in the parent until the child has started.
     unsafe {
         init.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
@@ -93,17 +115,148 @@ pub fn spawn_init(mut init: Command) -> Result<Child, StorageError> {
             {
                 return Err(std::io::Error::other("the parent exited"));
             }
+            // The read end, and only it, outlives the exec.
+            let fd = BorrowedFd::borrow_raw(handshake);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             Ok(())
         });
     }
-    init.spawn()
-        .map_err(io_err("start the init for", "/proc/self/exe"))
+    let child = init
+        .spawn()
+        .map_err(io_err("start the init for", "/proc/self/exe"))?;
+    drop(read);
+    // The init reads the handshake whole before it does anything; if it died first, its exit
+    // status tells why, so a broken pipe here is not the error to report.
+    let _ = std::fs::File::from(write).write_all(&spec.encode(caller_namespace));
+    Ok(child)
 }
 
-/// What [`init_main`] runs.
+/// What [`init_main`] runs: handed over through the handshake, never on the command line.
+#[derive(Debug, PartialEq, Eq)]
 pub struct InitSpec {
     pub root: PathBuf,
     pub command: Vec<OsString>,
+}
+
+/// The first line of a handshake, with its version.
+const HANDSHAKE: &[u8] = b"autogentoo-init 1\n";
+/// The most a handshake may carry: a root path and a command line.
+const HANDSHAKE_MAX: u64 = 4 << 20;
+
+impl InitSpec {
+    /// `autogentoo-init 1`, the caller's mount namespace, then the root and the command's
+    /// arguments, each ended by a NUL.
+    fn encode(&self, caller_namespace: u64) -> Vec<u8> {
+        let mut out = HANDSHAKE.to_vec();
+        out.extend_from_slice(format!("{caller_namespace}\n").as_bytes());
+        out.extend_from_slice(self.root.as_os_str().as_bytes());
+        out.push(0);
+        for arg in &self.command {
+            out.extend_from_slice(arg.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(u64, Self)> {
+        let rest = bytes.strip_prefix(HANDSHAKE)?;
+        let newline = rest.iter().position(|&b| b == b'\n')?;
+        let namespace = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+        let fields = rest[newline + 1..].strip_suffix(&[0])?;
+        let mut fields = fields.split(|&b| b == 0);
+        let root = PathBuf::from(OsStr::from_bytes(fields.next()?));
+        let command: Vec<OsString> = fields.map(|f| OsStr::from_bytes(f).to_owned()).collect();
+        if !root.is_absolute() || command.is_empty() {
+            return None;
+        }
+        Some((namespace, Self { root, command }))
+    }
+}
+
+/// Why the init did not run the command, or could not.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("internal-init runs only as the init that `autogentoo root run` and `root shell` start ({reason}), never by hand; use `autogentoo root run ROOT -- COMMAND`")]
+    NotStartedByUs { reason: &'static str },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{}: command not found inside the root", Path::new(.program).display())]
+    CommandNotFound { program: OsString },
+    #[error("{}: cannot be run inside the root: {source}", Path::new(.program).display())]
+    CommandNotExecutable {
+        program: OsString,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl InitError {
+    /// The shell's convention for a command that could not be run: 127 when it is not there,
+    /// 126 when it cannot be executed; 1 for our own errors.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::CommandNotFound { .. } => 127,
+            Self::CommandNotExecutable { .. } => 126,
+            _ => 1,
+        }
+    }
+}
+
+/// Checks that this process is the init [`spawn_init`] started — PID 1 of a new PID namespace,
+/// child of autogentoo, in a private mount namespace that is not its caller's — before
+/// anything is touched, and reads what to run from the handshake at `handshake_fd`.
+pub fn accept_handshake(handshake_fd: i32) -> Result<InitSpec, InitError> {
+    let refuse = |reason| InitError::NotStartedByUs { reason };
+    if rustix::process::getpid().as_raw_nonzero().get() != 1 {
+        return Err(refuse("it is not PID 1 of a new PID namespace"));
+    }
+    // /proc is still the caller's procfs here, where our parent has a number.
+    let parent = parent_pid().ok_or_else(|| refuse("its parent cannot be found"))?;
+    let same_program = match (
+        rustix::fs::stat(format!("/proc/{parent}/exe").as_str()),
+        rustix::fs::stat("/proc/self/exe"),
+    ) {
+        (Ok(theirs), Ok(ours)) => (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino),
+        _ => false,
+    };
+    if !same_program {
+        return Err(refuse("its parent is not autogentoo"));
+    }
+    if handshake_fd < 0 {
+        return Err(refuse("there is no handshake"));
+    }
+    // SAFETY: the descriptor was handed to this process to own; nothing else here uses it.
+    let fd = unsafe { OwnedFd::from_raw_fd(handshake_fd) };
+    let is_pipe = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo);
+    if !is_pipe {
+        return Err(refuse("the handshake is not a pipe"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(HANDSHAKE_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|_| refuse("the handshake cannot be read"))?;
+    let (caller, spec) =
+        InitSpec::decode(&bytes).ok_or_else(|| refuse("the handshake is malformed"))?;
+    if mount_namespace()? == caller {
+        return Err(refuse("it shares its caller's mount namespace"));
+    }
+    let mounts = crate::mountinfo::read().map_err(io_err("read", "/proc/self/mountinfo"))?;
+    if mounts.iter().any(|m| m.point == Path::new("/") && m.shared) {
+        return Err(refuse("its mount namespace is not private"));
+    }
+    Ok(spec)
+}
+
+/// Our parent's PID as the procfs at /proc counts it.
+fn parent_pid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .filter(|&pid| pid > 0)
 }
 
 /// Makes `root` a mount point of its own (a recursive bind onto itself), so the init can
@@ -130,13 +283,13 @@ pub fn bind_root_onto_itself(root: &Path) -> Result<(), StorageError> {
     .map_err(fail("bind onto itself"))
 }
 
-/// PID 1 of the new namespace: procfs, pivot_root into the root (the old root is detached, so
-/// this namespace holds no other mounts of the host — no other root's loop device is kept
-/// alive by us), the command (with this process's environment), reaping, and the command's exit
-/// status as ours (128 + signal when it was killed).
-pub fn init_main(spec: &InitSpec) -> Result<i32, StorageError> {
+/// PID 1 of the new namespace, once [`accept_handshake`] has passed: procfs, pivot_root into
+/// the root (the old root is detached, so this namespace holds no other mounts of the host — no
+/// other root's loop device is kept alive by us), the command (with this process's environment),
+/// reaping, and the command's exit status as ours (128 + signal when it was killed).
+pub fn init_main(spec: &InitSpec) -> Result<i32, InitError> {
     root_mounts::mount_proc(&spec.root)?;
-    let fail = |op| move |e: Errno| io_err(op, &spec.root)(e.into());
+    let fail = |op| move |e: Errno| InitError::from(io_err(op, &spec.root)(e.into()));
     rustix::process::chdir(&spec.root).map_err(fail("enter"))?;
     // With both arguments ".", the old root ends up stacked on the new one, then goes.
     rustix::process::pivot_root(".", ".").map_err(fail("pivot_root into"))?;
@@ -145,12 +298,14 @@ pub fn init_main(spec: &InitSpec) -> Result<i32, StorageError> {
     let (program, args) = spec
         .command
         .split_first()
-        .ok_or_else(|| StorageError::Unsupported {
-            message: "no command to run".into(),
-        })?;
+        .expect("a handshake always carries a command");
     let child = Command::new(program).args(args).spawn().map_err(|e| {
-        let shown = Path::new(program).display().to_string();
-        io_err("run", format!("{} inside the root", shown))(e)
+        let program = program.clone();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InitError::CommandNotFound { program }
+        } else {
+            InitError::CommandNotExecutable { program, source: e }
+        }
     })?;
     let child_pid = child.id();
     loop {
@@ -163,7 +318,7 @@ pub fn init_main(spec: &InitSpec) -> Result<i32, StorageError> {
             // An orphan reparented to us: reaped, nothing more.
             Ok(_) => continue,
             Err(Errno::INTR) => continue,
-            Err(e) => return Err(io_err("wait for", "the command")(e.into())),
+            Err(e) => return Err(io_err("wait for", "the command")(e.into()).into()),
         }
     }
 }
@@ -173,4 +328,42 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_carries_the_spec_and_nothing_else_passes() {
+        let spec = InitSpec {
+            root: PathBuf::from("/var/lib/autogentoo/roots/web"),
+            command: vec![
+                OsString::from("sh"),
+                OsString::from("-c"),
+                OsString::from("a\nb"),
+            ],
+        };
+        let bytes = spec.encode(4026531841);
+        assert_eq!(InitSpec::decode(&bytes), Some((4026531841, spec)));
+        assert_eq!(InitSpec::decode(b""), None);
+        assert_eq!(
+            InitSpec::decode(b"autogentoo-init 1\n12\nroot\0cmd\0"),
+            None
+        );
+        assert_eq!(InitSpec::decode(b"autogentoo-init 1\n12\n/root\0"), None);
+        assert_eq!(
+            InitSpec::decode(b"autogentoo-init 2\n12\n/root\0cmd\0"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_process_that_is_not_pid_1_is_refused_before_anything_else() {
+        let err = accept_handshake(-1).unwrap_err();
+        assert!(
+            err.to_string().contains("not PID 1 of a new PID namespace"),
+            "{err}"
+        );
+    }
 }

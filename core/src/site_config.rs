@@ -17,6 +17,7 @@ use serde_path_to_error::Segment;
 use thiserror::Error;
 use toml::de::{DeArray, DeTable};
 
+use crate::bounded_read::{self, FileKind, Limit, ReadError};
 use crate::names;
 
 /// The architectures Gentoo keywords packages for, as in the repository's `profiles/arch.list`.
@@ -34,6 +35,8 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
     /// A syntax, type or validation error at `line` (when it could be found) of `file`.
     #[error("{}", located(file, *line, key, message))]
     Invalid {
@@ -355,12 +358,11 @@ impl SiteConfig {
     /// Reads, parses and checks the site file at `path`. Its directory becomes the absolute
     /// [`site_dir`](Self::site_dir), so the paths stay valid whatever the working directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |source| ConfigError::Read {
+        let text = bounded_read::read_text(path, Limit::SITE_CONFIG)?;
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        };
-        let text = fs::read_to_string(path).map_err(read_error)?;
-        let absolute = std::path::absolute(path).map_err(read_error)?;
+        })?;
         Self::parse_in(&text, path, directory_of(&absolute))
     }
 
@@ -377,11 +379,13 @@ impl SiteConfig {
         let deserializer = toml::de::Deserializer::from(doc.clone());
         let mut config: Self = serde_path_to_error::deserialize(deserializer)
             .map_err(|error| toml_error(origin, text, &serde_key(&error), error.inner()))?;
-        config.check(&Checker {
+        let checker = Checker {
             origin,
             text,
             doc: doc.get_ref(),
-        })?;
+        };
+        config.check(&checker)?;
+        config.check_files(&checker, &site_dir)?;
         config.storage.workdir = site_dir.join(&config.storage.workdir);
         for system in config.systems.values_mut() {
             if let Some(kernel_config) = &mut system.kernel_config {
@@ -575,6 +579,14 @@ impl SiteConfig {
                     })?;
                 }
             }
+            if let Some(path) = &system.kernel_config {
+                check_inside_site(path).map_err(|message| {
+                    c.error(
+                        &[Field("systems"), Field(name), Field("kernel_config")],
+                        message,
+                    )
+                })?;
+            }
             for (index, overlay) in system.overlays.iter().enumerate() {
                 check_overlay(overlay).map_err(|reason| {
                     c.error(
@@ -604,6 +616,87 @@ impl SiteConfig {
         }
         Ok(())
     }
+}
+
+impl SiteConfig {
+    /// The files the config names (kernel configs) must be regular files inside the site
+    /// directory, symlinks resolved: a site's config cannot make us read `/etc/shadow`.
+    fn check_files(&self, c: &Checker<'_>, site_dir: &Path) -> Result<(), ConfigError> {
+        use Key::Field;
+        for (name, system) in &self.systems {
+            let Some(path) = &system.kernel_config else {
+                continue;
+            };
+            let key = [Field("systems"), Field(name), Field("kernel_config")];
+            let full = site_dir.join(path);
+            let resolved = fs::canonicalize(&full).map_err(|e| {
+                let why = if e.kind() == io::ErrorKind::NotFound {
+                    "does not exist".to_owned()
+                } else {
+                    format!("cannot be read ({e})")
+                };
+                c.error(
+                    &key,
+                    format!(
+                        "`{}` {why}: expected the file {}",
+                        path.display(),
+                        full.display()
+                    ),
+                )
+            })?;
+            let top = fs::canonicalize(site_dir).map_err(|e| {
+                c.error(
+                    &key,
+                    format!(
+                        "the site directory {} cannot be read ({e})",
+                        site_dir.display()
+                    ),
+                )
+            })?;
+            if !resolved.starts_with(&top) {
+                return Err(c.error(
+                    &key,
+                    format!(
+                        "`{}` leads out of the site directory {} (to {}); keep the site's files in it",
+                        path.display(),
+                        top.display(),
+                        resolved.display()
+                    ),
+                ));
+            }
+            let meta = fs::metadata(&resolved).map_err(|e| {
+                c.error(&key, format!("cannot inspect {}: {e}", resolved.display()))
+            })?;
+            if !meta.is_file() {
+                return Err(c.error(
+                    &key,
+                    format!(
+                        "`{}` is {}, not a kernel config file",
+                        path.display(),
+                        FileKind::of(meta.file_type())
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a path to a site file that is absolute or climbs out of the site directory.
+fn check_inside_site(path: &Path) -> Result<(), String> {
+    if path.is_absolute() {
+        return Err(format!(
+            "`{}` is absolute; give it relative to the site directory, where the site's files live",
+            path.display()
+        ));
+    }
+    if path.components().any(|part| part == Component::ParentDir) {
+        return Err(format!(
+            "`{}` leads out of the site directory with ..",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The directory of a file, `.` for a bare file name, so that joining onto it stays relative to
@@ -833,22 +926,52 @@ mod tests {
 
     #[test]
     fn relative_paths_are_taken_from_the_site_directory() {
+        let site = tempfile::tempdir().unwrap();
+        fs::create_dir(site.path().join("kernel")).unwrap();
+        fs::write(site.path().join("kernel/x.kconfig"), "CONFIG_A=y\n").unwrap();
         let text = "[storage]\nworkdir = \"../work\"\n\
                     [plugins]\ndirs = [\"plugins\", \"/usr/lib/autogentoo\"]\n\
                     [systems.demo]\nstage = \"demo\"\nkernel_config = \"kernel/x.kconfig\"\n";
-        let config = SiteConfig::parse(text, Path::new("/srv/site/autogentoo.toml")).unwrap();
-        assert_eq!(config.storage.workdir, Path::new("/srv/site/../work"));
+        let config = SiteConfig::parse(text, &site.path().join("autogentoo.toml")).unwrap();
+        assert_eq!(config.storage.workdir, site.path().join("../work"));
         assert_eq!(
             config.plugins.dirs,
             [
-                Path::new("/srv/site/plugins"),
-                Path::new("/usr/lib/autogentoo")
+                site.path().join("plugins"),
+                PathBuf::from("/usr/lib/autogentoo")
             ]
         );
         assert_eq!(
             config.systems["demo"].kernel_config.as_deref(),
-            Some(Path::new("/srv/site/kernel/x.kconfig"))
+            Some(site.path().join("kernel/x.kconfig").as_path())
         );
+    }
+
+    #[test]
+    fn kernel_configs_must_be_regular_files_inside_the_site_directory() {
+        let site = tempfile::tempdir().unwrap();
+        let origin = site.path().join("autogentoo.toml");
+        fs::create_dir(site.path().join("kernel")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", site.path().join("kernel/passwd")).unwrap();
+        let refused = |value: &str| {
+            let text = format!("[systems.demo]\nstage = \"demo\"\nkernel_config = \"{value}\"\n");
+            SiteConfig::parse(&text, &origin).unwrap_err().to_string()
+        };
+        let at = format!("{}:3: systems.demo.kernel_config:", origin.display());
+        for (value, says) in [
+            ("/etc/shadow", "is absolute"),
+            (
+                "../../../etc/passwd",
+                "leads out of the site directory with ..",
+            ),
+            ("kernel/passwd", "leads out of the site directory"),
+            ("kernel/missing.kconfig", "does not exist"),
+            ("kernel", "is a directory, not a kernel config file"),
+        ] {
+            let error = refused(value);
+            assert!(error.starts_with(&at), "{value}: {error}");
+            assert!(error.contains(says), "{value}: {error}");
+        }
     }
 
     #[test]

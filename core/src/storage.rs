@@ -331,12 +331,16 @@ impl dyn Storage + '_ {
         Ok(out)
     }
 
-    /// Destroys a volume after the volumes cloned from it, and theirs, deepest first.
-    pub fn destroy_recursive(&self, id: &VolumeId) -> Result<(), StorageError> {
+    /// Destroys a volume after the volumes cloned from it, and theirs, deepest first; returns
+    /// the volumes destroyed, in that order.
+    pub fn destroy_recursive(&self, id: &VolumeId) -> Result<Vec<VolumeId>, StorageError> {
+        let mut destroyed = Vec::new();
         for dependant in self.dependants(id)? {
-            self.destroy_recursive(&dependant)?;
+            destroyed.extend(self.destroy_recursive(&dependant)?);
         }
-        self.destroy(id)
+        self.destroy(id)?;
+        destroyed.push(id.clone());
+        Ok(destroyed)
     }
 }
 

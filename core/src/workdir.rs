@@ -3,6 +3,7 @@
 //! shared caches, `distfiles` and `binpkgs`, as cache volumes.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -46,9 +47,22 @@ impl Layout {
     }
 }
 
-/// Creates whatever is missing of the layout; running it again changes nothing.
+/// The mode of the workdir's top: root alone may pass it. Stages and roots hold whatever their
+/// tarballs held — world-writable device nodes, setuid-root programs — and any user who can
+/// reach them can use them (Docker's CVE-2021-41091 was this hole in its image roots).
+pub const TOP_MODE: u32 = 0o700;
+
+/// Creates whatever is missing of the layout, and restricts its top to root ([`TOP_MODE`]) —
+/// also on an existing workdir; running it again changes nothing.
 pub fn init(storage: &dyn Storage, layout: &Layout) -> Result<(), StorageError> {
+    // Made private from the start where we make it; a backend's mount point is tightened below.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(TOP_MODE)
+        .create(&layout.workdir)
+        .map_err(io_err("create", &layout.workdir))?;
     storage.init()?;
+    restrict_top(&layout.workdir)?;
     for cache in CACHES {
         match storage.create(&VolumeId::new(VolumeKind::Cache, cache)?) {
             Ok(_) | Err(StorageError::AlreadyExists(_)) => {}
@@ -57,6 +71,16 @@ pub fn init(storage: &dyn Storage, layout: &Layout) -> Result<(), StorageError> 
     }
     for dir in [layout.repos(), layout.out(), layout.locks()] {
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    }
+    Ok(())
+}
+
+/// Gives the workdir's top [`TOP_MODE`], if it has another.
+fn restrict_top(workdir: &Path) -> Result<(), StorageError> {
+    let meta = std::fs::metadata(workdir).map_err(io_err("inspect", workdir))?;
+    if meta.permissions().mode() & 0o7777 != TOP_MODE {
+        std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(TOP_MODE))
+            .map_err(io_err("restrict to root", workdir))?;
     }
     Ok(())
 }
@@ -70,6 +94,16 @@ pub struct Status {
     pub usage: Usage,
     /// Volume names by kind (`stage`, `root`, …).
     pub volumes: BTreeMap<VolumeKind, Vec<String>>,
+    /// The permission bits of the workdir's top; anything but [`TOP_MODE`] lets other users
+    /// reach the device nodes and setuid programs of stages and roots.
+    pub top_mode: u32,
+}
+
+impl Status {
+    /// Whether users other than root can pass the workdir's top.
+    pub fn open_to_others(&self) -> bool {
+        self.top_mode & 0o077 != 0
+    }
 }
 
 pub fn status(storage: &dyn Storage, layout: &Layout) -> Result<Status, StorageError> {
@@ -82,7 +116,9 @@ pub fn status(storage: &dyn Storage, layout: &Layout) -> Result<Status, StorageE
             .collect();
         volumes.insert(kind, names);
     }
+    let top = std::fs::metadata(&layout.workdir).map_err(io_err("inspect", &layout.workdir))?;
     Ok(Status {
+        top_mode: top.permissions().mode() & 0o7777,
         backend: storage.backend_name().to_owned(),
         workdir: layout.workdir.clone(),
         capabilities: storage.capabilities(),

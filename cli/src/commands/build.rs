@@ -17,6 +17,7 @@ use crate::commands::kernel::build::{
 };
 use crate::commands::root::pack::layers;
 use crate::context::Context;
+use crate::output;
 
 /// Run the standard pipeline for a system of the site config: the workdir, its root (cloned
 /// from its stage if missing), the system's commands inside the root, the initramfs (root,
@@ -35,6 +36,7 @@ pub struct BuildArgs {
 }
 
 /// One line of the plan.
+#[derive(serde::Serialize)]
 struct Step {
     name: &'static str,
     run: bool,
@@ -62,14 +64,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let hooks = ctx.plugins.step_hooks(&args.system, common, ctx.quiet);
     let mut plan: Vec<Step> = Vec::new();
     let mut say = |step: Step, pretend: bool| {
-        if pretend || !ctx.quiet {
-            let verb = if step.run { "run " } else { "skip" };
-            let line = format!("{verb} {:<8} {}", step.name, step.why);
-            if pretend {
-                println!("{line}");
-            } else {
-                eprintln!("{line}");
-            }
+        let verb = if step.run { "run " } else { "skip" };
+        let line = format!("{verb} {:<8} {}", step.name, step.why);
+        // The plan is the output of --pretend; otherwise it tells on stderr what happens.
+        if pretend && !ctx.json {
+            println!("{line}");
+        } else if !pretend && !ctx.quiet {
+            eprintln!("{line}");
         }
         plan.push(step);
     };
@@ -338,7 +339,14 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             );
         }
     }
-    if !args.pretend {
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "system": args.system,
+            "pretend": args.pretend,
+            "image": image,
+            "steps": plan,
+        }));
+    } else if !args.pretend {
         println!("{}", image.display());
     }
     Ok(())

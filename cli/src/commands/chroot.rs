@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context as _, Result};
 use autogentoo_core::root_lock::{LockKind, RootLock};
 use autogentoo_core::root_mounts::{self, mount_all};
-use autogentoo_core::root_run::{self, clean_environment};
+use autogentoo_core::root_run::{self, clean_environment, InitSpec};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use nix::sys::signal::{signal, SigHandler, Signal};
 
@@ -21,6 +21,7 @@ pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<
     // Held until we exit, so `root remove` and `root rollback` see the root in use.
     let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;
     let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
+    let caller_namespace = root_run::mount_namespace()?;
     root_run::enter_namespaces()?;
     root_run::bind_root_onto_itself(&root)?;
     mount_all(&root, &plan)
@@ -33,14 +34,11 @@ pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut init = Command::new("/proc/self/exe");
-    init.arg("internal-init")
-        .arg("--root")
-        .arg(&root)
-        .arg("--")
-        .args(&command);
+    init.arg("internal-init");
     init.env_clear()
         .envs(clean_environment(&build.makeopts(), &env_extra));
-    let mut child = root_run::spawn_init(init)?;
+    let spec = InitSpec { root, command };
+    let mut child = root_run::spawn_init(init, &spec, caller_namespace)?;
     // Ctrl-C and Ctrl-\ are for the command (it gets them from the terminal too); we wait
     // for it to finish and pass on how it ended.
     for sig in [Signal::SIGINT, Signal::SIGQUIT] {

@@ -1,30 +1,34 @@
 //! `autogentoo internal-init`: not for people. `root run` starts this program again in this role
-//! as PID 1 of the command's PID namespace; see `autogentoo_core::root_run`.
+//! as PID 1 of the command's PID namespace, and hands it what to run through a pipe; see
+//! `autogentoo_core::root_run`. Run any other way, it refuses before touching anything.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use autogentoo_core::root_run::{init_main, InitSpec};
+use autogentoo_core::root_run::{accept_handshake, init_main};
 use clap::Args;
+
+use crate::output;
 
 /// The init of `root run`'s PID namespace (internal)
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// The root to chroot into
-    #[arg(long)]
-    pub root: PathBuf,
-
-    /// The command
-    #[arg(required = true, last = true)]
-    pub command: Vec<OsString>,
+    /// The pipe the parent hands the root and the command through
+    #[arg(long, default_value_t = -1)]
+    pub handshake_fd: i32,
 }
 
-pub fn run(args: InitArgs) -> Result<ExitCode> {
-    let code = init_main(&InitSpec {
-        root: args.root,
-        command: args.command,
-    })?;
+/// Runs the command and exits with its code; a command that cannot be started exits 127 (not
+/// found) or 126 (not executable), as a shell's would.
+pub fn run(args: InitArgs, json: bool) -> Result<ExitCode> {
+    let outcome = accept_handshake(args.handshake_fd).and_then(|spec| init_main(&spec));
+    let code = match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            let code = err.exit_code();
+            output::print_error(&anyhow::Error::new(err), json);
+            code
+        }
+    };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

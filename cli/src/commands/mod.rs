@@ -64,7 +64,7 @@ pub enum Command {
 /// Runs the parsed command line; the exit code is the command's own for `root run|shell`.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::InternalInit(args) = cli.command {
-        return internal_init::run(args);
+        return internal_init::run(args, cli.global.json);
     }
     let ctx = Context::new(&cli.global)?;
     let done = match cli.command {

@@ -82,7 +82,8 @@ pub fn import(
     Ok(())
 }
 
-/// Removes a volume; with `recursive`, the volumes cloned from it first.
+/// Removes a volume; with `recursive`, the volumes cloned from it first. With `--json`, prints
+/// `{"removed": [{"kind": …, "name": …}, …]}` in the order they went.
 pub fn remove(ctx: &Context, kind: VolumeKind, name: &str, recursive: bool) -> Result<()> {
     let id = VolumeId::new(kind, name)?;
     let storage = ctx.storage()?;
@@ -90,10 +91,14 @@ pub fn remove(ctx: &Context, kind: VolumeKind, name: &str, recursive: bool) -> R
         VolumeKind::Root => Some(root_to_itself(ctx, &storage.path(&id)?, name)?),
         _ => None,
     };
-    if recursive {
-        storage.destroy_recursive(&id)?;
+    let removed = if recursive {
+        storage.destroy_recursive(&id)?
     } else {
         storage.destroy(&id)?;
+        vec![id]
+    };
+    if ctx.json {
+        crate::output::json(&serde_json::json!({ "removed": removed }));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::initramfs::{self, manifest_path};
 use autogentoo_core::output_file::{self, OutputFile};
 use autogentoo_core::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
@@ -213,7 +214,8 @@ fn describe_archive(
     sha256: &str,
     cpio_sha256: &str,
 ) -> Result<Vec<u8>, PackError> {
-    let text = fs::read(cpio_manifest).map_err(io_err("read", cpio_manifest))?;
+    let text = bounded_read::read(cpio_manifest, Limit::STATE)
+        .map_err(|e| PackError::Failed(e.to_string()))?;
     let mut manifest: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
         PackError::Failed(format!(
             "the core packer's manifest {} is not JSON: {e}",

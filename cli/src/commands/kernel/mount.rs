@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, args: MountArgs) -> Result<()> {
         .with_context(|| format!("cannot mount the kernel into root '{}'", args.root))?;
     if ctx.json {
         output::json(&report);
-    } else if report.mounted.is_empty() {
+    } else if report.mounted.is_empty() && !ctx.quiet {
         eprintln!("the kernel is already mounted in root '{}'", args.root);
     }
     Ok(())

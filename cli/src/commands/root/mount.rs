@@ -31,7 +31,7 @@ pub fn run(ctx: &Context, args: MountArgs) -> Result<()> {
         mount_all(&root, &plan).with_context(|| format!("cannot mount root '{}'", args.name))?;
     if ctx.json {
         output::json(&report);
-    } else if report.mounted.is_empty() {
+    } else if report.mounted.is_empty() && !ctx.quiet {
         eprintln!("root '{}' is already mounted", args.name);
     }
     if !plan

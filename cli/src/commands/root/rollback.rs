@@ -24,5 +24,8 @@ pub fn run(ctx: &Context, args: RollbackArgs) -> Result<()> {
     let _lock = volume::root_to_itself(ctx, &storage.path(&root)?, &args.name)?;
     let id = SnapshotId::new(root, &args.snapshot)?;
     storage.rollback(&id)?;
+    if ctx.json {
+        crate::output::json(&serde_json::json!({ "root": args.name, "snapshot": args.snapshot }));
+    }
     Ok(())
 }

@@ -8,7 +8,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
-/// Show the backend, what it can do, the volumes of each kind and the space used.
+/// Show the backend, what it can do, the volumes of each kind and the space used; warn when
+/// users other than root can reach into the workdir.
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
 
@@ -17,6 +18,15 @@ pub fn run(ctx: &Context, _args: StatusArgs) -> Result<()> {
     let layout = Layout::new(&ctx.settings.workdir);
     let status = workdir::status(&*storage, &layout)
         .with_context(|| format!("cannot read the workdir {}", layout.workdir.display()))?;
+    if status.open_to_others() {
+        tracing::warn!(
+            "the workdir {} is mode {:04o}: any local user can reach the device nodes and setuid \
+             programs of its stages and roots; run `autogentoo workdir init` to restrict it to root ({:04o})",
+            layout.workdir.display(),
+            status.top_mode,
+            workdir::TOP_MODE
+        );
+    }
     if ctx.json {
         output::json(&status);
         return Ok(());
