@@ -63,9 +63,17 @@ pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
     for dir in &dirs {
         match libraries_in(dir) {
             Ok(found) => {
-                for library in found {
-                    if seen.insert(fs::canonicalize(&library).unwrap_or_else(|_| library.clone())) {
-                        libraries.push(library);
+                for (library, doubt) in found {
+                    if !seen.insert(fs::canonicalize(&library).unwrap_or_else(|_| library.clone()))
+                    {
+                        continue;
+                    }
+                    match doubt {
+                        None => libraries.push(library),
+                        Some(reason) => plugins.failures.push(Failure {
+                            path: library,
+                            reason,
+                        }),
                     }
                 }
             }
@@ -108,8 +116,12 @@ pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
     plugins
 }
 
-/// The `*.so` files of a plugin directory, sorted.
-fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// The `*.so` files of a plugin directory, sorted, each with the reason it cannot be trusted
+/// (see [`untrusted`]), if any.
+fn libraries_in(dir: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String> {
+    if let Some(reason) = untrusted(dir, "it") {
+        return Err(reason);
+    }
     let entries =
         fs::read_dir(dir).map_err(|e| format!("cannot read the plugin directory: {e}"))?;
     let mut found: Vec<PathBuf> = entries
@@ -117,7 +129,56 @@ fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .filter(|path| path.extension() == Some(OsStr::new("so")) && path.is_file())
         .collect();
     found.sort();
-    Ok(found)
+    Ok(found
+        .into_iter()
+        .map(|library| {
+            let doubt = untrusted(&library, "it").or_else(|| {
+                // A symlink to a library elsewhere: that file and its directory count.
+                let real = fs::canonicalize(&library).ok()?;
+                let dir = real.parent()?;
+                untrusted(&real, &format!("its target {}", real.display())).or_else(|| {
+                    untrusted(
+                        dir,
+                        &format!("the directory of its target, {},", dir.display()),
+                    )
+                })
+            });
+            (library, doubt)
+        })
+        .collect())
+}
+
+/// Why a plugin file or directory must not be loaded from, if it must not: loading runs its
+/// code as us (its constructors run at dlopen, before any check of ours), so only root — or
+/// the user running us — may be able to change it, as sudo demands of its plugins.
+/// `subject` is how the message names `path`: "it", or "its target /usr/lib/…".
+fn untrusted(path: &Path, subject: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot inspect {}: {e}", path.display())),
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match mode & 0o022 {
+            0o020 => "its group",
+            0o002 => "everyone",
+            _ => "its group and everyone",
+        };
+        return Some(format!(
+            "not loaded: {subject} is writable by {who} (mode {mode:04o}), and whoever can \
+             change a plugin runs code as autogentoo; make it writable by root only (chmod go-w)"
+        ));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Some(format!(
+            "not loaded: {subject} belongs to uid {} (mode {mode:04o}), and whoever can change a \
+             plugin runs code as autogentoo; make root its owner (chown root)",
+            meta.uid()
+        ));
+    }
+    None
 }
 
 impl Plugins {

@@ -130,25 +130,121 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, PackError> {
         with_xattrs += walker.with_xattrs;
     }
     add_console(&mut tree);
-    let init = relative_bytes(Path::new(&request.rdinit));
-    match tree.get(&init) {
-        Some(item) if matches!(item.kind, Kind::Symlink { .. }) => {}
-        Some(item) if matches!(item.kind, Kind::File { .. }) && item.mode & 0o111 != 0 => {}
-        Some(item) if matches!(item.kind, Kind::File { .. }) => {
-            return Err(PackError::InitNotExecutable {
-                rdinit: request.rdinit.clone(),
-                layer: request.layers[item.layer].name.clone(),
-            })
-        }
-        _ => {
-            return Err(PackError::NoInit {
-                rdinit: request.rdinit.clone(),
-            })
-        }
-    }
+    check_init(request, &tree)?;
     let mut report = write_archive(request, &roots, &tree)?;
     report.dropped_xattrs = with_xattrs;
     Ok(report)
+}
+
+/// The most symlinks the kernel follows on one path (`MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// Refuses a tree whose `rdinit` the kernel could not run: missing, a symlink to nothing or
+/// round in circles, or not an executable file once resolved inside the tree, as the kernel
+/// resolves it (absolute link targets from the image's top).
+fn check_init(request: &PackRequest, tree: &BTreeMap<Vec<u8>, Item>) -> Result<(), PackError> {
+    let rdinit = &request.rdinit;
+    match resolve_in_tree(tree, rdinit.as_bytes()) {
+        Ok((_, item)) if matches!(item.kind, Kind::File { .. }) && item.mode & 0o111 != 0 => Ok(()),
+        Ok((path, item)) if matches!(item.kind, Kind::File { .. }) => {
+            Err(PackError::InitNotExecutable {
+                rdinit: shown_in_tree(rdinit, &path),
+                layer: request.layers[item.layer].name.clone(),
+            })
+        }
+        Ok((path, _)) => Err(PackError::InitNotAFile {
+            rdinit: shown_in_tree(rdinit, &path),
+        }),
+        Err(Unresolved::Missing { through_link: None }) => Err(PackError::NoInit {
+            rdinit: rdinit.clone(),
+        }),
+        Err(Unresolved::Missing {
+            through_link: Some(missing),
+        }) => Err(PackError::InitDangling {
+            rdinit: rdinit.clone(),
+            missing: format!("/{}", String::from_utf8_lossy(&missing)),
+        }),
+        Err(Unresolved::Loop) => Err(PackError::InitLoop {
+            rdinit: rdinit.clone(),
+        }),
+    }
+}
+
+/// `/init`, or `/init (→ /bin/busybox)` when a symlink led elsewhere.
+fn shown_in_tree(rdinit: &str, resolved: &[u8]) -> String {
+    let resolved = format!("/{}", String::from_utf8_lossy(resolved));
+    if resolved == rdinit {
+        resolved
+    } else {
+        format!("{rdinit} (→ {resolved})")
+    }
+}
+
+/// Why a path could not be followed to an entry of the tree.
+#[derive(Debug, PartialEq, Eq)]
+enum Unresolved {
+    /// Nothing at the path; `through_link` is the missing path when a symlink led there.
+    Missing { through_link: Option<Vec<u8>> },
+    /// More than [`MAX_SYMLINKS`] symlinks.
+    Loop,
+}
+
+/// Follows `path` through the merged tree, symlinks included, to an entry that is not a
+/// symlink; returns that entry's path and the entry.
+fn resolve_in_tree<'t>(
+    tree: &'t BTreeMap<Vec<u8>, Item>,
+    path: &[u8],
+) -> Result<(Vec<u8>, &'t Item), Unresolved> {
+    let mut todo: std::collections::VecDeque<Vec<u8>> = components(path).collect();
+    let mut at: Vec<Vec<u8>> = Vec::new();
+    let mut links = 0;
+    let mut followed = false;
+    while let Some(part) = todo.pop_front() {
+        if part == b".." {
+            at.pop();
+            continue;
+        }
+        at.push(part);
+        let joined = at.join(&b'/');
+        let missing = || Unresolved::Missing {
+            through_link: followed.then(|| joined.clone()),
+        };
+        let item = tree.get(&joined).ok_or_else(missing)?;
+        match &item.kind {
+            Kind::Symlink { target } => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(Unresolved::Loop);
+                }
+                followed = true;
+                at.pop();
+                if target.starts_with(b"/") {
+                    at.clear();
+                }
+                for part in components(target).rev() {
+                    todo.push_front(part);
+                }
+            }
+            Kind::Dir => {}
+            _ if todo.is_empty() => return Ok((joined, item)),
+            // A file in the middle of a path: nothing is below it.
+            _ => return Err(missing()),
+        }
+    }
+    let joined = at.join(&b'/');
+    match tree.get(&joined) {
+        Some(item) => Ok((joined, item)),
+        None => Err(Unresolved::Missing {
+            through_link: followed.then_some(joined),
+        }),
+    }
+}
+
+/// The components of a path, without empty ones and `.`.
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
+    path.split(|&b| b == b'/')
+        .filter(|part| !part.is_empty() && *part != b".")
+        .map(<[u8]>::to_vec)
 }
 
 /// The path as archive bytes: relative, without `./` or a trailing `/`.
@@ -716,6 +812,54 @@ mod tests {
             !tree.contains_key(b"var/lib/app/db".as_slice()),
             "a replaced directory takes its contents"
         );
+    }
+
+    fn file(mode: u32) -> Item {
+        Item {
+            mode: 0o100000 | mode,
+            ..item(0, Kind::File { size: 1 }, 0)
+        }
+    }
+
+    fn link(target: &str) -> Item {
+        item(
+            0,
+            Kind::Symlink {
+                target: target.as_bytes().to_vec(),
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn rdinit_is_resolved_through_symlinks_as_the_kernel_would() {
+        let mut tree = BTreeMap::new();
+        tree.insert(b"bin".to_vec(), item(0, Kind::Dir, 0));
+        tree.insert(b"bin/busybox".to_vec(), file(0o755));
+        tree.insert(b"sbin".to_vec(), link("bin"));
+        tree.insert(b"init".to_vec(), link("/sbin/../bin/busybox"));
+        tree.insert(b"relative".to_vec(), link("sbin/./busybox"));
+        tree.insert(b"dangling".to_vec(), link("/bin/missing"));
+        tree.insert(b"loop".to_vec(), link("loop"));
+        tree.insert(b"through-file".to_vec(), link("bin/busybox/x"));
+        let found = |path: &str| resolve_in_tree(&tree, path.as_bytes()).map(|(p, _)| p);
+        assert_eq!(found("/init"), Ok(b"bin/busybox".to_vec()));
+        assert_eq!(found("relative"), Ok(b"bin/busybox".to_vec()));
+        assert_eq!(
+            found("/dangling"),
+            Err(Unresolved::Missing {
+                through_link: Some(b"bin/missing".to_vec())
+            })
+        );
+        assert_eq!(
+            found("/nothing"),
+            Err(Unresolved::Missing { through_link: None })
+        );
+        assert_eq!(found("/loop"), Err(Unresolved::Loop));
+        assert!(matches!(
+            found("/through-file"),
+            Err(Unresolved::Missing { .. })
+        ));
     }
 
     #[test]

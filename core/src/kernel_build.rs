@@ -382,6 +382,8 @@ fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), K
         .map_err(io_err("open", log))?;
     let err = file.try_clone().map_err(io_err("open", log))?;
     tracing::info!("make {}", args.join(" "));
+    // make (or the `root run` around it) must not go on building for a build that was killed.
+    crate::root_run::tie_to_us(&mut command)?;
     let status = command
         .stdin(Stdio::null())
         .stdout(file)

@@ -27,8 +27,9 @@ use crate::storage::StorageError;
 /// - the contents of the first layer's `exclude` directories are left out, the directories
 ///   themselves stay;
 /// - `/dev/console` is always in the archive (the kernel opens it before running init);
-/// - a tree without `rdinit`, or with one that is not executable, is refused with an error
-///   naming it;
+/// - a tree without `rdinit`, or whose `rdinit` is not an executable file once followed through
+///   symlinks inside the tree (a dangling link, a loop, a link to a non-executable file), is
+///   refused with an error naming it, and nothing is written;
 /// - a missing layer directory is an error naming it;
 /// - a compression outside [`PackerCapabilities::compressions`] is refused before anything is
 ///   written;
@@ -135,6 +136,14 @@ pub enum PackError {
         "{rdinit} (from {layer}) is not executable, so the kernel could not start it; chmod +x it"
     )]
     InitNotExecutable { rdinit: String, layer: String },
+    #[error("{rdinit} is a symlink to {missing}, which the packed tree does not have, so the kernel could not start it; fix the link or add its target")]
+    InitDangling { rdinit: String, missing: String },
+    #[error("{rdinit} leads through more than 40 symlinks, so the kernel could not start it; fix the links")]
+    InitLoop { rdinit: String },
+    #[error(
+        "{rdinit} is not a file, so the kernel could not start it; make it the program to run"
+    )]
+    InitNotAFile { rdinit: String },
     #[error("{} changed while it was packed; pack again when nothing writes to the root", .path.display())]
     Changed { path: PathBuf },
     #[error("writing {}: {source}", .path.display())]

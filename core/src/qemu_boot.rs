@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::output_file::{self, OutputError, OutputFile};
 use crate::storage::{io_err, StorageError};
 
 /// Where Debian's ovmf package puts the firmware: code (read-only) and a variables template.
@@ -57,6 +58,8 @@ pub struct BootReport {
 pub enum BootError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("{} not found: install qemu-system-x86", .0)]
     NoQemu(String),
     #[error("no OVMF firmware in /usr/share/OVMF: install the ovmf package")]
@@ -84,6 +87,7 @@ const QEMU: &str = "qemu-system-x86_64";
 /// Boots the image and waits for the expected text (or a clean power-off).
 pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
     check_efi(request.image)?;
+    output_file::check_target(request.log)?;
     let (code, vars_template) = FIRMWARE
         .iter()
         .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
@@ -156,6 +160,8 @@ fn run_qemu(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // A machine left running after we are killed would hold the image and a core.
+    crate::root_run::tie_to_us(&mut qemu)?;
     let started = Instant::now();
     let mut child = qemu.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => BootError::NoQemu(QEMU.into()),
@@ -202,7 +208,21 @@ fn watch(
             }
         }
     });
-    let mut log = File::create(request.log).map_err(io_err("create", request.log))?;
+    // The transcript appears when the boot is over, whole, whatever its outcome.
+    let mut log = OutputFile::create(request.log)?;
+    let result = transcribe(child, request, started, &rx, &mut log);
+    log.commit()?;
+    result
+}
+
+/// Copies the console into the log until the text appears, the machine stops, or time runs out.
+fn transcribe(
+    child: &mut Child,
+    request: &BootRequest,
+    started: Instant,
+    rx: &mpsc::Receiver<String>,
+    log: &mut OutputFile,
+) -> Result<BootReport, BootError> {
     let mut tail: Vec<String> = Vec::new();
     let report = |passed| BootReport {
         image: request.image.to_owned(),

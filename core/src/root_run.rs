@@ -74,6 +74,31 @@ pub fn enter_namespaces() -> Result<(), StorageError> {
     .map_err(|e| io_err("make the mounts private in", "/")(e.into()))
 }
 
+/// Makes `command`'s process die with this one (SIGKILL when we exit or are killed), so that no
+/// child of ours — a `root run`, a `make`, a QEMU — goes on working for a process that is gone.
+pub fn tie_to_us(command: &mut Command) -> Result<(), StorageError> {
+    // A child in another PID namespace sees getppid() == 0 whatever happens; a pidfd tells
+    // whether we died before the death signal was armed.
+    let parent = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
+        .map_err(|e| io_err("watch", "/proc/self")(e.into()))?;
+    // SAFETY: the closure makes only async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            let mut watch = [PollFd::new(&parent, PollFlags::IN)];
+            let now = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if rustix::event::poll(&mut watch, Some(&now))? > 0 {
+                return Err(std::io::Error::other("the parent exited"));
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// The mount namespace this process is in, to hand to [`spawn_init`]: read it before
 /// [`enter_namespaces`], so the init can tell the caller's namespace from its own.
 pub fn mount_namespace() -> Result<u64, StorageError> {
@@ -95,26 +120,11 @@ pub fn spawn_init(
         .map_err(|e| io_err("create the handshake pipe in", "/proc/self")(e.into()))?;
     let handshake = read.as_raw_fd();
     init.arg("--handshake-fd").arg(handshake.to_string());
-    // In the child, the parent lives outside its PID namespace, so getppid() says 0 whatever
-    // happens; a pidfd tells whether the parent died before the death signal was armed.
-    let parent = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
-        .map_err(|e| io_err("watch", "/proc/self")(e.into()))?;
-    // SAFETY: the closure makes only async-signal-safe system calls, on descriptors that stay
+    tie_to_us(&mut init)?;
+    // SAFETY: the closure makes one async-signal-safe system call on a descriptor that stays
     // open in the parent until the child has started.
     unsafe {
         init.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            let mut watch = [PollFd::new(&parent, PollFlags::IN)];
-            if rustix::event::poll(
-                &mut watch,
-                Some(&Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                }),
-            )? > 0
-            {
-                return Err(std::io::Error::other("the parent exited"));
-            }
             // The read end, and only it, outlives the exec.
             let fd = BorrowedFd::borrow_raw(handshake);
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;

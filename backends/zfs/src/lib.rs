@@ -48,6 +48,8 @@ pub struct ZfsStorage {
     dataset: String,
     workdir: PathBuf,
     capabilities: Capabilities,
+    /// The dataset is not there yet; [`Storage::init`] creates it, mounted at the workdir.
+    create_on_init: bool,
 }
 
 /// Opens the `zfs` backend; the registry's factory.
@@ -91,11 +93,24 @@ impl ZfsStorage {
             .filter(|(name, _)| !name.contains('@'))
             .map(|(name, point)| (name.to_owned(), PathBuf::from(point)))
             .collect();
+        let mut create_on_init = false;
         let dataset = match dataset {
+            Some(name) if !mounted.iter().any(|(n, _)| n == name) => {
+                // `workdir init` makes it, as a child of an existing dataset or pool.
+                let parent = name.rsplit_once('/').map(|(parent, _)| parent);
+                if !parent.is_some_and(|parent| mounted.iter().any(|(n, _)| n == parent)) {
+                    return Err(StorageError::NotFound(format!(
+                        "ZFS dataset '{name}' (storage.zfs_dataset), and its parent, which `workdir init` would create it in,"
+                    )));
+                }
+                create_on_init = true;
+                name.to_owned()
+            }
             Some(name) => {
-                let (_, point) = mounted.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                    StorageError::NotFound(format!("ZFS dataset '{name}' (storage.zfs_dataset)"))
-                })?;
+                let (_, point) = mounted
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .expect("listed, as the arm above checked");
                 if point != workdir {
                     return Err(StorageError::Unsupported {
                         message: format!(
@@ -131,8 +146,12 @@ impl ZfsStorage {
                 special_files: true,
                 shared_blocks: true,
             },
+            create_on_init,
         };
-        storage.capabilities.xattrs = storage.probe_xattrs()?;
+        // Until the dataset exists there is nothing to probe; without xattrs is the safe guess.
+        if !create_on_init {
+            storage.capabilities.xattrs = storage.probe_xattrs()?;
+        }
         Ok(storage)
     }
 
@@ -300,6 +319,14 @@ impl Storage for ZfsStorage {
     }
 
     fn init(&self) -> Result<(), StorageError> {
+        if self.create_on_init {
+            let mountpoint = format!("mountpoint={}", self.workdir.display());
+            match run("zfs", &["create", "-o", &mountpoint, &self.dataset]) {
+                Ok(_) => {}
+                Err(e) if e.failure == Failure::Exists => {}
+                Err(e) => return Err(e.into_storage()),
+            }
+        }
         for child in VolumeKind::ALL.iter().map(|k| k.plural()).chain([PENDING]) {
             let dataset = format!("{}/{child}", self.dataset);
             match run("zfs", &["create", "-p", &dataset]) {

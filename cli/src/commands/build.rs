@@ -6,6 +6,7 @@ use anyhow::{bail, Context as _, Result};
 use autogentoo_core::packer::PackRequest;
 use autogentoo_core::pipeline::{Fingerprint, State};
 use autogentoo_core::root_mounts;
+use autogentoo_core::root_run;
 use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
 use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
 use autogentoo_core::workdir;
@@ -45,11 +46,26 @@ struct Step {
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let system = ctx.config.system(&args.system)?.clone();
-    // A packer or kernel builder nobody provides is refused before any step runs.
+    // Every input is checked before the first step, so that a missing stage, kernel, overlay,
+    // packer or builder is found now, not after a clone and a pack.
     let packer = ctx.packer(&ctx.config.pack.packer)?;
     packer.check(ctx.config.pack.compression)?;
     let builder = ctx.kernel_builder(&system.kernel_build)?;
     let storage = ctx.storage()?;
+    let stage = VolumeId::new(VolumeKind::Stage, &system.stage)?;
+    if storage.get(&stage).is_err() {
+        bail!(
+            "system '{}' needs stage '{}', which is not imported; run `autogentoo stage import SOURCE --name {}`",
+            args.system,
+            system.stage,
+            system.stage
+        );
+    }
+    let kernel = kernel_volume(&*storage, system.kernel.as_deref())
+        .with_context(|| format!("system '{}' cannot be built", args.system))?;
+    for overlay in &system.overlays {
+        ctx.config.overlay_dir(overlay)?;
+    }
     let layout = ctx.layout();
     let root_name = system.root_name(&args.system).to_owned();
     let out_dir = layout.out().join(&args.system);
@@ -91,18 +107,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         hooks.after("workdir", &Values::default(), &Values::default())?;
     }
 
-    // 2. The stage must be there: the pipeline does not know where a stage comes from.
-    let stage = VolumeId::new(VolumeKind::Stage, &system.stage)?;
-    if storage.get(&stage).is_err() {
-        bail!(
-            "system '{}' needs stage '{}', which is not imported; run `autogentoo stage import SOURCE --name {}`",
-            args.system,
-            system.stage,
-            system.stage
-        );
-    }
-
-    // 3. The root, cloned from the stage when missing.
+    // 2. The root, cloned from the stage when missing.
     let root_id = VolumeId::new(VolumeKind::Root, &root_name)?;
     let root_exists = storage.get(&root_id).is_ok();
     say(
@@ -135,7 +140,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         other => Err(other),
     })?;
 
-    // 4. The system's commands inside the root.
+    // 3. The system's commands inside the root.
     let repo = root_mounts::newest_repo_image(&layout.repos())?;
     let commands_print = hooks
         .mark(Fingerprint::default())
@@ -171,11 +176,11 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             .with("commands", system.commands.join("\n"));
         hooks.before("commands", &inputs)?;
         for command in &system.commands {
-            let status = ctx
-                .reinvoke()
-                .args(["root", "run", &root_name, "--", "/bin/sh", "-c", command])
-                .status()
-                .context("cannot start `root run`")?;
+            let mut run = ctx.reinvoke();
+            run.args(["root", "run", &root_name, "--", "/bin/sh", "-c", command]);
+            // If we are killed, so is the command, and everything it started in the root.
+            root_run::tie_to_us(&mut run)?;
+            let status = run.status().context("cannot start `root run`")?;
             if !status.success() {
                 bail!("`{command}` failed inside root '{root_name}' ({status})");
             }
@@ -184,7 +189,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         state.record("commands", &commands_print)?;
     }
 
-    // 5. The initramfs.
+    // 4. The initramfs.
     let compression = ctx.config.pack.compression;
     let archive = default_initramfs(ctx, &root_name, compression);
     let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
@@ -266,8 +271,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         state.record("pack", &pack_print)?;
     }
 
-    // 6. The kernel, with the initramfs embedded.
-    let kernel = kernel_volume(&*storage, system.kernel.as_deref())?;
+    // 5. The kernel, with the initramfs embedded.
     let kernel_created = storage.get(&kernel)?.created;
     let image = out_dir.join(format!("{}.efi", args.system));
     let mut kernel_print = hooks

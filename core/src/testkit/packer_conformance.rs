@@ -30,6 +30,7 @@ macro_rules! packer_conformance {
             mtimes_are_clamped_to_the_epoch,
             a_tree_without_init_is_refused_and_nothing_is_left,
             a_non_executable_init_is_refused,
+            an_init_symlink_is_followed_inside_the_tree,
             a_missing_layer_is_an_error_naming_it,
             an_unsupported_compression_is_refused_before_writing,
             every_compression_it_declares_reads_back,
@@ -314,6 +315,42 @@ pub fn a_non_executable_init_is_refused(packer: &dyn Packer) {
         fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    let err = layers.pack(packer, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("not executable"), "{err}");
+    assert_eq!(layers.outputs(), Vec::<String>::new());
+}
+
+pub fn an_init_symlink_is_followed_inside_the_tree(packer: &dyn Packer) {
+    let layers = Layers::new();
+    let init = layers.root().join("init");
+    fs::rename(&init, layers.root().join("etc/real-init")).unwrap();
+    std::os::unix::fs::symlink("/etc/real-init", &init).unwrap();
+    let report = layers.pack(packer, |_| {}).unwrap();
+    let tree = extract(&report.archive, report.compression);
+    assert_eq!(
+        fs::read_link(tree.path().join("init")).unwrap(),
+        Path::new("/etc/real-init")
+    );
+    fs::remove_file(&report.archive).unwrap();
+    if let Some(manifest) = &report.manifest {
+        fs::remove_file(manifest).unwrap();
+    }
+
+    // The kernel resolves an absolute target in the image, not on the host: /etc/passwd
+    // exists on every host, and must not count.
+    fs::remove_file(&init).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &init).unwrap();
+    let err = layers.pack(packer, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("/etc/passwd"), "{err}");
+    assert_eq!(layers.outputs(), Vec::<String>::new());
+
+    fs::set_permissions(
+        layers.root().join("etc/real-init"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    fs::remove_file(&init).unwrap();
+    std::os::unix::fs::symlink("etc/real-init", &init).unwrap();
     let err = layers.pack(packer, |_| {}).unwrap_err();
     assert!(err.to_string().contains("not executable"), "{err}");
     assert_eq!(layers.outputs(), Vec::<String>::new());

@@ -7,7 +7,7 @@ use autogentoo_core::kernel_build::{self, Kbuild, KernelReport};
 use autogentoo_core::kernel_builder::{KernelBuilder, KernelJob};
 use autogentoo_core::root_mounts::umount_all;
 use autogentoo_core::site_config::{Compression, SystemConfig};
-use autogentoo_core::storage::{Storage, VolumeId, VolumeKind};
+use autogentoo_core::storage::{Storage, StorageError, VolumeId, VolumeKind};
 use clap::Args;
 
 use crate::context::Context;
@@ -123,10 +123,18 @@ pub struct KernelStep<'a> {
     pub unmount_after: bool,
 }
 
-/// The kernel volume: named, the system's, or the only one there is.
+/// The kernel volume: named, the system's, or the only one there is; it must exist.
 pub fn kernel_volume(storage: &dyn Storage, named: Option<&str>) -> Result<VolumeId> {
     if let Some(name) = named {
-        return Ok(VolumeId::new(VolumeKind::Kernel, name)?);
+        let id = VolumeId::new(VolumeKind::Kernel, name)?;
+        return match storage.get(&id) {
+            Ok(_) => Ok(id),
+            Err(StorageError::NotFound(_)) => bail!(
+                "kernel sources '{name}' are not imported; run `autogentoo kernel import SOURCE --name {name}` \
+                 (`autogentoo kernel list` shows those that are)"
+            ),
+            Err(other) => Err(other.into()),
+        };
     }
     let kernels = storage.list(VolumeKind::Kernel)?;
     match kernels.as_slice() {
