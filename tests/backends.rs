@@ -20,7 +20,7 @@ use anyhow::{ensure, Context as _, Result};
 use autogentoo_core::testkit::tree::{tree_diff_with, TreeDiffOptions};
 use autogentoo_core::testkit::zfs_pool::Pool;
 use autogentoo_tests::busybox_stage::{
-    CAP_FILE, HARDLINKS, INIT, INIT_MARKER, MARKER, MARKER_FILE, SETUID_FILE,
+    CAP_FILE, CHAR_DEV, HARDLINKS, INIT, INIT_MARKER, MARKER, MARKER_FILE, SETUID_FILE,
 };
 use autogentoo_tests::{
     archive_listing, build_busybox_stage, extract_reference, filesystem_of, is_mount_point,
@@ -160,6 +160,76 @@ fn pipeline_on_zfs() -> Result<()> {
     sweep.close()
 }
 
+/// Only root may reach what a stage's tarball held — its world-writable device node, its
+/// setuid program — in the stage and in the roots cloned from it: the workdir's top is 0700.
+/// Opened to others (as a workdir made before this rule was), the same paths are reachable,
+/// which shows the check can fail; the next `workdir init` closes it again.
+fn out_of_others_reach(cli: &BackendCli, volumes: &[&Path]) -> Result<()> {
+    let top_mode = || -> Result<u64> {
+        let status = cli.ok(["workdir", "status", "--json"]).json();
+        status["top_mode"]
+            .as_u64()
+            .with_context(|| format!("top_mode in {status:#}"))
+    };
+    let reachable = |path: &Path| -> Result<bool> {
+        let output = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg("stat")
+            .arg(path)
+            .output()
+            .context("run setpriv (util-linux)")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.success() || stderr.contains("Permission denied"),
+            "stat as nobody failed for another reason: {stderr}"
+        );
+        Ok(output.status.success())
+    };
+    let targets: Vec<PathBuf> = volumes
+        .iter()
+        .flat_map(|v| [v.join(CHAR_DEV), v.join(SETUID_FILE)])
+        .collect();
+    assert_eq!(top_mode()?, 0o700, "workdir init makes the top 0700");
+    for target in &targets {
+        ensure!(
+            !reachable(target)?,
+            "nobody cannot reach {}",
+            target.display()
+        );
+    }
+    fs::set_permissions(
+        cli.workdir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let status = cli.ok(["workdir", "status"]);
+    assert!(
+        status.stderr.contains("any local user can reach"),
+        "status warns of an open workdir: {}",
+        status.describe()
+    );
+    for target in &targets {
+        ensure!(
+            reachable(target)?,
+            "with the top open, nobody reaches {}",
+            target.display()
+        );
+    }
+    cli.ok(["workdir", "init"]);
+    assert_eq!(
+        top_mode()?,
+        0o700,
+        "workdir init tightens an existing workdir"
+    );
+    for target in &targets {
+        ensure!(
+            !reachable(target)?,
+            "nobody cannot reach {} again",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
 /// Sweeps what a failed test leaves mounted below the pool's mountpoint, keeping the mounts
 /// of the pool's own datasets.
 fn sweep_keeping_datasets(pool: &Pool) -> SweepGuard {
@@ -262,6 +332,7 @@ fn pipeline(
     let root = cli.volume_path("root", ROOT);
     assert_eq!(cli.names("root"), [ROOT]);
     same_tree(&reference, &root);
+    out_of_others_reach(cli, &[&stage, &root])?;
     let snapshot = cli.ok(["root", "snapshot", ROOT, SNAPSHOT]);
     assert_eq!(snapshot.stdout.trim_end(), SNAPSHOT);
 
@@ -581,4 +652,60 @@ fn zfs_needs_its_dataset() -> Result<()> {
         "nothing was made"
     );
     Ok(())
+}
+
+#[test]
+fn zfs_workdir_init_creates_the_named_dataset_in_an_existing_parent() -> Result<()> {
+    require_root();
+    let _daemon = ZfsDaemon::acquire();
+    let _turn = one_at_a_time();
+    let pool = Pool::new(128);
+    let sweep = sweep_keeping_datasets(&pool);
+    let site = temp_dir("autogentoo-backends.")?;
+    let config = site.path().join("autogentoo.toml");
+    let dataset = format!("{}/autogentoo", pool.name);
+    let workdir = pool.dir().join("work");
+    fs::write(
+        &config,
+        format!("[storage]\nbackend = \"zfs\"\nzfs_dataset = \"{dataset}\"\n"),
+    )?;
+    let cli = BackendCli::with_site_config("zfs", &workdir, &config);
+    cli.ok(["workdir", "init"]);
+    let mounted =
+        run_tool(Command::new("zfs").args(["get", "-H", "-o", "value", "mountpoint", &dataset]))?;
+    assert_eq!(
+        Path::new(mounted.trim()),
+        workdir,
+        "the dataset is mounted at the workdir"
+    );
+    ensure!(
+        is_mount_point(&workdir),
+        "{} is a mount point",
+        workdir.display()
+    );
+    let status = cli.ok(["workdir", "status", "--json"]).json();
+    assert_eq!(status["backend"], "zfs", "{status:#}");
+    assert_eq!(status["top_mode"], 0o700, "{status:#}");
+    cli.ok(["workdir", "init"]);
+
+    // A parent that does not exist is not made up: one line, nothing created.
+    let orphan = format!("{}/missing/autogentoo", pool.name);
+    fs::write(
+        &config,
+        format!("[storage]\nbackend = \"zfs\"\nzfs_dataset = \"{orphan}\"\n"),
+    )?;
+    let refused = cli.run(["workdir", "init"]).expect_code(1);
+    refused.expect_one_error();
+    ensure!(
+        refused.stderr.contains(&orphan) && refused.stderr.contains("parent"),
+        "names the dataset and its missing parent: {}",
+        refused.describe()
+    );
+    ensure!(
+        !zfs_datasets(&pool.name)?
+            .iter()
+            .any(|d| d.contains("missing")),
+        "nothing was created"
+    );
+    sweep.close()
 }

@@ -10,6 +10,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Boot an EFI image in QEMU/OVMF and check what it prints
+///
 /// Boot an EFI-stub image in QEMU with OVMF firmware and a serial console, and pass when TEXT
 /// appears on it (or, without --expect, when the machine powers itself off). KVM is used where
 /// it runs guests, TCG elsewhere. The console transcript goes to IMAGE.boot.log.

@@ -13,6 +13,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Build a system's EFI-stub kernel with its initramfs embedded
+///
 /// Build a system's EFI image with its packed initramfs, with the system's kernel builder: the
 /// built-in ones run `make olddefconfig` and `make bzImage` out of tree, inside the root (`root`,
 /// its toolchain) or on the host (`host`), with the initramfs linked into an EFI-stub kernel. The

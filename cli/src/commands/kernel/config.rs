@@ -12,6 +12,8 @@ use crate::commands::root::pack::CompressionArg;
 use crate::context::Context;
 use crate::output;
 
+/// Check or set the options the pipeline needs in a kernel config, and show the diff
+///
 /// Check or set, in a kernel config, the options the pipeline needs: the embedded initramfs
 /// and its decompressor, the EFI stub, devtmpfs and the built-in command line. Prints what has
 /// to change as diff lines: `-` the line FILE has, `+` the line it needs. `--check` fails if

@@ -9,6 +9,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Import kernel sources (a tarball or directory) as a read-only kernel volume
+///
 /// Import kernel sources (a tarball such as Debian's linux-source or kernel.org's, or a
 /// directory) as a read-only kernel volume. Builds never write to it: they build out of tree.
 #[derive(Args, Debug)]

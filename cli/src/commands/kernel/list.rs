@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// List the imported kernel sources
+///
 /// List the imported kernel sources: name, import time, source.
 #[derive(Args, Debug)]
 pub struct ListArgs {}

@@ -11,6 +11,8 @@ use super::build::{default_initramfs, kernel_volume};
 use crate::context::Context;
 use crate::output;
 
+/// Bind a kernel's sources, build directory and initramfs into a root
+///
 /// Bind a kernel into a root for building there: the sources read-only at /usr/src/linux, the
 /// system's build directory (`make O=`, where `.config` lives) at /usr/src/linux-build, and the
 /// directory holding the root's initramfs at /usr/src/initramfs, where the config's

@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Print a kernel volume's directory
+///
 /// Print a kernel volume's directory, for scripts.
 #[derive(Args, Debug)]
 pub struct PathArgs {

@@ -10,6 +10,8 @@ use crate::context::Context;
 use crate::output;
 use crate::plugins::PATH_VAR;
 
+/// List the plugins loaded and the libraries that could not be
+///
 /// List the plugins found in the site config's `[plugins] dirs` and in AUTOGENTOO_PLUGIN_PATH:
 /// name, version, the plugin API version each was built for, what it provides and its file;
 /// then each library or directory that could not be used, and why.

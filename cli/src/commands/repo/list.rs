@@ -7,6 +7,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// List the SquashFS images of the repository
+///
 /// List the SquashFS images in WORKDIR/repos, by name: name, size, date (the image time) and
 /// entries (inodes). A `*.sqfs` file that is not SquashFS 4.0 is skipped with a warning.
 #[derive(Args, Debug)]

@@ -13,6 +13,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Pack a root's ebuild repository, or a directory, into a SquashFS image
+///
 /// Pack a root's ebuild repository (its `mounts.repo`, var/db/repos/gentoo by default, resolved
 /// inside the root) or any directory into a SquashFS image in WORKDIR/repos, which `root mount`
 /// mounts read-only into roots (the newest image, or `mounts.repo_image`). Keeps owners, modes,

@@ -8,6 +8,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Create a read-write root cloned from a stage
+///
 /// Create a read-write root cloned from an imported stage. The stage is not changed by anything
 /// done in the root.
 #[derive(Args, Debug)]

@@ -7,6 +7,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// List the roots
+///
 /// List the roots: name, creation time, the stage (or snapshot) each was cloned from.
 #[derive(Args, Debug)]
 pub struct ListArgs {}

@@ -9,6 +9,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Mount proc, sys, dev, run, the caches and the repository into a root
+///
 /// Mount what a root needs to be chrooted into: proc, sys and dev (recursive, as slaves), a tmpfs
 /// on run, the shared distfiles and binpkgs, the ebuild repository snapshot (read-only), and a
 /// copy of the host's resolv.conf. Mounting a mounted root changes nothing and says so; a

@@ -13,6 +13,8 @@ use crate::context::Context;
 use crate::output;
 use crate::progress::Bar;
 
+/// Pack a root and the site files into an initramfs
+///
 /// Pack a root, then the site's `common/`, then overlays in order (a later layer wins) into one
 /// newc cpio for the kernel's initramfs, without changing the root. Caches, the repository,
 /// sources and pseudo-filesystems are left out (`pack.exclude`); `/dev/console` is always

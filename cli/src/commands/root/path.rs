@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Print a root's directory
+///
 /// Print a root's directory, for scripts.
 #[derive(Args, Debug)]
 pub struct PathArgs {

@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Remove a root and its snapshots
+///
 /// Remove a root and its snapshots. Refused while other roots are cloned from its snapshots,
 /// naming them; `--recursive` removes those first.
 #[derive(Args, Debug)]

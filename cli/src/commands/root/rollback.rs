@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Return a root to one of its snapshots
+///
 /// Return a root to one of its snapshots. Changes since then are lost, and newer snapshots are
 /// removed; refused if any of those has clones.
 #[derive(Args, Debug)]

@@ -9,10 +9,14 @@ use clap::Args;
 use crate::commands::chroot;
 use crate::context::Context;
 
+/// Run a command inside a root, in private namespaces
+///
 /// Run a command inside a root, in a private mount namespace and a new PID namespace: the root's
 /// mounts exist only for the command, and nothing stays mounted or running when it exits, even
 /// if autogentoo is killed. The environment is clean: PATH, HOME, USER, TERM, MAKEOPTS and the
-/// site's `build.env`. Exits with the command's exit code (128 + N if signal N ended it).
+/// site's `build.env`. Exits with the command's exit code (128 + N if signal N ended it), or,
+/// as a shell does, 127 when the command is not found in the root and 126 when it cannot be
+/// executed; 1 is autogentoo's own error. Under --json, stdout is the command's.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The root

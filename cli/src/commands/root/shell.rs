@@ -11,6 +11,8 @@ use rustix::fs::{Mode, OFlags};
 use crate::commands::chroot;
 use crate::context::Context;
 
+/// Open a shell inside a root
+///
 /// Open a login shell inside a root (bash if the root has it, else sh), as `root run` would run
 /// a command.
 #[derive(Args, Debug)]

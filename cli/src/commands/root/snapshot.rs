@@ -9,6 +9,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Take a read-only snapshot of a root
+///
 /// Take a read-only snapshot of a root, to roll back to or clone from.
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {

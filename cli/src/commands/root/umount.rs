@@ -9,6 +9,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Unmount everything below a root, in one call
+///
 /// Unmount everything below a root, deepest first, in one call, and detach its loop devices.
 /// A busy mount is reported with the processes that hold it. Unmounting an unmounted root
 /// succeeds quietly.

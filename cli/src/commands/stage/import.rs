@@ -9,6 +9,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Import a stage3 tarball or directory as a read-only stage
+///
 /// Import a stage3 tarball (.tar, .tar.gz, .tar.xz, .tar.bz2, .tar.zst) or a directory as a
 /// read-only stage, keeping numeric owners, modes, mtimes, xattrs, device nodes and hardlinks.
 /// Nothing appears until the import is complete; an interrupted import leaves nothing behind.

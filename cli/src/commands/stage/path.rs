@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Print a stage's directory
+///
 /// Print a stage's directory, for scripts.
 #[derive(Args, Debug)]
 pub struct PathArgs {

@@ -7,6 +7,8 @@ use clap::Args;
 use crate::commands::volume;
 use crate::context::Context;
 
+/// Remove a stage (refused while roots are cloned from it)
+///
 /// Remove a stage. Refused while roots are cloned from it, naming them; `--recursive` removes
 /// those roots first.
 #[derive(Args, Debug)]

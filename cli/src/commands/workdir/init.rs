@@ -6,6 +6,8 @@ use clap::Args;
 
 use crate::context::Context;
 
+/// Create the storage layout (safe to run again)
+///
 /// Create the storage layout (stages, roots, kernels, caches with distfiles and binpkgs, repos,
 /// out) in the workdir, and make its top reachable by root only (0700): stages and roots hold
 /// device nodes and setuid programs from their tarballs. Existing volumes are left as they are;

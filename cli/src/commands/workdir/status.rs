@@ -8,6 +8,8 @@ use clap::Args;
 use crate::context::Context;
 use crate::output;
 
+/// Show the backend, its capabilities, the volumes and the space used
+///
 /// Show the backend, what it can do, the volumes of each kind and the space used; warn when
 /// users other than root can reach into the workdir.
 #[derive(Args, Debug)]
