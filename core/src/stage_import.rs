@@ -6,26 +6,39 @@
 //! crate would write as plain files, so we make them ourselves), symlinks and hardlinks. Every
 //! path is resolved inside the new volume, so a hostile tarball cannot write outside it.
 //!
+//! Sparse files are extracted as GNU tar extracts them, in every form it writes (old GNU, PAX
+//! 0.0, 0.1 and 1.0): the holes stay holes, so a member costs the disk only its data.
+//!
 //! The import fills a pending volume that no listing shows; only a complete import is committed
-//! and sealed. A failure or an interruption discards it.
+//! and sealed. A failure or an interruption discards it. Errors name the tarball and the entry
+//! as the archive writes it, never the hidden place the volume is filled in.
+
+mod sparse;
+mod tar_reader;
 
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, StatxFlags, Timespec, Timestamps, Uid, XattrFlags,
+};
 use rustix::io::Errno;
 use tar::EntryType;
 
 use crate::digests::{self, DigestError};
 use crate::in_root::{InnerPath, RootDir};
-use crate::storage::{io_err, PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
+use crate::mountinfo;
+use crate::storage::{PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
 use crate::tree_copy;
+use tar_reader::{Member, ReadError, TarReader};
 
 /// The snapshot of a stage that roots are cloned from.
 pub const SEAL_SNAPSHOT: &str = "imported";
@@ -98,6 +111,26 @@ pub enum ImportError {
         entry: String,
         reason: String,
     },
+    #[error("{}: entry '{entry}': cannot {op} in the new stage: {source}; check that the workdir's \
+             filesystem allows it", .path.display())]
+    EntryWrite {
+        path: PathBuf,
+        entry: String,
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stage '{stage}' does not fit: {filesystem} {}{writing}; free space there or use a \
+             workdir with more room; nothing was imported",
+            if *.quota { "has no quota left" } else { "is full" })]
+    DiskFull {
+        stage: String,
+        filesystem: Filesystem,
+        /// Over quota rather than out of blocks.
+        quota: bool,
+        /// What was being written, for a tarball: " writing 'ENTRY' from TARBALL".
+        writing: String,
+    },
     #[error("{}: a DIGESTS check needs a tarball, not a directory", .path.display())]
     DigestsForDirectory { path: PathBuf },
     #[error("{}: '{entry}' has the extended attribute {attribute}, which the {backend} storage cannot keep; \
@@ -154,15 +187,35 @@ pub fn import_sealed(
         refuse_xattrs(storage.backend_name(), source, meta.is_dir(), request)?;
     }
     let pending = PendingGuard::new(storage, &id)?;
+    let filesystem = Filesystem::of(pending.path());
     let (entries, bytes) = if meta.is_dir() {
-        let stats = tree_copy::copy_tree(source, pending.path())?;
+        let stats = tree_copy::copy_tree(source, pending.path()).map_err(|err| {
+            let full = match &err {
+                StorageError::Io { source, .. } => disk_full(source),
+                _ => None,
+            };
+            match full {
+                Some(errno) => ImportError::DiskFull {
+                    stage: request.name.to_owned(),
+                    filesystem: filesystem.clone(),
+                    quota: errno == Errno::DQUOT,
+                    writing: String::new(),
+                },
+                None => err.into(),
+            }
+        })?;
         if request.cancel.load(Ordering::Relaxed) {
             return Err(ImportError::Interrupted);
         }
         (stats.files, stats.bytes)
     } else {
         request.progress.start(meta.len());
-        let mut extractor = Extractor::new(pending.path(), source, request.cancel)?;
+        let target = Target {
+            dir: pending.path(),
+            stage: request.name,
+            filesystem: &filesystem,
+        };
+        let mut extractor = Extractor::new(&target, source, request.cancel)?;
         let extracted = open_decompressed(source, request.progress)
             .and_then(|stream| extractor.extract(stream));
         match extracted {
@@ -214,31 +267,25 @@ fn refuse_xattrs(
     let found = if is_dir {
         first_xattr_in_dir(source)?
     } else {
-        let stream = open_decompressed(source, &Silent)?;
-        let mut archive = tar::Archive::new(stream);
-        let corrupt = |e| ImportError::Corrupt {
-            path: source.to_owned(),
-            source: e,
-        };
+        let mut reader = TarReader::new(open_decompressed(source, &Silent)?);
         let mut found = None;
-        for entry in archive.entries().map_err(corrupt)? {
+        while let Some(member) = reader
+            .next_member()
+            .map_err(|e| read_error(source, "", e))?
+        {
             if request.cancel.load(Ordering::Relaxed) {
                 return Err(ImportError::Interrupted);
             }
-            let mut entry = entry.map_err(corrupt)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if let Some(extensions) = entry.pax_extensions().map_err(corrupt)? {
-                for ext in extensions {
-                    let key = ext.map_err(corrupt)?.key_bytes().to_vec();
-                    if let Some(attribute) = key.strip_prefix(b"SCHILY.xattr.") {
-                        found = Some((
-                            name.clone(),
-                            String::from_utf8_lossy(attribute).into_owned(),
-                        ));
-                    }
-                }
-            }
-            if found.is_some() {
+            if let Some((key, _)) = member
+                .pax
+                .iter()
+                .find(|(key, _)| key.starts_with(b"SCHILY.xattr."))
+            {
+                let attribute = &key[b"SCHILY.xattr.".len()..];
+                found = Some((
+                    member.shown_name(),
+                    String::from_utf8_lossy(attribute).into_owned(),
+                ));
                 break;
             }
         }
@@ -447,6 +494,89 @@ impl Read for TarStream<'_> {
     }
 }
 
+/// The filesystem a new volume is written to, as it was when the import started: what a full
+/// disk is reported with (the hidden place the volume is filled in means nothing to a user).
+#[derive(Clone, Debug)]
+pub struct Filesystem {
+    /// Where it is mounted and its type, from the kernel's mount table.
+    pub mount: Option<(PathBuf, String)>,
+    /// Bytes available to writers when the import started.
+    pub free_bytes: Option<u64>,
+}
+
+impl Filesystem {
+    /// The filesystem holding `dir`; what cannot be learnt is left out of messages.
+    pub fn of(dir: &Path) -> Self {
+        let free_bytes = rustix::fs::statvfs(dir)
+            .ok()
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize));
+        let mount = rustix::fs::statx(rustix::fs::CWD, dir, AtFlags::empty(), StatxFlags::MNT_ID)
+            .ok()
+            .and_then(|stx| {
+                mountinfo::read()
+                    .ok()?
+                    .into_iter()
+                    .find(|m| m.id == stx.stx_mnt_id)
+            })
+            .map(|m| (m.point, m.fstype));
+        Self { mount, free_bytes }
+    }
+}
+
+impl fmt::Display for Filesystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.mount {
+            Some((point, fstype)) => write!(f, "the {fstype} filesystem at {}", point.display())?,
+            None => f.write_str("the workdir's filesystem")?,
+        }
+        if let Some(free) = self.free_bytes {
+            write!(f, " ({} free when the import started)", human_bytes(free))?;
+        }
+        Ok(())
+    }
+}
+
+/// Binary units, one decimal: what `df -h` users read.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// ENOSPC or EDQUOT: the disk (or the user's share of it) is full.
+fn disk_full(err: &io::Error) -> Option<Errno> {
+    let errno = Errno::from_io_error(err)?;
+    (errno == Errno::NOSPC || errno == Errno::DQUOT).then_some(errno)
+}
+
+/// A stream error as the user sees it: the tarball is corrupt (`place` says where, as
+/// ", in entry 'X'"), or one of its entries is.
+fn read_error(archive: &Path, place: &str, err: ReadError) -> ImportError {
+    match err {
+        ReadError::Stream(source) if place.is_empty() => ImportError::Corrupt {
+            path: archive.to_owned(),
+            source,
+        },
+        ReadError::Stream(source) => ImportError::Corrupt {
+            path: archive.to_owned(),
+            source: io::Error::new(source.kind(), format!("{source}{place}")),
+        },
+        ReadError::Member { entry, reason } => ImportError::BadEntry {
+            path: archive.to_owned(),
+            entry,
+            reason,
+        },
+    }
+}
+
 /// Metadata of one entry, with the pax records applied.
 struct EntryMeta {
     mode: u32,
@@ -456,26 +586,44 @@ struct EntryMeta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Where an extraction writes: the pending volume's directory, and what errors say instead.
+struct Target<'a> {
+    dir: &'a Path,
+    stage: &'a str,
+    filesystem: &'a Filesystem,
+}
+
 /// Writes a tar stream into a root directory.
 struct Extractor<'a> {
     root: RootDir,
     archive: &'a Path,
+    stage: &'a str,
+    filesystem: &'a Filesystem,
     cancel: &'a AtomicBool,
+    /// The entry being written, as the archive names it: what errors name.
+    current: String,
     /// The directory of the previous entry: tarballs list a directory's entries together.
     last_parent: Option<(Vec<std::ffi::OsString>, OwnedFd)>,
     /// Directory metadata, applied deepest first at the end (creating entries changes mtimes).
-    dirs: Vec<(InnerPath, EntryMeta)>,
+    dirs: Vec<(InnerPath, String, EntryMeta)>,
     entries: u64,
     bytes: u64,
     buf: Vec<u8>,
 }
 
 impl<'a> Extractor<'a> {
-    fn new(dest: &Path, archive: &'a Path, cancel: &'a AtomicBool) -> Result<Self, ImportError> {
+    fn new(
+        target: &Target<'a>,
+        archive: &'a Path,
+        cancel: &'a AtomicBool,
+    ) -> Result<Self, ImportError> {
         Ok(Self {
-            root: RootDir::open(dest)?,
+            root: RootDir::open(target.dir)?,
             archive,
+            stage: target.stage,
+            filesystem: target.filesystem,
             cancel,
+            current: String::new(),
             last_parent: None,
             dirs: Vec::new(),
             entries: 0,
@@ -484,36 +632,86 @@ impl<'a> Extractor<'a> {
         })
     }
 
-    fn corrupt(&self, source: io::Error) -> ImportError {
-        ImportError::Corrupt {
-            path: self.archive.to_owned(),
-            source,
-        }
+    /// A stream error inside the current entry's data.
+    fn read_err(&self, err: ReadError) -> ImportError {
+        read_error(self.archive, &format!(", in entry '{}'", self.current), err)
     }
 
-    fn bad_entry(&self, entry: &InnerPath, reason: impl Into<String>) -> ImportError {
+    fn bad_entry(&self, reason: impl Into<String>) -> ImportError {
         ImportError::BadEntry {
             path: self.archive.to_owned(),
-            entry: entry.relative().display().to_string(),
+            entry: self.current.clone(),
             reason: reason.into(),
         }
     }
 
+    /// A failure to write the current entry: a full disk is said as such, anything else names
+    /// the entry and what was being done to it.
+    fn write_err(&self, op: impl Into<String>, source: io::Error) -> ImportError {
+        if let Some(errno) = disk_full(&source) {
+            return ImportError::DiskFull {
+                stage: self.stage.to_owned(),
+                filesystem: self.filesystem.clone(),
+                quota: errno == Errno::DQUOT,
+                writing: format!(
+                    " while writing '{}' from {}",
+                    self.current,
+                    self.archive.display()
+                ),
+            };
+        }
+        ImportError::EntryWrite {
+            path: self.archive.to_owned(),
+            entry: self.current.clone(),
+            op: op.into(),
+            source,
+        }
+    }
+
+    fn errno_err(&self, op: &str, errno: Errno) -> ImportError {
+        self.write_err(op, errno.into())
+    }
+
+    /// An error of the in-root lookups, which name the volume's hidden path: told again with
+    /// the entry instead.
+    fn root_err(&self, err: StorageError) -> ImportError {
+        match err {
+            // The lookups' operations are "open directory", "create directory", "follow", …
+            StorageError::Io { op, source, .. } => {
+                let verb = op.split(' ').next().unwrap_or(op);
+                self.write_err(format!("{verb} its directory"), source)
+            }
+            StorageError::Unsupported { .. } => self.bad_entry(
+                "leads into a filesystem mounted inside the stage; the tarball cannot be imported",
+            ),
+            other => other.into(),
+        }
+    }
+
     fn extract(&mut self, stream: impl Read) -> Result<(), ImportError> {
-        let mut archive = tar::Archive::new(stream);
-        let entries = archive.entries().map_err(|e| self.corrupt(e))?;
-        for entry in entries {
+        let mut reader = TarReader::new(stream);
+        loop {
+            let member = match reader.next_member() {
+                Ok(Some(member)) => member,
+                Ok(None) => break,
+                Err(err) if self.entries == 0 => return Err(read_error(self.archive, "", err)),
+                Err(err) => {
+                    let place = format!(", after entry '{}'", self.current);
+                    return Err(read_error(self.archive, &place, err));
+                }
+            };
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(ImportError::Interrupted);
             }
-            let mut entry = entry.map_err(|e| self.corrupt(e))?;
-            self.entry(&mut entry)?;
+            self.current = member.shown_name();
+            self.entry(&member, &mut reader)?;
             self.entries += 1;
         }
         self.last_parent = None;
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
-        for (path, meta) in &dirs {
+        dirs.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.depth()));
+        for (path, name, meta) in dirs {
+            self.current = name;
             let fd = self
                 .root
                 .open_at(
@@ -521,33 +719,29 @@ impl<'a> Extractor<'a> {
                     OFlags::DIRECTORY | OFlags::RDONLY,
                     Mode::empty(),
                 )
-                .map_err(|e| self.write_err("open directory", path, e))?;
-            self.apply_meta(&fd, path, meta)?;
+                .map_err(|e| self.errno_err("open the directory", e))?;
+            self.apply_meta(&fd, &meta)?;
         }
         Ok(())
     }
 
-    fn write_err(&self, op: &'static str, path: &InnerPath, errno: Errno) -> ImportError {
-        io_err(op, self.root.display_path(&path.relative()))(errno.into()).into()
-    }
-
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), ImportError> {
-        let raw_path = entry.path_bytes().into_owned();
-        let path = InnerPath::parse(&raw_path).ok_or_else(|| ImportError::BadEntry {
-            path: self.archive.to_owned(),
-            entry: String::from_utf8_lossy(&raw_path).into_owned(),
-            reason: "climbs out of the stage with '..'".into(),
-        })?;
-        let meta = self.meta(entry)?;
-        let kind = entry.header().entry_type();
+    fn entry<R: Read>(
+        &mut self,
+        member: &Member,
+        reader: &mut TarReader<R>,
+    ) -> Result<(), ImportError> {
+        let path = InnerPath::parse(&member.name)
+            .ok_or_else(|| self.bad_entry("climbs out of the stage with '..'"))?;
+        let meta = self.meta(member)?;
+        let kind = member.kind();
         if path.is_root() {
             if kind == EntryType::Directory {
-                self.dirs.push((path, meta));
+                self.dirs.push((path, self.current.clone(), meta));
             }
             return Ok(());
         }
         let (parent_components, name) = path.split_last().expect("not the root");
-        let parent = self.parent(parent_components, &path)?;
+        let parent = self.parent(parent_components)?;
         match kind {
             EntryType::Directory => {
                 match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
@@ -555,151 +749,214 @@ impl<'a> Extractor<'a> {
                     Err(Errno::EXIST) if is_dir_at(&parent, name) => {}
                     Err(Errno::EXIST) => {
                         remove_at(&parent, name)
-                            .map_err(|e| self.write_err("replace", &path, e))?;
+                            .map_err(|e| self.errno_err("replace what is there", e))?;
                         rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
-                            .map_err(|e| self.write_err("create directory", &path, e))?;
+                            .map_err(|e| self.errno_err("create it", e))?;
                     }
-                    Err(e) => return Err(self.write_err("create directory", &path, e)),
+                    Err(e) => return Err(self.errno_err("create it", e)),
                 }
-                self.dirs.push((path.clone(), meta));
+                self.dirs.push((path.clone(), self.current.clone(), meta));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let fd = create_at(&parent, name, |flags| {
                     rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o600))
                 })
-                .map_err(|e| self.write_err("create", &path, e))?;
-                let mut file = File::from(fd);
-                self.copy_content(entry, &mut file, &path)?;
-                self.apply_meta(&file, &path, &meta)?;
+                .map_err(|e| self.errno_err("create it", e))?;
+                let file = File::from(fd);
+                self.write_data(member, reader, &file)?;
+                self.apply_meta(&file, &meta)?;
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.bad_entry(&path, "is a symlink without a target"))?;
-                let target = OsStr::from_bytes(&target).to_owned();
+                let target = member
+                    .link
+                    .as_deref()
+                    .ok_or_else(|| self.bad_entry("is a symlink without a target"))?;
+                let target = OsStr::from_bytes(target);
                 create_at(&parent, name, |_| {
-                    rustix::fs::symlinkat(&target, &parent, name)
+                    rustix::fs::symlinkat(target, &parent, name)
                 })
-                .map_err(|e| self.write_err("create symlink", &path, e))?;
-                self.apply_meta_at(&parent, name, &path, &meta, true)?;
+                .map_err(|e| self.errno_err("create the symlink", e))?;
+                self.apply_meta_at(&parent, name, &meta, true)?;
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.bad_entry(&path, "is a hardlink without a target"))?;
-                let target = InnerPath::parse(&target)
-                    .and_then(|t| if t.is_root() { None } else { Some(t) })
-                    .ok_or_else(|| self.bad_entry(&path, "links to a path outside the stage"))?;
-                let (target_parent, target_name) = target.split_last().expect("not the root");
-                let target_dir = self.root.dir(target_parent, false)?;
-                create_at(&parent, name, |_| {
-                    rustix::fs::linkat(&target_dir, target_name, &parent, name, AtFlags::empty())
-                })
-                .map_err(|e| self.write_err("create hardlink", &path, e))?;
-            }
+            EntryType::Link => self.hardlink(member, &parent, name)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (file_type, dev) = match kind {
-                    EntryType::Char => (FileType::CharacterDevice, self.device(entry, &path)?),
-                    EntryType::Block => (FileType::BlockDevice, self.device(entry, &path)?),
+                    EntryType::Char => (FileType::CharacterDevice, self.device(member)?),
+                    EntryType::Block => (FileType::BlockDevice, self.device(member)?),
                     _ => (FileType::Fifo, 0),
                 };
                 create_at(&parent, name, |_| {
                     rustix::fs::mknodat(&parent, name, file_type, Mode::from_raw_mode(0o600), dev)
                 })
-                .map_err(|e| self.write_err("create node", &path, e))?;
-                self.apply_meta_at(&parent, name, &path, &meta, false)?;
+                .map_err(|e| self.errno_err("create the node", e))?;
+                self.apply_meta_at(&parent, name, &meta, false)?;
             }
-            // pax and GNU long-name headers are consumed by the tar crate; anything else
-            // (sockets cannot be archived) has no place in a stage.
+            // pax and GNU long-name headers are read with the member they describe; anything
+            // else (sockets cannot be archived) has no place in a stage.
             other => {
-                return Err(self.bad_entry(&path, format!("has an unsupported type {other:?}")));
+                return Err(self.bad_entry(format!("has an unsupported type {other:?}")));
             }
         }
         Ok(())
     }
 
-    fn device<R: Read>(&self, entry: &tar::Entry<R>, path: &InnerPath) -> Result<u64, ImportError> {
-        let header = entry.header();
-        let major = header.device_major().ok().flatten();
-        let minor = header.device_minor().ok().flatten();
+    /// A hardlink to an entry the archive made before it, inside the stage.
+    fn hardlink(&self, member: &Member, parent: &OwnedFd, name: &OsStr) -> Result<(), ImportError> {
+        let raw = member
+            .link
+            .as_deref()
+            .ok_or_else(|| self.bad_entry("is a hardlink without a target"))?;
+        let shown = String::from_utf8_lossy(raw);
+        let target = InnerPath::parse(raw)
+            .filter(|t| !t.is_root())
+            .ok_or_else(|| {
+                self.bad_entry(format!(
+                    "is a hardlink to '{shown}', which is outside the stage; the tarball is \
+                     hostile or broken: do not import it"
+                ))
+            })?;
+        let missing = || {
+            self.bad_entry(format!(
+                "is a hardlink to '{shown}', which the archive does not hold before it; the \
+                 tarball is incomplete or corrupt: download or create it again"
+            ))
+        };
+        let (target_parent, target_name) = target.split_last().expect("not the root");
+        let target_dir = match self.root.dir(target_parent, false) {
+            Ok(fd) => fd,
+            Err(StorageError::Io { ref source, .. })
+                if matches!(
+                    Errno::from_io_error(source),
+                    Some(Errno::NOENT | Errno::NOTDIR)
+                ) =>
+            {
+                return Err(missing())
+            }
+            Err(err) => return Err(self.root_err(err)),
+        };
+        create_at(parent, name, |_| {
+            rustix::fs::linkat(&target_dir, target_name, parent, name, AtFlags::empty())
+        })
+        .map_err(|e| match e {
+            Errno::NOENT => missing(),
+            e => self.errno_err(&format!("link it to '{shown}'"), e),
+        })
+    }
+
+    fn device(&self, member: &Member) -> Result<u64, ImportError> {
+        let major = member.header.device_major().ok().flatten();
+        let minor = member.header.device_minor().ok().flatten();
         match (major, minor) {
             (Some(major), Some(minor)) => Ok(rustix::fs::makedev(major, minor)),
-            _ => Err(self.bad_entry(path, "is a device without valid numbers")),
+            _ => Err(self.bad_entry("is a device without valid numbers")),
         }
     }
 
     /// The directory `components`, reusing the previous entry's when it is the same.
-    fn parent(
-        &mut self,
-        components: &[std::ffi::OsString],
-        path: &InnerPath,
-    ) -> Result<OwnedFd, ImportError> {
+    fn parent(&mut self, components: &[std::ffi::OsString]) -> Result<OwnedFd, ImportError> {
         if let Some((last, fd)) = &self.last_parent {
             if last.as_slice() == components {
-                return fd.try_clone().map_err(|e| {
-                    io_err("open directory", self.root.display_path(&path.relative()))(e).into()
-                });
+                return fd
+                    .try_clone()
+                    .map_err(|e| self.write_err("open its directory", e));
             }
         }
-        let fd = self.root.dir(components, true)?;
+        let fd = self
+            .root
+            .dir(components, true)
+            .map_err(|e| self.root_err(e))?;
         let copy = fd
             .try_clone()
-            .map_err(|e| io_err("open directory", self.root.display_path(&path.relative()))(e))?;
+            .map_err(|e| self.write_err("open its directory", e))?;
         self.last_parent = Some((components.to_vec(), copy));
         Ok(fd)
     }
 
-    fn copy_content(
+    /// Writes the member's data where its map puts it: runs at their offsets, holes never
+    /// read nor written (the file is new, so they read as zeros), then the file's full size.
+    fn write_data<R: Read>(
         &mut self,
-        entry: &mut impl Read,
-        file: &mut File,
-        path: &InnerPath,
+        member: &Member,
+        reader: &mut TarReader<R>,
+        file: &File,
     ) -> Result<(), ImportError> {
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.corrupt(e)),
-            };
-            file.write_all(&self.buf[..n])
-                .map_err(|e| io_err("write", self.root.display_path(&path.relative()))(e))?;
-            self.bytes += n as u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        let written = self.write_runs(member, reader, file, &mut buf);
+        self.buf = buf;
+        let end = written?;
+        if member.layout.size > end {
+            file.set_len(member.layout.size)
+                .map_err(|e| self.write_err("set its size", e))?;
         }
+        Ok(())
     }
 
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<R>) -> Result<EntryMeta, ImportError> {
-        let header = entry.header();
-        let invalid = |what: &str, e: io::Error| ImportError::Corrupt {
-            path: self.archive.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}")),
+    /// Where the last run ended.
+    fn write_runs<R: Read>(
+        &mut self,
+        member: &Member,
+        reader: &mut TarReader<R>,
+        file: &File,
+        buf: &mut [u8],
+    ) -> Result<u64, ImportError> {
+        let mut end = 0;
+        for run in &member.layout.runs {
+            let mut offset = run.offset;
+            end = run.offset + run.len;
+            while offset < end {
+                // A single member may be gigabytes: stop inside it when asked to.
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(ImportError::Interrupted);
+                }
+                let want = buf
+                    .len()
+                    .min(usize::try_from(end - offset).unwrap_or(usize::MAX));
+                let n = reader
+                    .read_data(&mut buf[..want])
+                    .map_err(|e| self.read_err(e.into()))?;
+                if n == 0 {
+                    // The map was checked against the stored size, so this is our bug; an
+                    // error beats a loop that never ends.
+                    let short = io::Error::other("the member's data ends before its map does");
+                    return Err(self.read_err(short.into()));
+                }
+                file.write_all_at(&buf[..n], offset)
+                    .map_err(|e| self.write_err("write it", e))?;
+                offset += n as u64;
+                self.bytes += n as u64;
+            }
+        }
+        Ok(end)
+    }
+
+    fn meta(&self, member: &Member) -> Result<EntryMeta, ImportError> {
+        let header = &member.header;
+        let invalid = |what: &str, e: io::Error| {
+            self.bad_entry(format!(
+                "has no valid {what} ({e}); the tarball is corrupt: download or create it again"
+            ))
         };
         let mut meta = EntryMeta {
             mode: header.mode().map_err(|e| invalid("mode", e))? & 0o7777,
-            uid: header.uid().map_err(|e| invalid("uid", e))? as u32,
-            gid: header.gid().map_err(|e| invalid("gid", e))? as u32,
+            uid: header.uid().map_err(|e| invalid("owner", e))? as u32,
+            gid: header.gid().map_err(|e| invalid("group", e))? as u32,
             mtime: Timespec {
                 tv_sec: header.mtime().map_err(|e| invalid("mtime", e))? as i64,
                 tv_nsec: 0,
             },
             xattrs: Vec::new(),
         };
-        if let Some(extensions) = entry.pax_extensions().map_err(|e| self.corrupt(e))? {
-            for ext in extensions {
-                let ext = ext.map_err(|e| self.corrupt(e))?;
-                let key = ext.key_bytes();
-                let value = ext.value_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push((name.to_vec(), value.to_vec()));
-                } else if key == b"mtime" {
-                    if let Some(mtime) = parse_pax_time(value) {
-                        meta.mtime = mtime;
-                    }
-                } else if key == b"uid" {
-                    meta.uid = parse_pax_id(value).unwrap_or(meta.uid);
-                } else if key == b"gid" {
-                    meta.gid = parse_pax_id(value).unwrap_or(meta.gid);
+        for (key, value) in &member.pax {
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                meta.xattrs.push((name.to_vec(), value.to_vec()));
+            } else if key == b"mtime" {
+                if let Some(mtime) = parse_pax_time(value) {
+                    meta.mtime = mtime;
                 }
+            } else if key == b"uid" {
+                meta.uid = parse_pax_id(value).unwrap_or(meta.uid);
+            } else if key == b"gid" {
+                meta.gid = parse_pax_id(value).unwrap_or(meta.gid);
             }
         }
         Ok(meta)
@@ -707,29 +964,24 @@ impl<'a> Extractor<'a> {
 
     /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities),
     /// then times, on an open file or directory.
-    fn apply_meta(
-        &self,
-        fd: &impl AsFd,
-        path: &InnerPath,
-        meta: &EntryMeta,
-    ) -> Result<(), ImportError> {
-        let fail = |op, e: Errno| self.write_err(op, path, e);
+    fn apply_meta(&self, fd: &impl AsFd, meta: &EntryMeta) -> Result<(), ImportError> {
         rustix::fs::fchown(
             fd,
             Some(Uid::from_raw(meta.uid)),
             Some(Gid::from_raw(meta.gid)),
         )
-        .map_err(|e| fail("chown", e))?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("chmod", e))?;
+        .map_err(|e| self.errno_err("set its owner", e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| self.errno_err("set its mode", e))?;
         for (name, value) in &meta.xattrs {
             rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
-                .map_err(|e| self.xattr_err(path, name, e))?;
+                .map_err(|e| self.xattr_err(name, e))?;
         }
         let times = Timestamps {
             last_access: meta.mtime,
             last_modification: meta.mtime,
         };
-        rustix::fs::futimens(fd, &times).map_err(|e| fail("set times of", e))?;
+        rustix::fs::futimens(fd, &times).map_err(|e| self.errno_err("set its times", e))?;
         Ok(())
     }
 
@@ -738,11 +990,9 @@ impl<'a> Extractor<'a> {
         &self,
         parent: &OwnedFd,
         name: &OsStr,
-        path: &InnerPath,
         meta: &EntryMeta,
         symlink: bool,
     ) -> Result<(), ImportError> {
-        let fail = |op, e: Errno| self.write_err(op, path, e);
         rustix::fs::chownat(
             parent,
             name,
@@ -750,7 +1000,7 @@ impl<'a> Extractor<'a> {
             Some(Gid::from_raw(meta.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| fail("chown", e))?;
+        .map_err(|e| self.errno_err("set its owner", e))?;
         if !symlink {
             rustix::fs::chmodat(
                 parent,
@@ -758,7 +1008,7 @@ impl<'a> Extractor<'a> {
                 Mode::from_raw_mode(meta.mode),
                 AtFlags::empty(),
             )
-            .map_err(|e| fail("chmod", e))?;
+            .map_err(|e| self.errno_err("set its mode", e))?;
         }
         if !meta.xattrs.is_empty() {
             // No fd can be opened on a symlink or node for fsetxattr; name it through the parent's
@@ -766,7 +1016,7 @@ impl<'a> Extractor<'a> {
             let via = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name);
             for (xname, value) in &meta.xattrs {
                 rustix::fs::lsetxattr(&via, OsStr::from_bytes(xname), value, XattrFlags::empty())
-                    .map_err(|e| self.xattr_err(path, xname, e))?;
+                    .map_err(|e| self.xattr_err(xname, e))?;
             }
         }
         let times = Timestamps {
@@ -774,19 +1024,25 @@ impl<'a> Extractor<'a> {
             last_modification: meta.mtime,
         };
         rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| fail("set times of", e))?;
+            .map_err(|e| self.errno_err("set its times", e))?;
         Ok(())
     }
 
-    fn xattr_err(&self, path: &InnerPath, name: &[u8], e: Errno) -> ImportError {
+    fn xattr_err(&self, name: &[u8], e: Errno) -> ImportError {
         let name = String::from_utf8_lossy(name);
         if e == Errno::NOTSUP || e == Errno::OPNOTSUPP {
-            self.bad_entry(
-                path,
-                format!("has the extended attribute {name}, which this storage cannot hold; use a backend with xattrs"),
-            )
+            self.bad_entry(format!(
+                "has the extended attribute {name}, which this storage cannot hold; use a backend with xattrs"
+            ))
         } else {
-            self.write_err("set extended attribute of", path, e)
+            // Not a full disk even on ENOSPC: a filesystem says so for an attribute too large
+            // for it.
+            ImportError::EntryWrite {
+                path: self.archive.to_owned(),
+                entry: self.current.clone(),
+                op: format!("set its extended attribute {name}"),
+                source: e.into(),
+            }
         }
     }
 }
