@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use autogentoo_core::testkit::assert_same_tree;
 use autogentoo_tests::{
-    archive_listing, check_rich_tree, find_named, list_dir, noise, wait_until, Compression,
-    RichStage, Spawned, Workdir,
+    archive_listing, check_rich_tree, find_named, gnu_tar, list_dir, noise, wait_until,
+    Compression, RichStage, Run, Spawned, Workdir,
 };
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::process::Signal;
@@ -550,4 +551,630 @@ fn killed_import_is_invisible_and_swept_by_the_next() -> Result<()> {
         "the abandoned import was swept"
     );
     Ok(())
+}
+
+#[test]
+fn short_sha512_line_in_digests_is_malformed_not_a_mismatch() -> Result<()> {
+    let workdir = Workdir::new();
+    let tarball = workdir.scratch().join("stage.tar");
+    small_tarball(&tarball, |_| Ok(()))?;
+    let digests = workdir.scratch().join("stage.tar.DIGESTS");
+    // The SHA512 line (line 4) holds 60 of the tarball's 128 hex digits.
+    digests_file(&digests, "stage.tar", &sha512sum(&tarball)?[..60])?;
+
+    let run = workdir
+        .run([
+            OsStr::new("stage"),
+            OsStr::new("import"),
+            tarball.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new("gentoo"),
+            OsStr::new("--digests"),
+            digests.as_os_str(),
+        ])
+        .expect_code(1);
+    run.expect_one_error();
+    assert!(
+        run.stderr
+            .contains(&format!("{}:4: malformed", digests.display()))
+            && run.stderr.contains("128 hex digits")
+            && !run.stderr.contains("does not match"),
+        "names the DIGESTS file, the line and what a SHA512 line looks like: {}",
+        run.describe()
+    );
+    workdir.assert_no_stage_left();
+    Ok(())
+}
+
+#[test]
+fn hardlink_to_a_missing_target_names_the_entry_and_the_target() -> Result<()> {
+    let workdir = Workdir::new();
+    // A target missing from a directory that exists, and one whose directory is missing too.
+    for (name, link, target) in [
+        ("same-dir", "etc/hostname-link", "etc/missing"),
+        ("no-dir", "usr/bin/sh", "bin/busybox"),
+    ] {
+        let tarball = workdir.scratch().join(format!("{name}.tar"));
+        small_tarball(&tarball, |b| {
+            b.append_link(&mut header(EntryType::Link, 0, 0o755), link, target)?;
+            Ok(())
+        })?;
+        let run = workdir.run(import_args(&tarball, name)).expect_code(1);
+        run.expect_one_error();
+        line_with(
+            &run,
+            &[
+                tarball.to_str().unwrap(),
+                &format!("entry '{link}'"),
+                &format!("hardlink to '{target}'"),
+            ],
+        );
+        assert!(
+            !run.stderr.contains(".autogentoo") && !run.stderr.contains("pending"),
+            "no internal path: {}",
+            run.describe()
+        );
+        workdir.assert_no_stage_left();
+    }
+    Ok(())
+}
+
+/// The line of stderr that holds all of `parts`: a cause is told whole, on one line.
+#[track_caller]
+fn line_with<'a>(run: &'a Run, parts: &[&str]) -> &'a str {
+    run.stderr
+        .lines()
+        .find(|line| parts.iter().all(|part| line.contains(part)))
+        .unwrap_or_else(|| panic!("no line holds all of {parts:?}: {}", run.describe()))
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The forms in which GNU tar writes a sparse file.
+#[derive(Clone, Copy, Debug)]
+enum SparseFormat {
+    OldGnu,
+    Pax0_0,
+    Pax0_1,
+    Pax1_0,
+}
+
+impl SparseFormat {
+    fn tar_args(self) -> &'static [&'static str] {
+        match self {
+            Self::OldGnu => &["--format=gnu"],
+            Self::Pax0_0 => &["--format=posix", "--sparse-version=0.0"],
+            Self::Pax0_1 => &["--format=posix", "--sparse-version=0.1"],
+            Self::Pax1_0 => &["--format=posix", "--sparse-version=1.0"],
+        }
+    }
+
+    /// Whether `archive` holds a sparse member in this form, so a test knows GNU tar wrote
+    /// what it is about.
+    fn is_in(self, archive: &[u8]) -> bool {
+        let contains = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
+        match self {
+            Self::OldGnu => archive.chunks(512).any(|block| {
+                block.len() == 512 && &block[257..265] == b"ustar  \0" && block[156] == b'S'
+            }),
+            Self::Pax0_0 => contains(b" GNU.sparse.offset="),
+            Self::Pax0_1 => contains(b" GNU.sparse.map="),
+            Self::Pax1_0 => contains(b" GNU.sparse.major=1\n"),
+        }
+    }
+}
+
+/// A file of `size` bytes holding noise at each `(offset, length)` and holes elsewhere.
+fn sparse_file(path: &Path, size: u64, runs: &[(u64, usize)], seed: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    fs::create_dir_all(path.parent().expect("a parent"))?;
+    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    file.set_len(size)?;
+    for (i, (offset, len)) in runs.iter().enumerate() {
+        file.write_all_at(&noise(*len, seed + i as u64), *offset)?;
+    }
+    Ok(())
+}
+
+fn set_mtime(path: &Path, sec: i64, nsec: i64) -> Result<()> {
+    let time = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    rustix::fs::utimensat(CWD, path, &times, rustix::fs::AtFlags::empty())
+        .with_context(|| format!("set the times of {}", path.display()))
+}
+
+/// Sparse files as a stage may hold them (disk images, databases): one with data at its start,
+/// in its middle (not on a block boundary) and at its end, one that ends in a hole; an owner,
+/// modes, sub-second mtimes and an xattr that must come through too.
+fn build_sparse_tree(root: &Path) -> Result<()> {
+    let dir = root.join("var/lib/images");
+    let disk = dir.join("disk.img");
+    let size = 3 * GIB + 777;
+    sparse_file(
+        &disk,
+        size,
+        &[(0, 70_000), (GIB + 12_345, 50_000), (size - 30_000, 30_000)],
+        1,
+    )?;
+    rustix::fs::setxattr(
+        &disk,
+        "user.autogentoo.origin",
+        b"sparse fixture",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    let db = dir.join("tail-hole.db");
+    sparse_file(&db, 2 * GIB, &[(8192, 4096), (GIB, 100_000)], 2)?;
+    std::os::unix::fs::chown(&db, Some(250), Some(250))?;
+    fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
+    set_mtime(&disk, 1_700_000_000, 123_456_789)?;
+    set_mtime(&db, 1_600_000_000, 5)?;
+    set_mtime(&dir, 1_650_000_000, 0)?;
+    Ok(())
+}
+
+/// Archives `tree` with GNU tar, holes detected, in `format`.
+fn sparse_archive(tree: &Path, archive: &Path, format: SparseFormat) -> Result<()> {
+    let mut args: Vec<&OsStr> = [
+        "--create",
+        "--sparse",
+        "--numeric-owner",
+        "--preserve-permissions",
+    ]
+    .iter()
+    .chain(format.tar_args())
+    .map(OsStr::new)
+    .collect();
+    // Only pax headers carry xattrs; GNU tar refuses `--xattrs` with the old GNU format.
+    if !matches!(format, SparseFormat::OldGnu) {
+        args.push(OsStr::new("--xattrs"));
+    }
+    args.extend([
+        OsStr::new("--file"),
+        archive.as_os_str(),
+        OsStr::new("-C"),
+        tree.as_os_str(),
+        OsStr::new("."),
+    ]);
+    gnu_tar(args)?;
+    let bytes = fs::read(archive)?;
+    anyhow::ensure!(
+        format.is_in(&bytes),
+        "GNU tar wrote no {format:?} sparse member into {}",
+        archive.display()
+    );
+    Ok(())
+}
+
+/// What `tar --sparse -xpf` makes of `archive` in the new directory `dest`.
+fn sparse_reference(archive: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir(dest)?;
+    gnu_tar([
+        OsStr::new("--extract"),
+        OsStr::new("--sparse"),
+        OsStr::new("--xattrs"),
+        OsStr::new("--xattrs-include=*"),
+        OsStr::new("--numeric-owner"),
+        OsStr::new("--preserve-permissions"),
+        OsStr::new("--file"),
+        archive.as_os_str(),
+        OsStr::new("-C"),
+        dest.as_os_str(),
+    ])
+    .map(drop)
+}
+
+/// Every path below `root`, relative, sorted; the root itself as "".
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for path in list_dir(&dir) {
+            found.push(path.strip_prefix(root).expect("below the root").to_owned());
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The byte ranges of `path` that hold data, as the filesystem reports them; holes are not read.
+fn data_regions(path: &Path) -> Result<Vec<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut regions = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(&file, SeekFrom::Data(at)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e).context(format!("SEEK_DATA in {}", path.display())),
+        };
+        let end = seek(&file, SeekFrom::Hole(start))?;
+        regions.push((start, end));
+        at = end;
+    }
+    Ok(regions)
+}
+
+/// Data regions of either file, merged.
+fn union(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.into_iter().chain(b).collect();
+    all.sort();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in all {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut names = vec![0u8; rustix::fs::llistxattr_query(path).unwrap_or(0)];
+    let len = rustix::fs::llistxattr(path, &mut names).unwrap_or(0);
+    names[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let name = OsStr::from_bytes(name);
+            let mut value = vec![0u8; rustix::fs::lgetxattr_query(path, name).unwrap_or(0)];
+            let n = rustix::fs::lgetxattr(path, name, &mut value).unwrap_or(0);
+            value.truncate(n);
+            (name.as_bytes().to_vec(), value)
+        })
+        .collect()
+}
+
+/// `cmp` over `len` bytes at `offset` of both files.
+fn cmp_range(a: &Path, b: &Path, offset: u64, len: u64) -> Result<()> {
+    let output = Command::new("cmp")
+        .arg(format!("--ignore-initial={offset}:{offset}"))
+        .arg(format!("--bytes={len}"))
+        .arg(a)
+        .arg(b)
+        .output()
+        .context("run cmp")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} and {} differ in {offset}..{}: {}{}",
+        a.display(),
+        b.display(),
+        offset + len,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Compares a tree of sparse files with GNU tar's extraction without reading a hole: names,
+/// types, sizes, modes, owners, mtimes and xattrs; contents with `cmp` over every region where
+/// either file has data (elsewhere both are holes, so zeros); and the disk each file costs.
+fn assert_same_sparse_tree(reference: &Path, imported: &Path) -> Result<()> {
+    let paths = walk(reference);
+    assert_eq!(paths, walk(imported), "the same names");
+    for rel in &paths {
+        assert!(
+            !rel.iter()
+                .any(|c| c.as_bytes().starts_with(b"GNUSparseFile.")),
+            "a placeholder name reached the tree: {}",
+            rel.display()
+        );
+        let (a, b) = (reference.join(rel), imported.join(rel));
+        let (ma, mb) = (fs::symlink_metadata(&a)?, fs::symlink_metadata(&b)?);
+        let facts = |m: &fs::Metadata| (m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec());
+        assert_eq!(
+            facts(&ma),
+            facts(&mb),
+            "{}: (mode, uid, gid, mtime, ns)",
+            rel.display()
+        );
+        assert_eq!(xattrs(&a), xattrs(&b), "{}: xattrs", rel.display());
+        if !ma.is_file() {
+            continue;
+        }
+        assert_eq!(ma.len(), mb.len(), "{}: size", rel.display());
+        for (start, end) in union(data_regions(&a)?, data_regions(&b)?) {
+            cmp_range(&a, &b, start, end - start)?;
+        }
+        let (used_a, used_b) = (ma.blocks() * 512, mb.blocks() * 512);
+        assert!(
+            used_b <= used_a + 256 * 1024 && used_b < 4 * MIB,
+            "{}: {used_b} bytes on disk for {} of data (GNU tar: {used_a}), apparent size {}",
+            rel.display(),
+            data_regions(&b)?.iter().map(|(s, e)| e - s).sum::<u64>(),
+            mb.len()
+        );
+    }
+    Ok(())
+}
+
+fn sparse_import_equals_gnu_tar(format: SparseFormat) -> Result<()> {
+    let workdir = Workdir::new();
+    let tree = workdir.scratch().join("tree");
+    build_sparse_tree(&tree)?;
+    let archive = workdir.scratch().join("sparse.tar");
+    sparse_archive(&tree, &archive, format)?;
+    let reference = workdir.scratch().join("reference");
+    sparse_reference(&archive, &reference)?;
+
+    let stage = workdir.import(&archive, "sparse");
+    assert_same_sparse_tree(&reference, &stage)
+}
+
+#[test]
+fn old_gnu_sparse_import_equals_gnu_tar_extraction() -> Result<()> {
+    sparse_import_equals_gnu_tar(SparseFormat::OldGnu)
+}
+
+#[test]
+fn pax_0_0_sparse_import_equals_gnu_tar_extraction() -> Result<()> {
+    sparse_import_equals_gnu_tar(SparseFormat::Pax0_0)
+}
+
+#[test]
+fn pax_0_1_sparse_import_equals_gnu_tar_extraction() -> Result<()> {
+    sparse_import_equals_gnu_tar(SparseFormat::Pax0_1)
+}
+
+#[test]
+fn pax_1_0_sparse_import_equals_gnu_tar_extraction() -> Result<()> {
+    sparse_import_equals_gnu_tar(SparseFormat::Pax1_0)
+}
+
+#[test]
+fn terabyte_sparse_member_costs_only_its_data() -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let workdir = Workdir::new();
+    let tree = workdir.scratch().join("tree");
+    let source = tree.join("var/lib/images/huge.img");
+    let size = 1 << 40;
+    let runs = [(0, 5000), ((1 << 39) + 4321, 3000), (size - 2000, 2000)];
+    sparse_file(&source, size, &runs, 7)?;
+    // PAX first: an extractor that writes holes out fails it at once, before the old GNU
+    // member would make it fill the disk.
+    for (format, name) in [
+        (SparseFormat::Pax1_0, "tib-pax"),
+        (SparseFormat::OldGnu, "tib-gnu"),
+    ] {
+        let archive = workdir.scratch().join(format!("{name}.tar"));
+        sparse_archive(&tree, &archive, format)?;
+        let stage = workdir.import(&archive, name);
+        let imported = stage.join("var/lib/images/huge.img");
+        let meta = fs::metadata(&imported)
+            .with_context(|| format!("{format:?}: the imported {}", imported.display()))?;
+        assert_eq!(meta.len(), size, "{format:?}: the apparent size");
+        assert!(
+            meta.blocks() * 512 < MIB,
+            "{format:?}: {} bytes on disk",
+            meta.blocks() * 512
+        );
+        let regions = data_regions(&imported)?;
+        let file = File::open(&imported)?;
+        for (i, (offset, len)) in runs.iter().enumerate() {
+            assert!(
+                regions
+                    .iter()
+                    .any(|(s, e)| *s <= *offset && offset + *len as u64 <= *e),
+                "{format:?}: the data at {offset} is in a data region: {regions:?}"
+            );
+            let mut data = vec![0u8; *len];
+            file.read_exact_at(&mut data, *offset)?;
+            assert!(
+                data == noise(*len, 7 + i as u64),
+                "{format:?}: the data at {offset}"
+            );
+        }
+        let data: u64 = regions.iter().map(|(s, e)| e - s).sum();
+        assert!(data < MIB, "{format:?}: {data} bytes of data regions");
+    }
+    Ok(())
+}
+
+/// An old GNU sparse member written with the tar crate's header types, whose runs are
+/// whatever the test says (GNU tar writes only good maps).
+fn old_gnu_sparse_tarball(path: &Path, name: &str, size: u64, runs: &[(u64, u64)]) -> Result<()> {
+    let stored: u64 = runs.iter().map(|(_, len)| len).sum();
+    let mut sparse = header(EntryType::GNUSparse, stored, 0o644);
+    sparse.set_path(name)?;
+    let gnu = sparse.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(size);
+    for (slot, (offset, len)) in gnu.sparse.iter_mut().zip(runs) {
+        slot.set_offset(*offset);
+        slot.set_length(*len);
+    }
+    sparse.set_cksum();
+    small_tarball(path, |b| {
+        b.append(&sparse, &noise(stored as usize, 3)[..])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn corrupt_sparse_maps_are_refused_and_leave_nothing() -> Result<()> {
+    let workdir = Workdir::new();
+    let overlapping = workdir.scratch().join("overlapping.tar");
+    old_gnu_sparse_tarball(
+        &overlapping,
+        "var/lib/overlap.img",
+        MIB,
+        &[(4096, 1024), (4608, 1024)],
+    )?;
+    // GNU tar's own PAX 1.0 map, edited so that its last run lies past the file's end.
+    let tree = workdir.scratch().join("tree");
+    sparse_file(&tree.join("var/lib/past.img"), MIB, &[(8192, 4096)], 5)?;
+    let good = workdir.scratch().join("good.tar");
+    sparse_archive(&tree, &good, SparseFormat::Pax1_0)?;
+    let mut bytes = fs::read(&good)?;
+    let (map_end, edited) = (&b"\n1048576\n0\n"[..], &b"\n2048576\n0\n"[..]);
+    let at: Vec<usize> = bytes
+        .windows(map_end.len())
+        .enumerate()
+        .filter(|(_, w)| *w == map_end)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the map's last run is found once");
+    bytes[at[0]..at[0] + edited.len()].copy_from_slice(edited);
+    let past_end = workdir.scratch().join("past-end.tar");
+    fs::write(&past_end, bytes)?;
+
+    for (tarball, entry, says) in [
+        (&overlapping, "var/lib/overlap.img", "overlap"),
+        (&past_end, "./var/lib/past.img", "past the file's size"),
+    ] {
+        let run = workdir.run(import_args(tarball, "bad")).expect_code(1);
+        run.expect_one_error();
+        line_with(
+            &run,
+            &[
+                tarball.to_str().unwrap(),
+                &format!("entry '{entry}'"),
+                "sparse",
+                says,
+            ],
+        );
+        workdir.assert_no_stage_left();
+    }
+    Ok(())
+}
+
+#[test]
+fn sparse_member_real_name_is_checked_like_any_other() -> Result<()> {
+    let workdir = Workdir::new();
+    let tarball = workdir.scratch().join("climb.tar");
+    small_tarball(&tarball, |b| {
+        // A PAX 1.0 member as GNU tar writes one, but whose real name climbs out.
+        let mut data = b"1\n0\n5\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"sneak");
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"../../escape.img"),
+            ("GNU.sparse.realsize", b"1000"),
+        ])?;
+        b.append_data(
+            &mut header(EntryType::Regular, data.len() as u64, 0o644),
+            "GNUSparseFile.1/escape.img",
+            &data[..],
+        )?;
+        Ok(())
+    })?;
+
+    let run = workdir.run(import_args(&tarball, "climb")).expect_code(1);
+    run.expect_one_error();
+    line_with(
+        &run,
+        &[
+            tarball.to_str().unwrap(),
+            "entry '../../escape.img'",
+            "climbs out",
+        ],
+    );
+    assert_eq!(
+        find_named(workdir.top(), OsStr::new("escape.img")),
+        Vec::<PathBuf>::new(),
+        "nothing written outside"
+    );
+    workdir.assert_no_stage_left();
+    Ok(())
+}
+
+/// A tmpfs mounted for one test and unmounted by its path when the test ends, also on failure.
+struct Tmpfs {
+    point: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    fn mount(point: &Path, bytes: u64) -> Result<Self> {
+        fs::create_dir_all(point)?;
+        let options = std::ffi::CString::new(format!("size={bytes}"))?;
+        rustix::mount::mount(
+            "tmpfs",
+            point,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            options.as_c_str(),
+        )
+        .with_context(|| format!("mount a tmpfs on {}", point.display()))?;
+        Ok(Self {
+            point: point.to_owned(),
+            mounted: true,
+        })
+    }
+
+    fn close(mut self) -> Result<()> {
+        self.mounted = false;
+        rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::empty())
+            .with_context(|| format!("unmount {}", self.point.display()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::DETACH)
+            {
+                eprintln!("cannot unmount the tmpfs at {}: {e}", self.point.display());
+            }
+        }
+    }
+}
+
+fn available_bytes(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+#[test]
+fn full_disk_is_one_line_and_leaves_nothing() -> Result<()> {
+    let workdir = Workdir::uninitialised();
+    let tmpfs = Tmpfs::mount(workdir.path(), 16 * MIB)?;
+    workdir.ok(["workdir", "init"]);
+    // 24 MiB of data in a 1 GiB sparse file: the holes would fit, the data does not.
+    let tree = workdir.scratch().join("tree");
+    let half = 12 * MIB as usize;
+    sparse_file(
+        &tree.join("var/lib/images/big.img"),
+        GIB,
+        &[(0, half), (GIB / 2, half)],
+        9,
+    )?;
+    let archive = workdir.scratch().join("big.tar");
+    sparse_archive(&tree, &archive, SparseFormat::OldGnu)?;
+    let free = available_bytes(workdir.path())?;
+
+    let run = workdir.run(import_args(&archive, "full")).expect_code(1);
+    run.expect_one_error();
+    line_with(
+        &run,
+        &[
+            "stage 'full'",
+            &format!("tmpfs filesystem at {}", workdir.path().display()),
+            &format!("{:.1} MiB free", free as f64 / MIB as f64),
+        ],
+    );
+    assert!(
+        !run.stderr.contains(".autogentoo"),
+        "no internal path: {}",
+        run.describe()
+    );
+    workdir.assert_no_stage_left();
+    assert_eq!(
+        available_bytes(workdir.path())?,
+        free,
+        "nothing of the import is left on the filesystem"
+    );
+    tmpfs.close()
 }
