@@ -3,8 +3,10 @@
 
 mod build;
 mod chroot;
+mod completions;
 mod internal_init;
 mod kernel;
+mod man;
 mod plugin;
 mod repo;
 mod root;
@@ -57,6 +59,8 @@ pub enum Command {
     /// Plugins: what is loaded, from where, and what could not be
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
     #[command(hide = true)]
     InternalInit(internal_init::InitArgs),
 }
@@ -65,6 +69,12 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::InternalInit(args) = cli.command {
         return internal_init::run(args, cli.global.json);
+    }
+    // Made from the command line alone: a broken site config must not stand in their way.
+    match cli.command {
+        Command::Completions(args) => return completions::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Man(args) => return man::run(args).map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     let ctx = Context::new(&cli.global)?;
     let done = match cli.command {
@@ -96,7 +106,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
         Command::Plugin(plugin::PluginCommand::List(args)) => plugin::list::run(&ctx, args),
-        Command::InternalInit(_) => unreachable!("handled above"),
+        Command::InternalInit(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }
