@@ -4,6 +4,7 @@
 mod build;
 mod chroot;
 mod completions;
+mod doctor;
 mod internal_init;
 mod kernel;
 mod man;
@@ -59,6 +60,7 @@ pub enum Command {
     /// Plugins: what is loaded, from where, and what could not be
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    Doctor(doctor::DoctorArgs),
     Completions(completions::CompletionsArgs),
     Man(man::ManArgs),
     #[command(hide = true)]
@@ -106,6 +108,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
         Command::Plugin(plugin::PluginCommand::List(args)) => plugin::list::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
         Command::InternalInit(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")
         }

@@ -1,0 +1,180 @@
+//! Looking at the host without changing it: programs in PATH, headers, filesystems the kernel
+//! has, namespaces a child process may enter, and what `zfs` answers.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rustix::thread::UnshareFlags;
+
+/// How long a program we ask (`zfs`) may take before it counts as not answering: a wedged
+/// zfs-fuse daemon would otherwise hang the doctor.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The executable `name` in the directories of PATH, as a shell would find it.
+pub fn program(name: &str) -> Option<PathBuf> {
+    program_in(name, &std::env::var_os("PATH")?)
+}
+
+/// The executable `name` in the directories of `path` (a PATH value).
+fn program_in(name: &str, path: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The C header `name` (like `openssl/opensslv.h`) where the host's compiler looks by default.
+pub fn header(name: &str) -> Option<PathBuf> {
+    ["/usr/include", "/usr/local/include"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// Whether `path` is a character device (like `/dev/loop-control`).
+pub fn char_device(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// How the kernel offers the filesystem `name`: registered (`/proc/filesystems`), or as a
+/// module it loads on the first mount (`modules.dep` of the running kernel). `module` is the
+/// module's file name without `.ko`, which differs for overlayfs (`overlay`).
+pub fn filesystem(name: &str, module: &str) -> Result<String, String> {
+    let registered = fs::read_to_string("/proc/filesystems")
+        .map_err(|e| format!("cannot read /proc/filesystems: {e}"))?;
+    if registered
+        .lines()
+        .any(|line| line.split_whitespace().last() == Some(name))
+    {
+        return Ok(format!("{name} in /proc/filesystems"));
+    }
+    let release = rustix::system::uname();
+    let release = release.release().to_string_lossy();
+    let deps = Path::new("/lib/modules")
+        .join(&*release)
+        .join("modules.dep");
+    let wanted = format!("/{module}.ko");
+    let as_module = fs::read_to_string(&deps).is_ok_and(|text| {
+        text.lines().any(|line| {
+            line.split(':')
+                .next()
+                .is_some_and(|file| file.contains(&wanted))
+        })
+    });
+    if as_module {
+        Ok(format!(
+            "the module {module} of kernel {release}, loaded at the first mount"
+        ))
+    } else {
+        Err(format!(
+            "{name} is neither in /proc/filesystems nor a module of kernel {release}"
+        ))
+    }
+}
+
+/// Where binfmt_misc is mounted, if it is.
+pub fn binfmt_misc() -> io::Result<Option<PathBuf>> {
+    Ok(autogentoo_core::mountinfo::read()?
+        .into_iter()
+        .find(|mount| mount.fstype == "binfmt_misc")
+        .map(|mount| mount.point))
+}
+
+/// Whether a child process may enter new namespaces of the kinds in `flags`. A child does the
+/// `unshare`, so this process stays where it is; the child then runs this program's
+/// `--version`, which needs nothing else.
+pub fn namespaces(flags: UnshareFlags) -> Result<(), String> {
+    let mut child = Command::new("/proc/self/exe");
+    child
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and makes one system call;
+    // neither flag we pass unshares the file descriptor table.
+    unsafe {
+        child.pre_exec(move || rustix::thread::unshare_unsafe(flags).map_err(io::Error::from));
+    }
+    match child.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("the child in the new namespaces failed ({status})")),
+        Err(e) => Err(format!("unshare refused: {e}")),
+    }
+}
+
+/// Runs `program args…` and returns its stdout, or why it gave none: it could not start, it
+/// failed (with the last line it printed on stderr), or it did not answer in time (it is then
+/// killed, by its PID).
+pub fn answer(program: &Path, args: &[&str]) -> Result<String, String> {
+    let shown = format!(
+        "`{} {}`",
+        program
+            .file_name()
+            .unwrap_or(OsStr::new("?"))
+            .to_string_lossy(),
+        args.join(" ")
+    );
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let pid = rustix::process::Pid::from_child(&child);
+    let (done, outcome) = mpsc::channel();
+    // A thread owns the wait so that a pipe filling up cannot stall it while we time it.
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(ANSWER_TIMEOUT) {
+        Ok(Ok(output)) if output.status.success() => {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        Ok(Ok(output)) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let said = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(format!("{shown} failed ({}): {said}", output.status))
+        }
+        Ok(Err(e)) => Err(format!("{shown}: {e}")),
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            Err(format!(
+                "{shown} did not answer within {} s",
+                ANSWER_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_is_found_only_when_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).unwrap();
+        let tool = dir.path().join("tool");
+        fs::write(&tool, "#!/bin/sh\n").unwrap();
+        assert_eq!(program_in("tool", &path), None);
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(program_in("tool", &path), Some(tool));
+        assert_eq!(program_in("other", &path), None);
+    }
+}
