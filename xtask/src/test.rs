@@ -12,7 +12,8 @@ use crate::host::{self, cargo};
 
 /// What the real tier drives: GNU tar, cpio and the compressors, xattr and capability tools,
 /// busybox for test roots, SquashFS tools, btrfs and ZFS, kernel sources with what building
-/// them takes, QEMU and OVMF to boot the result, and debootstrap for a root with a toolchain.
+/// them takes, QEMU and OVMF to boot the result, debootstrap for a root with a toolchain, and
+/// the shells and man that load the completion scripts and render the manual pages.
 const PACKAGES: &[&str] = &[
     "tar",
     "cpio",
@@ -40,6 +41,11 @@ const PACKAGES: &[&str] = &[
     "sbsigntool",
     "systemd-boot-efi",
     "openssl",
+    "bash",
+    "zsh",
+    "fish",
+    "man-db",
+    "groff-base",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {
@@ -60,6 +66,9 @@ pub fn run(unit_only: bool) -> Result<()> {
         "warnings",
     ]))?;
     host::run(cargo().args(["build", "--package", "autogentoo-cli"]))?;
+    // The install test runs `cargo xtask install`, which builds the release binary with this
+    // same command (as `cargo xtask demo` does): built here, in the open, it is up to date there.
+    host::run(cargo().args(["build", "--release", "--package", "autogentoo-cli"]))?;
     let bin = host::target_dir().join("debug/autogentoo");
     // The ZFS tests start a zfs-fuse daemon when none runs and leave its PID here; it is
     // stopped once every test binary is done, pass or fail.
