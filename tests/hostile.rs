@@ -254,6 +254,7 @@ fn internal_init_refuses_to_run_by_hand_and_mounts_nothing() -> Result<()> {
         command
     });
     assert_ne!(by_hand.code(), Some(0), "{}", by_hand.describe());
+    nothing_mounted_in(&root)?;
     for unshare in [&["--pid", "--fork"][..], &["--pid", "--fork", "--mount"]] {
         let mut command = Command::new("unshare");
         command
@@ -275,11 +276,18 @@ fn internal_init_refuses_to_run_by_hand_and_mounts_nothing() -> Result<()> {
         assert!(stderr.contains("never by hand"), "{unshare:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
-    ensure!(
-        !is_mount_point(&root.join("proc")),
-        "nothing is mounted at {}/proc",
-        root.display()
-    );
+    nothing_mounted_in(&root)
+}
+
+/// Fails if something is mounted at `root/proc`, after unmounting it (by its path), so that
+/// the test leaves nothing behind either way.
+fn nothing_mounted_in(root: &Path) -> Result<()> {
+    let proc = root.join("proc");
+    let leaked = is_mount_point(&proc);
+    if leaked {
+        let _ = Command::new("umount").arg("--lazy").arg(&proc).status();
+    }
+    ensure!(!leaked, "nothing is mounted at {}", proc.display());
     Ok(())
 }
 

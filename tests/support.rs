@@ -355,6 +355,14 @@ impl Spawned {
         }
     }
 
+    /// Its stderr, for a caller that reads it while it runs (`wait` then returns none).
+    pub fn take_stderr(&mut self) -> std::process::ChildStderr {
+        self.child
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .expect("stderr is piped and not taken yet")
+    }
+
     pub fn pid(&self) -> rustix::process::Pid {
         let id = self.child.as_ref().expect("running").id();
         rustix::process::Pid::from_raw(id as i32).expect("a valid PID")
@@ -1073,8 +1081,8 @@ fn dispose(workdir: Workdir, stuck: &[String]) {
     }
 }
 
-/// Mounts, loop devices and processes below `top`, described.
-fn leftovers(top: &Path) -> Vec<String> {
+/// Mounts, loop devices and processes below `top`, described; empty when nothing is left.
+pub fn leftovers(top: &Path) -> Vec<String> {
     let mut left: Vec<String> = mounts_below(top)
         .iter()
         .map(|m| format!("mount {} ({})", m.point.display(), m.fstype))

@@ -230,29 +230,18 @@ pub fn import_sealed(
         (extractor.entries, extractor.bytes)
     };
 
-    let volume = pending.commit()?;
-    let finish = || -> Result<Volume, StorageError> {
-        storage.set_property(&id, "source", &source.display().to_string())?;
-        if let Some(hash) = &sha512 {
-            storage.set_property(&id, "sha512", hash)?;
-        }
-        storage.seal(&id, SEAL_SNAPSHOT)?;
-        storage.get(&id)
-    };
-    match finish() {
-        Ok(volume) => Ok(ImportReport {
-            volume,
-            entries,
-            bytes,
-            sha512,
-        }),
-        Err(err) => {
-            if let Err(cleanup) = storage.destroy(&volume.id) {
-                tracing::warn!("could not remove the unsealed {}: {cleanup}", volume.id);
-            }
-            Err(err.into())
-        }
+    // Sealed as it appears: a kill never leaves a stage listed that roots cannot be cloned from.
+    let mut properties = vec![("source".to_owned(), source.display().to_string())];
+    if let Some(hash) = &sha512 {
+        properties.push(("sha512".to_owned(), hash.clone()));
     }
+    let volume = pending.commit_sealed(SEAL_SNAPSHOT, &properties)?;
+    Ok(ImportReport {
+        volume,
+        entries,
+        bytes,
+        sha512,
+    })
 }
 
 /// Fails if the source holds extended attributes, before anything is written: a backend that

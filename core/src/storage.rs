@@ -235,6 +235,38 @@ pub trait Storage: Send + Sync {
     /// - If the name was taken meanwhile, it is `AlreadyExists` and the pending volume is discarded.
     fn commit(&self, pending: PendingVolume) -> Result<Volume, StorageError>;
 
+    /// Makes a pending volume visible already sealed with the snapshot `snapshot` and carrying
+    /// `properties`: how an import appears whole, also when the process is killed meanwhile.
+    /// - The volume is listed sealed, with its seal snapshot and properties, or not at all: there
+    ///   is no moment at which it is listed unsealed.
+    /// - If the name was taken meanwhile, it is `AlreadyExists` and the pending volume is
+    ///   discarded.
+    ///
+    /// The default commits, sets the properties and seals one after the other (and destroys the
+    /// volume if a later part fails): a kill between them leaves an unsealed volume. Backends
+    /// that can do the whole before the name appears override it.
+    fn commit_sealed(
+        &self,
+        pending: PendingVolume,
+        snapshot: &str,
+        properties: &[(String, String)],
+    ) -> Result<Volume, StorageError> {
+        let id = pending.id.clone();
+        let volume = self.commit(pending)?;
+        let finish = || -> Result<Volume, StorageError> {
+            for (key, value) in properties {
+                self.set_property(&id, key, value)?;
+            }
+            self.seal(&id, snapshot)?;
+            self.get(&id)
+        };
+        finish().inspect_err(|_| {
+            if let Err(cleanup) = self.destroy(&volume.id) {
+                tracing::warn!("could not remove the unsealed {}: {cleanup}", volume.id);
+            }
+        })
+    }
+
     /// Throws a pending volume away.
     /// - Nothing of it remains, in the listing or on disk.
     fn discard(&self, pending: PendingVolume) -> Result<(), StorageError>;
@@ -375,6 +407,19 @@ impl<'a> PendingGuard<'a> {
             .take()
             .expect("pending volume present until consumed");
         self.storage.commit(pending)
+    }
+
+    /// See [`Storage::commit_sealed`].
+    pub fn commit_sealed(
+        mut self,
+        snapshot: &str,
+        properties: &[(String, String)],
+    ) -> Result<Volume, StorageError> {
+        let pending = self
+            .pending
+            .take()
+            .expect("pending volume present until consumed");
+        self.storage.commit_sealed(pending, snapshot, properties)
     }
 
     pub fn discard(mut self) -> Result<(), StorageError> {

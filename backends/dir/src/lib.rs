@@ -409,6 +409,45 @@ impl<T: Trees> Storage for TreeStore<T> {
         self.new_volume_from(&pending.path, &pending.id, meta)
     }
 
+    fn commit_sealed(
+        &self,
+        pending: PendingVolume,
+        snapshot: &str,
+        properties: &[(String, String)],
+    ) -> Result<Volume, StorageError> {
+        let id = &pending.id;
+        SnapshotId::new(id.clone(), snapshot)?;
+        for (key, value) in properties {
+            check_property(key, value)?;
+        }
+        let _lock = self.lock()?;
+        if self.volume_dir(id).exists() {
+            let _ = self.trees.remove(&pending.path);
+            return Err(StorageError::AlreadyExists(id.to_string()));
+        }
+        // All a sealed volume is, before its name appears: a read-only tree, and metadata
+        // naming the seal. The metadata goes first: without its tree it describes nothing (a
+        // volume is its directory), and the next commit of that name replaces it.
+        self.trees.set_read_only(&pending.path)?;
+        let created = now();
+        let meta = Meta {
+            created,
+            sealed: Some(snapshot.to_owned()),
+            snapshots: vec![SnapMeta {
+                name: snapshot.to_owned(),
+                created,
+            }],
+            properties: properties.iter().cloned().collect(),
+            ..Meta::default()
+        };
+        if self.snapshots_dir(id).exists() {
+            self.trees.remove(&self.snapshots_dir(id))?;
+        }
+        self.write_meta(id, &meta)?;
+        self.publish(&pending.path, &self.volume_dir(id), || id.to_string())?;
+        self.volume(id, meta)
+    }
+
     fn discard(&self, pending: PendingVolume) -> Result<(), StorageError> {
         if fs::symlink_metadata(&pending.path).is_err() {
             return Ok(());

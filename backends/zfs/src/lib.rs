@@ -412,6 +412,39 @@ impl Storage for ZfsStorage {
         self.get(&pending.id)
     }
 
+    fn commit_sealed(
+        &self,
+        pending: PendingVolume,
+        snapshot: &str,
+        properties: &[(String, String)],
+    ) -> Result<Volume, StorageError> {
+        SnapshotId::new(pending.id.clone(), snapshot)?;
+        for (key, value) in properties {
+            check_property(key, value)?;
+        }
+        // Sealed while pending: the rename carries the snapshot and the properties along, so
+        // the volume is never listed unsealed.
+        let dataset = pending.token.clone();
+        let mut settings: Vec<String> = properties
+            .iter()
+            .map(|(key, value)| format!("{PROPERTY_PREFIX}{key}={value}"))
+            .collect();
+        settings.push(format!("{SEALED}={snapshot}"));
+        let seal = || -> Result<(), StorageError> {
+            for setting in &settings {
+                zfs(&["set", setting, &dataset])?;
+            }
+            zfs(&["snapshot", &format!("{dataset}@{snapshot}")])?;
+            zfs(&["set", "readonly=on", &dataset])?;
+            Ok(())
+        };
+        if let Err(e) = seal() {
+            let _ = self.discard(pending);
+            return Err(e);
+        }
+        self.commit(pending)
+    }
+
     fn discard(&self, pending: PendingVolume) -> Result<(), StorageError> {
         match self.destroy_dataset(&pending.token, &pending.path) {
             Err(StorageError::Command { stderr, .. }) if stderr.contains("does not exist") => {

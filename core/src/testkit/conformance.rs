@@ -32,6 +32,8 @@ macro_rules! storage_conformance {
             pending_is_invisible_until_commit,
             pending_of_a_taken_name_is_already_exists,
             commit_after_the_name_was_taken_discards,
+            commit_sealed_appears_sealed_with_its_properties,
+            commit_sealed_of_a_taken_name_is_already_exists,
             discard_leaves_nothing,
             sweep_keeps_pending_volumes_of_live_processes,
             snapshot_keeps_contents,
@@ -258,6 +260,46 @@ pub fn commit_after_the_name_was_taken_discards(storage: &dyn Storage) {
     assert_exists(storage.commit(pending));
     assert!(!pending_path.exists(), "the pending volume is discarded");
     assert_eq!(read(storage, &id, "winner").as_deref(), Some("x"));
+}
+
+pub fn commit_sealed_appears_sealed_with_its_properties(storage: &dyn Storage) {
+    let id = vol(VolumeKind::Stage, "p");
+    let pending = storage.create_pending(&id).unwrap();
+    fs::write(pending.path.join("f"), "data").unwrap();
+    let properties = [("source".to_owned(), "/srv/stage3.tar.xz".to_owned())];
+    let volume = storage
+        .commit_sealed(pending, "imported", &properties)
+        .unwrap();
+    assert!(volume.sealed, "{volume:?}");
+    assert_eq!(
+        volume.properties.get("source").map(String::as_str),
+        Some("/srv/stage3.tar.xz")
+    );
+    let listed = storage.get(&id).unwrap();
+    assert!(listed.sealed);
+    assert_eq!(listed.properties, volume.properties);
+    assert_eq!(snapshot_names(storage, &id), ["imported"]);
+    assert_eq!(fs::read_to_string(listed.path.join("f")).unwrap(), "data");
+    let root = vol(VolumeKind::Root, "from-sealed");
+    storage
+        .clone_snapshot(&snap(&id, "imported"), &root)
+        .unwrap();
+    assert_eq!(read(storage, &root, "f").as_deref(), Some("data"));
+}
+
+pub fn commit_sealed_of_a_taken_name_is_already_exists(storage: &dyn Storage) {
+    let id = vol(VolumeKind::Stage, "p");
+    let pending = storage.create_pending(&id).unwrap();
+    let pending_path = pending.path.clone();
+    storage.create(&id).unwrap();
+    write(storage, &id, "winner", "x");
+    assert_exists(storage.commit_sealed(pending, "imported", &[]));
+    assert!(!pending_path.exists(), "the pending volume is discarded");
+    assert_eq!(read(storage, &id, "winner").as_deref(), Some("x"));
+    assert!(
+        !storage.get(&id).unwrap().sealed,
+        "the winner is left as it was"
+    );
 }
 
 pub fn discard_leaves_nothing(storage: &dyn Storage) {
