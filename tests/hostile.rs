@@ -155,7 +155,11 @@ fn outputs_that_are_not_files_are_refused_before_any_work() -> Result<()> {
         }
         refused(wd.run(args), &["taken.sqfs", "a fifo"]);
         assert_eq!(kind_of(&taken), "fifo");
-        assert_eq!(list_dir(&repos), [taken.clone()], "nothing else in repos/");
+        assert_eq!(
+            list_dir(&repos),
+            std::slice::from_ref(&taken),
+            "nothing else in repos/"
+        );
     }
 
     // kernel config --write: a symlink to a device is read as nothing but a file.
