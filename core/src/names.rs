@@ -37,7 +37,9 @@ impl std::error::Error for NameError {}
 pub fn check(name: &str) -> Result<(), NameError> {
     let mut chars = name.chars();
     let first = chars.next().ok_or(NameError::Empty)?;
-    if name.len() > MAX_LEN {
+    // Characters, as the message says: a short name of multi-byte characters is refused for
+    // those characters, not for its length in bytes.
+    if name.chars().count() > MAX_LEN {
         return Err(NameError::TooLong);
     }
     if !first.is_ascii_alphanumeric() {
@@ -79,5 +81,9 @@ mod tests {
         assert_eq!(check("a b"), Err(NameError::BadChar(' ')));
         assert_eq!(check("é"), Err(NameError::BadFirst));
         assert_eq!(check(&"a".repeat(MAX_LEN + 1)), Err(NameError::TooLong));
+        assert_eq!(
+            check(&"é".repeat(MAX_LEN / 2 + 1)),
+            Err(NameError::BadFirst)
+        );
     }
 }
