@@ -44,6 +44,8 @@ pub enum KconfigError {
     Parse { path: PathBuf, error: ParseError },
     #[error("the initramfs {}: {reason}", .path.display())]
     InitramfsPath { path: PathBuf, reason: &'static str },
+    #[error("the kernel command line {0:?} holds a control character (a line break, …), which a kernel config cannot hold; remove it")]
+    ControlInCmdline(String),
     #[error("{} is not a kernel source tree: it has no Kconfig file at its top", .0.display())]
     NotKernelTree(PathBuf),
     #[error("{} has no arch/{srcarch} for the architecture '{arch}'; give the kernel's ARCH, like x86_64 or arm64", .tree.display())]
@@ -401,7 +403,8 @@ impl Requirements {
     ///   must therefore be absolute (kbuild runs in the build directory), one word (kbuild
     ///   splits the option at spaces) and named `*.cpio.*` (`*.cpio` when uncompressed);
     /// - the decompressor of `compression`: `RD_GZIP` or `RD_ZSTD`;
-    /// - a non-empty `cmdline` built in: `CMDLINE_BOOL` and `CMDLINE`.
+    /// - a non-empty `cmdline` built in: `CMDLINE_BOOL` and `CMDLINE`; one with a control
+    ///   character, which a config line cannot hold, is refused.
     pub fn new(
         initramfs: Option<&Path>,
         compression: Compression,
@@ -429,6 +432,11 @@ impl Requirements {
         need("EFI", Value::Yes);
         need("EFI_STUB", Value::Yes);
         if let Some(cmdline) = cmdline.filter(|c| !c.is_empty()) {
+            // A config is one option a line and Kconfig escapes only `"` and `\`: a line break
+            // would end the string and leave a line that neither kbuild nor we can read back.
+            if cmdline.chars().any(char::is_control) {
+                return Err(KconfigError::ControlInCmdline(cmdline.to_owned()));
+            }
             need("CMDLINE_BOOL", Value::Yes);
             need("CMDLINE", Value::String(cmdline.to_owned()));
         }
@@ -1746,6 +1754,17 @@ CONFIG_CMDLINE=\"say \\\"hi\\\" C:\\\\\"
             );
             assert!(error.contains(reason), "{error}");
         }
+    }
+
+    #[test]
+    fn a_command_line_a_config_line_cannot_hold_is_refused() {
+        let error = Requirements::new(None, Compression::Gzip, Some("console=ttyS0\nquiet"))
+            .expect_err("a line break");
+        assert!(
+            matches!(error, KconfigError::ControlInCmdline(_)),
+            "{error}"
+        );
+        assert!(!error.to_string().contains('\n'), "{error}");
     }
 
     #[test]
