@@ -131,6 +131,15 @@ impl Image<'_> {
                 Content::Symlink(target) => fs.push_symlink(target, &node.rel, node.header)?,
             }
         }
+        // `set_root_uid` and `set_root_gid` leave the top's owner out of the image's id table,
+        // and writing fails ("invalid data") when no entry below shares it. A push enters its
+        // header's owner in the table before it checks the path, so pushing the top itself,
+        // which is refused as it is already there, enters it. After the entries, so that the
+        // table is unchanged whenever one of them shares the owner.
+        match fs.push_dir("/", self.walk.top) {
+            Ok(()) | Err(BackhandError::InvalidFilePath | BackhandError::DuplicatedFileName) => {}
+            Err(other) => return Err(other),
+        }
         Ok(fs)
     }
 }
