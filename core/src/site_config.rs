@@ -749,11 +749,14 @@ fn one_line(message: &str) -> String {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
+    let line = text.as_bytes()[..end]
         .iter()
         .filter(|&&b| b == b'\n')
         .count()
-        + 1
+        + 1;
+    // The end of a text that ends with a newline is on its last line, not on one after it that
+    // the file does not have (an unclosed string reaches the end, say).
+    line.min(text.lines().count().max(1))
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -1083,6 +1086,15 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_error_at_the_end_is_on_the_last_line() {
+        assert!(
+            error("[build]\narch = \"\"\"amd64\n").starts_with("config/autogentoo.toml:2: "),
+            "{}",
+            error("[build]\narch = \"\"\"amd64\n")
+        );
     }
 
     #[test]
