@@ -741,8 +741,9 @@ fn man_pages_render_and_name_every_public_command() {
 fn cargo_xtask_install_lays_out_the_binary_completions_and_man_pages() {
     require_root();
     let destdir = tempfile::tempdir().expect("a temporary directory");
-    // The target directory this test runs from (TARGET/PROFILE/deps/TEST), so the release build
-    // is the one `cargo xtask test` made before running the tests.
+    // The target directory this test runs from (TARGET/PROFILE/deps/TEST), and its debug build,
+    // which `cargo xtask test` made before running the tests: the layout is what is tested here,
+    // not a second, release, compilation of the same code.
     let exe = std::env::current_exe().expect("the test binary");
     let target = exe
         .ancestors()
@@ -752,7 +753,14 @@ fn cargo_xtask_install_lays_out_the_binary_completions_and_man_pages() {
     let started = Instant::now();
     run_tool(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["xtask", "install", "--prefix", "/usr", "--destdir"])
+            .args([
+                "xtask",
+                "install",
+                "--debug",
+                "--prefix",
+                "/usr",
+                "--destdir",
+            ])
             .arg(destdir.path())
             .current_dir(workspace)
             .env("CARGO_TARGET_DIR", target),

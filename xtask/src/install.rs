@@ -1,4 +1,5 @@
-//! `cargo xtask install [--prefix DIR] [--destdir DIR]`: builds the release binary and installs
+//! `cargo xtask install [--prefix DIR] [--destdir DIR] [--debug]`: builds the release binary (the
+//! debug one with `--debug`, as the test of this step does, which has it already) and installs
 //! it with its shell completions and manual pages, where bash-completion, zsh, fish and man look
 //! under the prefix. The scripts and pages come from the built binary itself (`autogentoo
 //! completions SHELL`, `autogentoo man --dir DIR`), so they always describe the binary installed.
@@ -17,17 +18,24 @@ use crate::host::{self, cargo};
 pub struct Options {
     pub prefix: PathBuf,
     pub destdir: Option<PathBuf>,
+    /// Install the debug build instead of the release one.
+    pub debug: bool,
 }
 
 impl Options {
-    /// Parses `[--prefix DIR] [--destdir DIR]`, each also as `--name=DIR`.
+    /// Parses `[--prefix DIR] [--destdir DIR] [--debug]`, the directories also as `--name=DIR`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut options = Self {
             prefix: PathBuf::from("/usr/local"),
             destdir: None,
+            debug: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
+            if *arg == "--debug" {
+                options.debug = true;
+                continue;
+            }
             let (name, value) = match arg.split_once('=') {
                 Some((name, value)) => (name, value),
                 None => (
@@ -73,10 +81,16 @@ const COMPLETIONS: &[(&str, &str)] = &[
 ];
 
 pub fn run(options: &Options) -> Result<()> {
-    // The same command as `cargo xtask demo` and `cargo xtask test`, so one release build
-    // serves all three.
-    host::run(cargo().args(["build", "--release", "--package", "autogentoo-cli"]))?;
-    let built = host::target_dir().join("release/autogentoo");
+    // The same commands as `cargo xtask demo` (release) and `cargo xtask test` (debug), so one
+    // build serves both.
+    let mut build = cargo();
+    build.args(["build", "--package", "autogentoo-cli"]);
+    if !options.debug {
+        build.arg("--release");
+    }
+    host::run(&mut build)?;
+    let profile = if options.debug { "debug" } else { "release" };
+    let built = host::target_dir().join(profile).join("autogentoo");
     let root = options.root();
 
     let binary = root.join("bin/autogentoo");

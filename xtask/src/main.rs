@@ -9,12 +9,14 @@ mod test;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <demo|test [--unit]|install [--prefix DIR] [--destdir DIR]>
+const USAGE: &str =
+    "usage: cargo xtask <demo|test [--unit]|install [--prefix DIR] [--destdir DIR] [--debug]>
   demo         build autogentoo, make a demo stage from busybox-static and run the pipeline on it
   test         install the suite's prerequisites (apt-get, as root) and run every test tier
   test --unit  only the unit tier (no root, no real filesystems)
   install      build the release binary and install it, its bash, zsh and fish completions and
-               its manual pages under --prefix (default /usr/local), staged below --destdir";
+               its manual pages under --prefix (default /usr/local), staged below --destdir
+               (--debug: the debug build instead)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

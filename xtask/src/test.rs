@@ -66,9 +66,6 @@ pub fn run(unit_only: bool) -> Result<()> {
         "warnings",
     ]))?;
     host::run(cargo().args(["build", "--package", "autogentoo-cli"]))?;
-    // The install test runs `cargo xtask install`, which builds the release binary with this
-    // same command (as `cargo xtask demo` does): built here, in the open, it is up to date there.
-    host::run(cargo().args(["build", "--release", "--package", "autogentoo-cli"]))?;
     let bin = host::target_dir().join("debug/autogentoo");
     // The ZFS tests start a zfs-fuse daemon when none runs and leave its PID here; it is
     // stopped once every test binary is done, pass or fail.
