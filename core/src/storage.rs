@@ -251,6 +251,7 @@ pub trait Storage: Send + Sync {
         snapshot: &str,
         properties: &[(String, String)],
     ) -> Result<Volume, StorageError> {
+        check_seal(&pending.id, snapshot, properties)?;
         let id = pending.id.clone();
         let volume = self.commit(pending)?;
         let finish = || -> Result<Volume, StorageError> {
@@ -495,6 +496,20 @@ pub fn io_err(
 ) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.into();
     move |source| StorageError::Io { op, path, source }
+}
+
+/// Checks the seal snapshot's name and the properties [`Storage::commit_sealed`] is given,
+/// before anything changes.
+pub fn check_seal(
+    id: &VolumeId,
+    snapshot: &str,
+    properties: &[(String, String)],
+) -> Result<(), StorageError> {
+    SnapshotId::new(id.clone(), snapshot)?;
+    for (key, value) in properties {
+        check_property(key, value)?;
+    }
+    Ok(())
 }
 
 /// Checks a property key and value as [`Storage::set_property`] documents them, so every

@@ -24,7 +24,7 @@ use autogentoo_core::mountinfo;
 use autogentoo_core::output_file::{self, OutputError};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
-    check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
+    check_property, check_seal, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
 use rustix::fs::{FlockOperation, RenameFlags};
@@ -416,10 +416,7 @@ impl<T: Trees> Storage for TreeStore<T> {
         properties: &[(String, String)],
     ) -> Result<Volume, StorageError> {
         let id = &pending.id;
-        SnapshotId::new(id.clone(), snapshot)?;
-        for (key, value) in properties {
-            check_property(key, value)?;
-        }
+        check_seal(id, snapshot, properties)?;
         let _lock = self.lock()?;
         if self.volume_dir(id).exists() {
             let _ = self.trees.remove(&pending.path);

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use autogentoo_core::mountinfo;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
-    check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
+    check_property, check_seal, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
 
@@ -418,10 +418,7 @@ impl Storage for ZfsStorage {
         snapshot: &str,
         properties: &[(String, String)],
     ) -> Result<Volume, StorageError> {
-        SnapshotId::new(pending.id.clone(), snapshot)?;
-        for (key, value) in properties {
-            check_property(key, value)?;
-        }
+        check_seal(&pending.id, snapshot, properties)?;
         // Sealed while pending: the rename carries the snapshot and the properties along, so
         // the volume is never listed unsealed.
         let dataset = pending.token.clone();
