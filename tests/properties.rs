@@ -1006,7 +1006,6 @@ impl Mounted {
     }
 
     fn close(mut self) {
-        self.mounted = false;
         let output = Command::new("umount").arg(&self.point).output().unwrap();
         assert!(
             output.status.success(),
@@ -1014,6 +1013,7 @@ impl Mounted {
             self.point.display(),
             String::from_utf8_lossy(&output.stderr)
         );
+        self.mounted = false;
         wait_until(
             "the loop device is detached",
             Duration::from_secs(30),
