@@ -297,7 +297,7 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
         ),
         (
             vec!["kernel", "config", missing_arg, "--check"],
-            format!("error: cannot read {missing_arg}: No such file"),
+            format!("error: cannot read the kernel config {missing_arg}: No such file"),
         ),
         (
             vec![
