@@ -670,6 +670,14 @@ fn zfs_workdir_init_creates_the_named_dataset_in_an_existing_parent() -> Result<
         format!("[storage]\nbackend = \"zfs\"\nzfs_dataset = \"{dataset}\"\n"),
     )?;
     let cli = BackendCli::with_site_config("zfs", &workdir, &config);
+    // Before `workdir init` creates it, other commands say so instead of working on nothing.
+    let early = cli.run(["stage", "list"]).expect_code(1);
+    early.expect_one_error();
+    ensure!(
+        early.stderr.contains(&dataset) && early.stderr.contains("autogentoo workdir init"),
+        "names the dataset and the command that creates it: {}",
+        early.describe()
+    );
     cli.ok(["workdir", "init"]);
     let mounted =
         run_tool(Command::new("zfs").args(["get", "-H", "-o", "value", "mountpoint", &dataset]))?;

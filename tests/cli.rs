@@ -260,3 +260,62 @@ fn workdir_status_json_has_backend_capabilities_usage_volumes() -> Result<()> {
     assert_eq!(list_dir(&workdir.pending_dir()), Vec::<PathBuf>::new());
     Ok(())
 }
+
+/// The system's commands count as run for the root they ran in: a root removed and cloned again
+/// from its stage has none of their effects, so `build` runs them again.
+#[test]
+fn build_runs_the_commands_again_in_a_new_root() -> Result<()> {
+    let workdir = Workdir::new();
+    let tree = workdir.scratch().join("stage");
+    autogentoo_tests::build_busybox_stage(&tree, false)?;
+    workdir.import(&tree, "busybox");
+    // Kernel sources that make refuses: the build stops at its kernel step, after the commands
+    // step has recorded its run.
+    let source = workdir.scratch().join("linux");
+    fs::create_dir(&source)?;
+    fs::write(source.join("Makefile"), "%:\n\tfalse\n")?;
+    fs::write(source.join("Kconfig"), "")?;
+    workdir.ok([
+        OsStr::new("kernel"),
+        OsStr::new("import"),
+        source.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("src"),
+    ]);
+    let config = workdir.scratch().join("autogentoo.toml");
+    fs::write(
+        &config,
+        "[systems.web]\nstage = \"busybox\"\nkernel = \"src\"\nkernel_build = \"host\"\n\
+         commands = [\"echo ran >> /etc/ran\"]\n",
+    )?;
+    let build = |pretend: bool| {
+        let mut args = vec![
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("build"),
+            OsStr::new("web"),
+        ];
+        if pretend {
+            args.push(OsStr::new("--pretend"));
+        }
+        workdir.run(args)
+    };
+    build(false).expect_code(1);
+    let plan = build(true).expect_code(0);
+    assert!(
+        plan.stdout.contains("skip commands"),
+        "unchanged in the same root: {}",
+        plan.describe()
+    );
+    workdir.ok(["root", "remove", "web"]);
+    let plan = build(true).expect_code(0);
+    assert!(
+        plan.stdout.contains("run  commands"),
+        "run again in a new root: {}",
+        plan.describe()
+    );
+    build(false).expect_code(1);
+    let ran = fs::read_to_string(workdir.root_path("web").join("etc/ran"))?;
+    assert_eq!(ran, "ran\n", "the new root has the commands' effect");
+    Ok(())
+}

@@ -36,9 +36,11 @@ struct Tally {
 }
 
 impl Tally {
+    /// Printed once every check has passed (a failed one ends the test first).
     fn report(&self, what: &str) {
         eprintln!(
-            "kill test, {what}: {} kills sent, {} runs finished before their kill, {} invariants checked, 0 failures",
+            "kill test, {what}: {} kills sent, {} runs finished before their kill and were tried \
+             again sooner, {} invariants checked, all held",
             self.kills, self.finished_before_the_kill, self.checks
         );
     }
@@ -85,6 +87,41 @@ fn kill_after(wd: &Workdir, args: &[&OsStr], delay: Duration, tally: &mut Tally)
     child.wait(Duration::from_secs(30));
     tally.kills += 1;
     true
+}
+
+/// Kills `args` at [`POINTS`] points spread over `whole` (its duration when left alone). Before
+/// each run, `reset` puts back what the command starts from; after each, nothing may be left
+/// running or mounted, `check` looks at what the run left (and removes a whole result, so that
+/// the command can run again), and the same command must then succeed. A run that finishes
+/// before its kill is tried again with half the delay, so that every point is a kill.
+fn kill_at_points(
+    wd: &Workdir,
+    args: &[&OsStr],
+    whole: Duration,
+    tally: &mut Tally,
+    reset: &dyn Fn() -> Result<()>,
+    check: &dyn Fn(&mut Tally) -> Result<()>,
+) -> Result<()> {
+    for point in 1..=POINTS {
+        let mut delay = whole * point / (POINTS + 1);
+        loop {
+            reset()?;
+            let killed = kill_after(wd, args, delay, tally);
+            nothing_running_or_mounted(wd, tally);
+            check(tally)?;
+            if killed {
+                break;
+            }
+            ensure!(
+                delay > Duration::from_millis(2),
+                "{args:?} always finished before its kill"
+            );
+            delay /= 2;
+        }
+        wd.ok(args);
+        tally.checks += 1;
+    }
+    Ok(())
 }
 
 /// Nothing mounted or attached below the workdir, and no process rooted or working there
@@ -165,7 +202,8 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
         .lines()
         .count();
 
-    // stage import: after a kill, no stage, or a whole and sealed one.
+    // stage import: after a kill, no stage, or a whole and sealed one; the next import sweeps
+    // what the kill left pending.
     let import: Vec<&OsStr> = vec![
         OsStr::new("stage"),
         OsStr::new("import"),
@@ -173,17 +211,20 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
         OsStr::new("--name"),
         OsStr::new(STAGE),
     ];
-    let stage_is_whole_or_absent = |tally: &mut Tally| -> Result<bool> {
+    let no_stage = || -> Result<()> {
+        if !wd.stage_names().is_empty() {
+            wd.ok(["stage", "remove", STAGE]);
+        }
+        Ok(())
+    };
+    let stage_whole_or_absent = |tally: &mut Tally| -> Result<()> {
         tally.checks += 1;
         let listed = wd.ok(["stage", "list", "--json"]).json();
         match listed.as_array().map(Vec::as_slice) {
-            Some([]) => {
-                ensure!(
-                    names_in(&wd.path().join("stages")).is_empty(),
-                    "no stage directory"
-                );
-                Ok(false)
-            }
+            Some([]) => ensure!(
+                names_in(&wd.path().join("stages")).is_empty(),
+                "no stage directory without a listed stage"
+            ),
             Some([stage]) => {
                 ensure!(stage["sealed"] == true, "a listed stage is sealed: {stage}");
                 let path = PathBuf::from(stage["path"].as_str().unwrap_or_default());
@@ -195,46 +236,45 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
                     found + 1 == entries,
                     "the stage is whole: {found} of {entries}"
                 );
-                Ok(true)
+                wd.ok(["stage", "remove", STAGE]);
             }
             _ => anyhow::bail!("one stage at most: {listed}"),
         }
+        Ok(())
     };
     let whole = timed(&wd, &import);
     eprintln!("kill test: stage import takes {whole:?}");
-    wd.ok(["stage", "remove", STAGE]);
-    for point in 1..=POINTS {
-        kill_after(&wd, &import, whole * point / (POINTS + 1), &mut tally);
-        nothing_running_or_mounted(&wd, &mut tally);
-        if stage_is_whole_or_absent(&mut tally)? {
-            wd.ok(["stage", "remove", STAGE]);
-        }
-        wd.ok(&import);
-        ensure!(
-            wd.pending().is_empty(),
-            "the next import swept what the kill left pending"
-        );
-        tally.checks += 1;
-        wd.ok(["stage", "remove", STAGE]);
-    }
-    wd.ok(&import);
+    kill_at_points(
+        &wd,
+        &import,
+        whole,
+        &mut tally,
+        &no_stage,
+        &stage_whole_or_absent,
+    )?;
+    ensure!(
+        wd.pending().is_empty(),
+        "nothing pending after the last import"
+    );
+    tally.checks += 1;
 
     // root create on dir (a copy of the stage): no root, or a whole one.
     let create: Vec<&OsStr> = ["root", "create", ROOT, "--stage", STAGE]
         .iter()
         .map(OsStr::new)
         .collect();
-    let whole = timed(&wd, &create);
-    eprintln!("kill test: root create takes {whole:?}");
-    wd.ok(["root", "remove", ROOT]);
-    for point in 1..=POINTS {
-        kill_after(&wd, &create, whole * point / (POINTS + 1), &mut tally);
-        nothing_running_or_mounted(&wd, &mut tally);
+    let no_root = || -> Result<()> {
+        if !wd.root_names().is_empty() {
+            wd.ok(["root", "remove", ROOT]);
+        }
+        Ok(())
+    };
+    let root_whole_or_absent = |tally: &mut Tally| -> Result<()> {
         tally.checks += 1;
         match wd.root_names().as_slice() {
             [] => ensure!(
                 names_in(&wd.path().join("roots")).is_empty(),
-                "no root directory"
+                "no root directory without a listed root"
             ),
             [name] if name == ROOT => {
                 ensure!(
@@ -245,29 +285,40 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
             }
             other => anyhow::bail!("one root at most: {other:?}"),
         }
-        wd.ok(&create);
-        wd.ok(["root", "remove", ROOT]);
-    }
-    wd.ok(&create);
+        Ok(())
+    };
+    let whole = timed(&wd, &create);
+    eprintln!("kill test: root create takes {whole:?}");
+    kill_at_points(
+        &wd,
+        &create,
+        whole,
+        &mut tally,
+        &no_root,
+        &root_whole_or_absent,
+    )?;
 
     // root pack: no archive, or a whole one with its manifest; never a temporary beside it.
     let pack_args: Vec<&OsStr> = ["root", "pack", ROOT].iter().map(OsStr::new).collect();
-    let archive = wd.path().join("out").join(ROOT).join("initramfs.cpio.gz");
+    let out = wd.path().join("out").join(ROOT);
+    let archive = out.join("initramfs.cpio.gz");
+    let no_archive = || -> Result<()> {
+        if out.exists() {
+            fs::remove_dir_all(&out)?;
+        }
+        Ok(())
+    };
     let whole = timed(&wd, &pack_args);
     eprintln!("kill test: root pack takes {whole:?}");
-    for point in 1..=POINTS {
-        fs::remove_dir_all(archive.parent().unwrap())?;
-        kill_after(&wd, &pack_args, whole * point / (POINTS + 1), &mut tally);
-        nothing_running_or_mounted(&wd, &mut tally);
-        archive_whole_or_absent(&archive, &mut tally)?;
-        wd.ok(&pack_args);
-        assert_eq!(
-            names_in(archive.parent().unwrap()),
-            ["initramfs.cpio.gz", "initramfs.cpio.gz.manifest.json"],
-            "the archive and its manifest, nothing else"
-        );
-        tally.checks += 1;
-    }
+    kill_at_points(&wd, &pack_args, whole, &mut tally, &no_archive, &|tally| {
+        archive_whole_or_absent(&archive, tally).map(drop)
+    })?;
+    assert_eq!(
+        names_in(&out),
+        ["initramfs.cpio.gz", "initramfs.cpio.gz.manifest.json"],
+        "the archive and its manifest, nothing else"
+    );
+    tally.checks += 1;
 
     // repo pack: no image, or a whole one that unsquashfs reads. A repository holds no device
     // nodes: the stage's data files stand in for one.
@@ -279,27 +330,41 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
         data.as_os_str(),
         OsStr::new("--name"),
         OsStr::new("snap"),
-        OsStr::new("--force"),
     ];
     let repos = wd.path().join("repos");
-    let whole = timed(&wd, &repo_args);
-    eprintln!("kill test: repo pack takes {whole:?}");
-    for point in 1..=POINTS {
-        fs::remove_file(repos.join("snap.sqfs"))?;
-        kill_after(&wd, &repo_args, whole * point / (POINTS + 1), &mut tally);
-        nothing_running_or_mounted(&wd, &mut tally);
+    let image = repos.join("snap.sqfs");
+    let no_image = || -> Result<()> {
+        if image.exists() {
+            fs::remove_file(&image)?;
+        }
+        Ok(())
+    };
+    let image_whole_or_absent = |tally: &mut Tally| -> Result<()> {
         tally.checks += 1;
         match names_in(&repos).as_slice() {
             [] => {}
-            [image] if image == "snap.sqfs" => {
-                run_tool(Command::new("unsquashfs").arg("-s").arg(repos.join(image)))?;
+            [name] if name == "snap.sqfs" => {
+                run_tool(Command::new("unsquashfs").arg("-s").arg(&image))?;
+                fs::remove_file(&image)?;
             }
             other => anyhow::bail!("a whole image or nothing in repos/: {other:?}"),
         }
-        wd.ok(&repo_args);
-        assert_eq!(names_in(&repos), ["snap.sqfs"]);
-        tally.checks += 1;
-    }
+        Ok(())
+    };
+    let whole = timed(&wd, &repo_args);
+    eprintln!("kill test: repo pack takes {whole:?}");
+    kill_at_points(
+        &wd,
+        &repo_args,
+        whole,
+        &mut tally,
+        &no_image,
+        &image_whole_or_absent,
+    )?;
+    assert_eq!(names_in(&repos), ["snap.sqfs"]);
+    tally.checks += 1;
+
+    ensure!(tally.kills >= 4 * POINTS, "every point was a kill");
     tally.report("stage import, root create, root pack, repo pack");
     wd.close()
 }
@@ -308,6 +373,8 @@ fn kills_during_import_create_pack_and_repo_pack_leave_nothing_half_made() -> Re
 struct Announcing {
     child: Spawned,
     lines: mpsc::Receiver<String>,
+    /// What it printed so far, for a failure message.
+    seen: Vec<String>,
 }
 
 impl Announcing {
@@ -324,7 +391,11 @@ impl Announcing {
                 }
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for the line announcing that `step` runs; false if the build ended first.
@@ -332,8 +403,14 @@ impl Announcing {
         let deadline = Instant::now() + Duration::from_secs(600);
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with(&format!("run  {step} ")) => return true,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(line) => {
+                    let announced = line.starts_with(&format!("run  {step} "));
+                    self.seen.push(line);
+                    if announced {
+                        return true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }
@@ -368,7 +445,7 @@ fn kills_in_each_step_of_build_leave_nothing_half_made() -> Result<()> {
         format!(
             "[systems.{ROOT}]\nstage = \"{STAGE}\"\nkernel = \"linux\"\nkernel_build = \"host\"\n\
              kernel_config = \"kernel/qemu-x86_64.kconfig\"\ncmdline = \"console=ttyS0\"\n\
-             commands = [\"for i in $(seq 40); do head -c 1048576 /dev/urandom > /var/tmp/f$i; done\"]\n"
+             commands = [\"i=0; while test $i -lt 40; do /bin/busybox head -c 1048576 /dev/urandom > /var/tmp/f$i; i=$((i + 1)); done\"]\n"
         ),
     )?;
     let args: Vec<OsString> = ["--config", config.to_str().unwrap(), "build", ROOT]
@@ -388,7 +465,11 @@ fn kills_in_each_step_of_build_leave_nothing_half_made() -> Result<()> {
             let mut build = Announcing::start(&wd, &args);
             if !build.wait_for_step(step) {
                 let run = build.child.wait(Duration::from_secs(30));
-                anyhow::bail!("build ended before its {step} step: {}", run.describe());
+                anyhow::bail!(
+                    "build ended before its {step} step: {}\n{}",
+                    run.describe(),
+                    build.seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(delay));
             if build.child.has_exited() {
@@ -430,6 +511,11 @@ fn kills_in_each_step_of_build_leave_nothing_half_made() -> Result<()> {
             }
         }
     }
+    ensure!(
+        tally.kills >= 6,
+        "the build was killed in its steps: {} kills",
+        tally.kills
+    );
     let finished = Run::of(wd.command(&args));
     assert!(
         finished.status.success(),

@@ -27,7 +27,7 @@ pub fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            output::print_error(&err, json);
+            output::print_error(&err, json, 1);
             ExitCode::FAILURE
         }
     }

@@ -19,8 +19,6 @@ pub fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
-/// The exit code of a failed command (usage errors have their own, from clap).
-const FAILURE: u8 = 1;
 /// The exit code of a usage error, as clap gives it.
 const USAGE: u8 = 2;
 
@@ -35,9 +33,10 @@ struct ErrorDocument<'a> {
     exit_code: u8,
 }
 
-/// Prints an error: one line per cause for people, one JSON object with `json`. A cause whose
-/// text the line above already holds (an error that shows its source inline) is not repeated.
-pub fn print_error(err: &anyhow::Error, json: bool) {
+/// Prints an error: one line per cause for people, one JSON object with `json`, saying the
+/// process exits with `exit_code`. A cause whose text the line above already holds (an error
+/// that shows its source inline) is not repeated.
+pub fn print_error(err: &anyhow::Error, json: bool, exit_code: u8) {
     let mut lines: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string();
@@ -50,12 +49,12 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
         lines.push(text);
     }
     if json {
-        print_error_document(&lines[0], &lines[1..], FAILURE);
+        print_error_document(&lines[0], &lines[1..], exit_code);
         return;
     }
     for (i, text) in lines.iter().enumerate() {
         // A message may span lines (a console's last lines); each is shortened on its own.
-        let shown: Vec<String> = text.lines().map(shorten_words).collect();
+        let shown: Vec<String> = text.lines().map(|line| for_people(line)).collect();
         if i == 0 {
             eprintln!("error: {}", shown.join("\n"));
         } else {
@@ -79,18 +78,27 @@ fn print_error_document(error: &str, causes: &[String], exit_code: u8) {
 /// A command line clap refused (or `--help`, `--version`, which it reports the same way).
 pub fn usage_error(err: clap::Error, json: bool) -> ExitCode {
     use clap::error::ErrorKind;
+    // Help asked for is output; help shown for a missing subcommand is a usage error, which a
+    // script asking for JSON gets as JSON.
     let informational = matches!(
         err.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || (err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        && !json);
     if informational || !json {
         // clap prints and knows the exit code (0 for help, 2 for a usage error).
         let _ = err.print();
         return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
     }
     let rendered = err.render().to_string();
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let usage = rendered
+            .lines()
+            .find(|l| l.starts_with("Usage:"))
+            .unwrap_or("");
+        print_error_document("a subcommand is missing", &[usage.trim().to_owned()], USAGE);
+        return ExitCode::from(USAGE);
+    }
     let mut lines = rendered
         .lines()
         .map(str::trim)
@@ -117,6 +125,33 @@ pub fn json_requested(args: impl Iterator<Item = OsString>) -> bool {
 /// (<https://no-color.org>).
 pub fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The longest line a message shows people, once its words are shortened.
+const LONGEST_LINE: usize = 600;
+
+/// One line of a message as people see it: control characters (a terminal escape in a name
+/// from a tarball, say) shown as `\xHH` rather than acted on by the terminal, long words
+/// shortened ([`shorten_words`]), and a line still too long shortened in the middle.
+fn for_people(line: &str) -> String {
+    let mut escaped = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            escaped.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            escaped.push(c);
+        }
+    }
+    let shown = shorten_words(&escaped);
+    let chars = shown.chars().count();
+    if chars <= LONGEST_LINE {
+        return shown;
+    }
+    let keep = LONGEST_LINE / 2 - 10;
+    let mut out: String = shown.chars().take(keep).collect();
+    out.push_str(&format!("…[{} more]…", chars - 2 * keep));
+    out.extend(shown.chars().skip(chars - keep));
+    out
 }
 
 /// `text` with every word longer than [`LONGEST_WORD`] shortened in the middle, so that a
@@ -176,6 +211,20 @@ mod tests {
         );
         assert!(shown.contains("more]"), "{shown}");
         assert_eq!(shorten_words("a short line"), "a short line");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed_and_long_lines_cut() {
+        let shown = for_people("entry 'a\u{1b}[2Jb' is bad");
+        assert_eq!(shown, "entry 'a\\x1b[2Jb' is bad");
+        let spaced = format!("entry '{}' is bad", "a b ".repeat(1000));
+        let shown = for_people(&spaced);
+        assert!(
+            shown.chars().count() <= LONGEST_LINE + 40,
+            "{}",
+            shown.len()
+        );
+        assert!(shown.ends_with("' is bad"), "{shown}");
     }
 
     #[test]

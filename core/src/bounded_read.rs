@@ -1,7 +1,9 @@
 //! Reading a whole file that a user or a site names: the site config, a DIGESTS file, a kernel
 //! config, a manifest, a state file. Each is read only if it is a regular file below a size
 //! limit stated for its kind, so `--config /dev/zero`, a fifo or a multi-gigabyte file is one
-//! clear line instead of a process that reads until memory runs out or waits forever.
+//! clear line instead of a process that reads until memory runs out or waits forever. The type
+//! is checked on a path descriptor before the file is opened for reading, so a device node's
+//! driver never sees an open.
 
 use std::fmt;
 use std::fs::File;
@@ -9,7 +11,11 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsRawFd;
+
 use rustix::fs::{Mode, OFlags};
+
+use crate::in_root::RootDir;
 
 /// What kind of file is read, with the largest size accepted for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,11 +46,6 @@ impl Limit {
         what: "state file",
         max_bytes: 64 << 20,
     };
-    /// A file a plugin setting names (a key, a certificate).
-    pub const SETTING_FILE: Limit = Limit {
-        what: "file named by a plugin setting",
-        max_bytes: 1 << 20,
-    };
 }
 
 /// Why a file could not be read whole.
@@ -74,19 +75,24 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// The file the error is about.
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::Io { path, .. }
-            | Self::NotRegular { path, .. }
-            | Self::TooLarge { path, .. }
-            | Self::NotText { path, .. } => path,
-        }
-    }
-
     /// Whether the file is simply not there (for callers where that is allowed).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// For callers whose errors are storage errors (a backend's own metadata): an I/O error stays
+/// one, with its path; a file that is not what it should be is corruption of the store.
+impl From<ReadError> for crate::storage::StorageError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io { path, source, .. } => Self::Io {
+                op: "read",
+                path,
+                source,
+            },
+            other => Self::Corrupt(other.to_string()),
+        }
     }
 }
 
@@ -103,6 +109,20 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The kind of a file type as rustix reports it.
+    pub fn of_raw(file_type: rustix::fs::FileType) -> Self {
+        use rustix::fs::FileType as T;
+        match file_type {
+            T::Directory => Self::Directory,
+            T::CharacterDevice => Self::CharacterDevice,
+            T::BlockDevice => Self::BlockDevice,
+            T::Fifo => Self::Fifo,
+            T::Socket => Self::Socket,
+            T::Symlink => Self::Symlink,
+            _ => Self::Regular,
+        }
+    }
+
     pub fn of(file_type: std::fs::FileType) -> Self {
         if file_type.is_dir() {
             Self::Directory
@@ -139,29 +159,66 @@ impl fmt::Display for FileKind {
 /// The regular file at `path` (symlinks followed), open for reading, for callers that stream
 /// it; `what` names it in errors.
 pub fn open_regular(path: &Path, what: &'static str) -> Result<(File, u64), ReadError> {
-    let io = |source| ReadError::Io {
+    let located = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
+    reopen_regular(located, path, what)
+}
+
+/// The same for `inner`, resolved inside `dir` as a chroot would resolve it: for files in
+/// directories that untrusted code can write to, where a symlink must not lead us out.
+pub fn open_regular_in(
+    dir: &RootDir,
+    inner: &Path,
+    what: &'static str,
+) -> Result<(File, u64), ReadError> {
+    let located = dir.open_at(inner, OFlags::PATH, Mode::empty());
+    reopen_regular(located, &dir.display_path(inner), what)
+}
+
+/// Opens for reading the file a path descriptor (`O_PATH`) names, once it is known to be a
+/// regular file: a device node is never opened (its driver would act on the open), a fifo never
+/// waited on.
+fn reopen_regular(
+    located: rustix::io::Result<std::os::fd::OwnedFd>,
+    shown: &Path,
+    what: &'static str,
+) -> Result<(File, u64), ReadError> {
+    let io = |source: std::io::Error| ReadError::Io {
         what,
-        path: path.to_owned(),
+        path: shown.to_owned(),
         source,
     };
-    // Non-blocking, so that opening a fifo does not wait for a writer; the type check below
-    // refuses it before anything is read.
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let file = File::from(rustix::fs::open(path, flags, Mode::empty()).map_err(|e| io(e.into()))?);
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
+    let located = located.map_err(|e| io(e.into()))?;
+    let st = rustix::fs::fstat(&located).map_err(|e| io(e.into()))?;
+    let file_type = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if file_type != rustix::fs::FileType::RegularFile {
         return Err(ReadError::NotRegular {
             what,
-            path: path.to_owned(),
-            kind: FileKind::of(meta.file_type()),
+            path: shown.to_owned(),
+            kind: FileKind::of_raw(file_type),
         });
     }
-    Ok((file, meta.len()))
+    let proc = format!("/proc/self/fd/{}", located.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = rustix::fs::open(proc.as_str(), flags, Mode::empty()).map_err(|e| io(e.into()))?;
+    Ok((File::from(file), st.st_size as u64))
 }
 
 /// The bytes of the regular file at `path` (symlinks followed), at most `limit.max_bytes`.
 pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
-    let (file, len) = open_regular(path, limit.what)?;
+    read_opened(open_regular(path, limit.what)?, path, limit)
+}
+
+/// The bytes of `inner`, resolved inside `dir` (see [`open_regular_in`]), at most
+/// `limit.max_bytes`.
+pub fn read_in(dir: &RootDir, inner: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
+    read_opened(
+        open_regular_in(dir, inner, limit.what)?,
+        &dir.display_path(inner),
+        limit,
+    )
+}
+
+fn read_opened((file, len): (File, u64), path: &Path, limit: Limit) -> Result<Vec<u8>, ReadError> {
     let io = |source| ReadError::Io {
         what: limit.what,
         path: path.to_owned(),

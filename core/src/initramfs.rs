@@ -616,7 +616,9 @@ fn write_archive(
     manifest_file
         .write_all(&text)
         .map_err(io_err("write", &manifest_path))?;
-    // The archive first: a manifest never describes an archive that is not there.
+    // The old manifest goes before the archive is replaced, the new one comes after it: a
+    // manifest never describes an archive that is not the one beside it.
+    output_file::retract(&manifest_path)?;
     hashing.file.commit()?;
     manifest_file.commit()?;
     Ok(PackReport {

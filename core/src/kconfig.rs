@@ -24,6 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use crate::bounded_read::{self, Limit, ReadError};
+use crate::in_root::RootDir;
 use crate::output_file::{self, OutputError, OutputFile};
 use crate::site_config::Compression;
 
@@ -60,6 +61,8 @@ pub enum KconfigError {
     Unreadable(#[from] ReadError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error("{} is a symlink; a kernel config is written over a regular file only: replace the link with the file", .0.display())]
+    Symlink(PathBuf),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KconfigError {
@@ -257,32 +260,53 @@ impl Config {
     /// Reads and parses the config at `path`.
     pub fn load(path: &Path) -> Result<Self, KconfigError> {
         let text = bounded_read::read_text(path, Limit::KERNEL_CONFIG)?;
-        Self::parse(&text).map_err(|error| KconfigError::Parse {
+        Self::parse_from(&text, path)
+    }
+
+    /// Reads `inner` resolved inside `dir` (a build directory a root can write to: a symlink
+    /// there must not lead us to a host file).
+    pub fn load_in(dir: &RootDir, inner: &Path) -> Result<Self, KconfigError> {
+        let bytes = bounded_read::read_in(dir, inner, Limit::KERNEL_CONFIG)?;
+        let path = dir.display_path(inner);
+        let text = String::from_utf8(bytes).map_err(|_| ReadError::NotText {
+            what: Limit::KERNEL_CONFIG.what,
+            path: path.clone(),
+        })?;
+        Self::parse_from(&text, &path)
+    }
+
+    fn parse_from(text: &str, path: &Path) -> Result<Self, KconfigError> {
+        Self::parse(text).map_err(|error| KconfigError::Parse {
             path: path.to_owned(),
             error,
         })
     }
 
     /// Writes the config to `path` as kbuild does, keeping the file that was there as
-    /// `PATH.old`; both are written to a temporary file in the same directory and renamed into
-    /// place, so neither is ever seen half-written. The new file keeps the old one's
-    /// permissions (0644 for a new file).
+    /// `PATH.old`; both are written as outputs ([`OutputFile`]), so neither is ever seen
+    /// half-written. The new file keeps the old one's permission bits (0644 for a new file),
+    /// never setuid or setgid. A symlink at `path` is refused: in a build directory a root can
+    /// write to, it is the root's, and neither following it nor copying what it leads to aside
+    /// would be safe.
     pub fn save(&self, path: &Path) -> Result<(), KconfigError> {
         // Refused before the old file is copied aside: no FILE.old beside a FILE we cannot write.
-        let target = output_file::check_target(path)?;
-        let mode = match fs::symlink_metadata(&target) {
+        output_file::check_target(path)?;
+        let mode = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(KconfigError::Symlink(path.to_owned()))
+            }
             Ok(meta) => {
-                let old = bounded_read::read(&target, Limit::KERNEL_CONFIG)?;
+                let old = bounded_read::read(path, Limit::KERNEL_CONFIG)?;
                 let mut old_path = path.as_os_str().to_owned();
                 old_path.push(".old");
-                let mode = meta.permissions().mode() & 0o7777;
+                let mode = meta.permissions().mode() & 0o777;
                 write_atomically(Path::new(&old_path), &old, mode)?;
                 mode
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o644,
             Err(e) => return Err(io_err("inspect", path)(e)),
         };
-        write_atomically(&target, self.to_string().as_bytes(), mode)
+        write_atomically(path, self.to_string().as_bytes(), mode)
     }
 
     /// The value of `symbol`, if the config states one.

@@ -10,13 +10,17 @@
 //! [`build`] with a [`Make`] of one's own is there for builders that plugins write.
 
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use rustix::fs::{FileType, Mode, OFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::bounded_read::{self, Limit, ReadError};
+use crate::in_root::RootDir;
 use crate::kconfig::{self, Requirements};
 use crate::kernel_builder::{self, KernelBuilder, KernelBuilderCapabilities, KernelJob};
 use crate::output_file::{self, OutputError, OutputFile};
@@ -90,17 +94,13 @@ impl KernelBuilder for Kbuild {
                 (&host, job.initramfs.to_owned())
             }
             Place::Root { program } => {
+                // Bound for each make in its own namespace, never in ours: a killed build leaves
+                // nothing mounted in the root.
                 let initramfs_dir = job.initramfs.parent().unwrap_or(Path::new("/"));
-                let plan = root_mounts::kernel_plan(job.source, job.build_dir, initramfs_dir);
-                root_mounts::mount_all(job.root_path, &plan).map_err(|source| {
-                    KernelError::Mount {
-                        root: job.root.to_owned(),
-                        source,
-                    }
-                })?;
                 in_root = RootMake {
                     program: program.clone(),
                     root: job.root.to_owned(),
+                    binds: [job.source, job.build_dir, initramfs_dir].map(Path::to_owned),
                     log,
                 };
                 let file_name = job.initramfs.file_name().unwrap_or_default();
@@ -144,6 +144,8 @@ pub enum KernelError {
     Config(#[from] kconfig::KconfigError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
     #[error("`make {target}` failed ({status}); see {}", .log.display())]
     Make {
         target: String,
@@ -154,12 +156,6 @@ pub enum KernelError {
     NoSource(PathBuf),
     #[error("{} does not exist; pack the root first (`autogentoo root pack ROOT`)", .0.display())]
     NoInitramfs(PathBuf),
-    #[error("cannot mount the kernel into root '{root}'")]
-    Mount {
-        root: String,
-        #[source]
-        source: StorageError,
-    },
     /// A plugin's builder failed; its message, causes included.
     #[error("{0}")]
     Failed(String),
@@ -223,6 +219,11 @@ pub fn find_source(volume: &Path) -> Result<PathBuf, KernelError> {
 }
 
 /// Configures and builds; see the module documentation.
+///
+/// The build directory is bound read-write into the root for the `root` builder (and by `kernel
+/// mount`), so whatever runs in the root can put anything there: everything read from it is
+/// resolved inside it, as the root sees it, and everything written to it replaces what is there
+/// rather than following it.
 pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> {
     let build_dir = request.build_dir;
     // An output that cannot be written is refused before minutes of make.
@@ -230,6 +231,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
         output_file::check_target(&output)?;
     }
     fs::create_dir_all(build_dir).map_err(io_err("create", build_dir))?;
+    let tree = RootDir::open(build_dir)?;
 
     // 1. allnoconfig with the fragments and what we need, when the fragments changed.
     let mut fragments = Vec::new();
@@ -238,12 +240,13 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     }
     fragments.push(request.requirements.as_fragment());
     let merged = kconfig::merge(&fragments).to_string();
-    let fragment_path = build_dir.join("autogentoo.fragment");
-    let config_path = build_dir.join(".config");
-    let previous = fs::read_to_string(&fragment_path).ok();
-    if previous.as_deref() != Some(merged.as_str()) || !config_path.is_file() {
-        fs::write(&fragment_path, &merged).map_err(io_err("write", &fragment_path))?;
-        let seen = request.make.build_dir().join("autogentoo.fragment");
+    let fragment_path = build_dir.join(FRAGMENT);
+    let previous = bounded_read::read_in(&tree, Path::new(FRAGMENT), Limit::KERNEL_CONFIG).ok();
+    let configured =
+        bounded_read::open_regular_in(&tree, Path::new(CONFIG), "kernel config").is_ok();
+    if previous.as_deref() != Some(merged.as_bytes()) || !configured {
+        output_file::write(&fragment_path, merged.as_bytes())?;
+        let seen = request.make.build_dir().join(FRAGMENT);
         request.make.make(&[
             format!("KCONFIG_ALLCONFIG={}", seen.display()),
             "allnoconfig".to_owned(),
@@ -251,13 +254,13 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     }
 
     // 2. What the pipeline needs, then olddefconfig, then check nothing was dropped.
-    let mut config = kconfig::Config::load(&config_path)?;
+    let mut config = kconfig::Config::load_in(&tree, Path::new(CONFIG))?;
     let changes = kconfig::apply(&mut config, request.requirements);
     if !changes.is_empty() {
-        config.save(&config_path)?;
+        config.save(&build_dir.join(CONFIG))?;
     }
     request.make.make(&["olddefconfig".to_owned()])?;
-    let config = kconfig::Config::load(&config_path)?;
+    let config = kconfig::Config::load_in(&tree, Path::new(CONFIG))?;
     kconfig::verify_after_olddefconfig(
         &config,
         request.requirements,
@@ -270,22 +273,23 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
         .make
         .make(&[format!("-j{}", request.jobs.max(1)), "bzImage".to_owned()])?;
 
-    // 4. The results, each renamed into place; the manifest last, as it describes the set.
+    // 4. The results, as outputs; the old manifest goes first and the new one comes last, so
+    // that a manifest never describes files that are not the ones beside it.
     fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;
     let [image, config_out, map_out, manifest_out] =
         kernel_builder::outputs(request.out_dir, request.name);
-    let built = build_dir.join(format!("arch/{}/boot/bzImage", request.arch));
-    publish_copy(&built, &image)?;
-    publish_copy(&config_path, &config_out)?;
-    publish_copy(&build_dir.join("System.map"), &map_out)?;
-    let sha256 = sha256_file(&image)?;
+    output_file::retract(&manifest_out)?;
+    let built = PathBuf::from(format!("arch/{}/boot/bzImage", request.arch));
+    let sha256 = publish_copy(&tree, &built, &image)?;
+    let config_sha256 = publish_copy(&tree, Path::new(CONFIG), &config_out)?;
+    publish_copy(&tree, Path::new("System.map"), &map_out)?;
     let manifest = Manifest {
         image: image
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256: &sha256,
-        config_sha256: sha256_file(&config_out)?,
+        config_sha256,
         inputs: request.inputs,
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
@@ -300,13 +304,20 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     })
 }
 
-/// Copies `from` to the output `to`, which appears whole or not at all.
-fn publish_copy(from: &Path, to: &Path) -> Result<(), KernelError> {
-    let mut source = fs::File::open(from).map_err(io_err("open", from))?;
+/// The merged config fragments, in the build directory.
+const FRAGMENT: &str = "autogentoo.fragment";
+/// kbuild's config, in the build directory.
+const CONFIG: &str = ".config";
+
+/// Copies `inner` of the build directory (resolved inside it) to the output `to`, which appears
+/// whole or not at all; returns the copy's SHA-256.
+fn publish_copy(tree: &RootDir, inner: &Path, to: &Path) -> Result<String, KernelError> {
+    let (mut source, _) = bounded_read::open_regular_in(tree, inner, "build result")?;
     let mut output = OutputFile::create(to)?;
     std::io::copy(&mut source, &mut output).map_err(io_err("copy into", to))?;
+    let (_, sha256) = output.digest()?;
     output.commit()?;
-    Ok(())
+    Ok(sha256)
 }
 
 /// SHA256 of a file, lowercase hex.
@@ -349,6 +360,9 @@ impl Make for HostMake {
 struct RootMake {
     program: Vec<OsString>,
     root: String,
+    /// The kernel sources, the build directory and the initramfs directory, bound into the
+    /// root for make (see [`root_mounts::kernel_plan`]).
+    binds: [PathBuf; 3],
     log: PathBuf,
 }
 
@@ -364,7 +378,9 @@ impl Make for RootMake {
             .expect("the program to run is named");
         let mut command = Command::new(program);
         command.args(options);
-        command.args(["root", "run", &self.root, "--", "make", "-C"]);
+        command.args(["root", "run", &self.root, "--kernel"]);
+        command.args(&self.binds);
+        command.args(["--", "make", "-C"]);
         command.arg(Path::new("/").join(root_mounts::KERNEL_SOURCE_TARGET));
         command.arg(format!("O={}", self.build_dir().display()));
         command.args(args);
@@ -372,14 +388,43 @@ impl Make for RootMake {
     }
 }
 
+/// Opens the build log for appending, creating it if missing. It sits in a build directory a
+/// root can write to: a symlink there is not followed, and anything but a regular file (a fifo
+/// that would block us, a device whose driver would act on the open) is refused unopened.
+fn open_log(log: &Path) -> Result<fs::File, KernelError> {
+    let fail = |e: rustix::io::Errno| KernelError::from(io_err("open", log)(e.into()));
+    let append = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(
+        log,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(located) => {
+            let st = rustix::fs::fstat(&located).map_err(fail)?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                return Err(io_err("append to", log)(std::io::Error::other(
+                    "it is not a regular file; remove it",
+                ))
+                .into());
+            }
+            let proc = format!("/proc/self/fd/{}", located.as_raw_fd());
+            rustix::fs::open(proc.as_str(), append, Mode::empty()).map_err(fail)?
+        }
+        Err(rustix::io::Errno::NOENT) => rustix::fs::open(
+            log,
+            append | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(fail)?,
+        Err(e) => return Err(fail(e)),
+    };
+    Ok(fs::File::from(fd))
+}
+
 /// Runs a command with its output appended to the build log; a failure names the target and
 /// the log.
 fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), KernelError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io_err("open", log))?;
+    let file = open_log(log)?;
     let err = file.try_clone().map_err(io_err("open", log))?;
     tracing::info!("make {}", args.join(" "));
     // make (or the `root run` around it) must not go on building for a build that was killed.

@@ -3,8 +3,10 @@
 //!
 //! One mechanism for every writer:
 //! - the target is checked first ([`check_target`]): absent, a regular file, or a symlink to a
-//!   regular file (written through, as `cp` would); a directory, a device node (`/dev/null`), a
-//!   fifo, a socket, a symlink to one of those or a dangling symlink is refused before any work;
+//!   regular file, which the output replaces (it is never written through: outputs live in
+//!   directories that roots can reach, where a symlink is a root's, not the user's); a
+//!   directory, a device node (`/dev/null`), a fifo, a socket, a symlink to one of those or a
+//!   dangling symlink is refused before any work;
 //! - the data goes into an unnamed file in the target's directory (`O_TMPFILE`), so a process
 //!   killed while writing leaves nothing behind;
 //! - on commit the file is synced, linked in under a hidden name that carries our PID and is
@@ -23,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
@@ -52,8 +54,19 @@ pub enum OutputError {
     Io(#[from] StorageError),
 }
 
-/// Checks that `path` may be written as an output, before any work is done; returns where the
-/// file will be written: `path` itself, or the regular file a symlink at `path` leads to.
+/// For callers whose errors are storage errors (a backend's own metadata): an I/O error stays
+/// one; a target that cannot be a file is corruption of the store.
+impl From<OutputError> for StorageError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Io(e) => e,
+            other => Self::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// Checks that `path` may be written as an output, before any work is done: it is absent, a
+/// regular file, or a symlink to one (which the output will replace). Returns `path`.
 pub fn check_target(path: &Path) -> Result<PathBuf, OutputError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -83,7 +96,7 @@ pub fn check_target(path: &Path) -> Result<PathBuf, OutputError> {
     };
     let meta = std::fs::metadata(&target).map_err(io_err("inspect", &target))?;
     if meta.is_file() {
-        Ok(target)
+        Ok(path.to_owned())
     } else {
         Err(OutputError::SymlinkToNonFile {
             path: path.to_owned(),
@@ -145,9 +158,9 @@ impl OutputFile {
         Ok(output)
     }
 
-    /// The mode the file gets on commit (0644 unless set).
+    /// The mode the file gets on commit (0644 unless set); never setuid, setgid or sticky.
     pub fn with_mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
+        self.mode = mode & 0o777;
         self
     }
 
@@ -197,8 +210,9 @@ impl OutputFile {
                 temp
             }
         };
-        // The check made at the start again, right before the name is taken: a device node
-        // made there meanwhile is refused, not replaced.
+        // The check made at the start, again right before the name is taken: a directory or a
+        // node that appeared meanwhile is refused. (One made between this check and the rename
+        // is replaced as an entry, never written into.)
         check_target(&self.target)?;
         rustix::fs::renameat(&self.dir, &temp, &self.dir, &self.name)
             .map_err(|e| self.io("rename into place", e))?;
@@ -280,6 +294,16 @@ impl Drop for OutputFile {
     }
 }
 
+/// Removes the output `path` if it is there (a file or a symlink; nothing else is ours to
+/// remove): a manifest, before the files it describes are replaced.
+pub fn retract(path: &Path) -> Result<(), OutputError> {
+    check_target(path)?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e).into()),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` as the output `path`, replacing a regular file there; see [`OutputFile`].
 pub fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf, OutputError> {
     let mut output = OutputFile::create(path)?;
@@ -289,19 +313,8 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf, OutputError> {
     output.commit()
 }
 
-/// Removes the hidden files that killed writers left in `dir`; returns how many. Errors are
-/// only logged: a sweep never stops the work that asked for it.
-pub fn sweep(dir: &Path) -> usize {
-    match rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => sweep_fd(&fd, dir),
-        Err(_) => 0,
-    }
-}
-
+/// Removes the hidden files that killed writers left in the directory `dir` (at `dir_path`);
+/// returns how many. Errors are only logged: a sweep never stops the work that asked for it.
 fn sweep_fd(dir: &OwnedFd, dir_path: &Path) -> usize {
     let listing = match rustix::fs::openat(
         dir,
@@ -321,6 +334,13 @@ fn sweep_fd(dir: &OwnedFd, dir_path: &Path) -> usize {
             continue;
         };
         if process_alive(pid) {
+            continue;
+        }
+        // Only our own kind of leftover: a device node under such a name is not opened (its
+        // driver would act on the open), a symlink not followed.
+        let is_file = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+        if !is_file {
             continue;
         }
         let Ok(fd) = rustix::fs::openat(
@@ -406,6 +426,11 @@ fn split(path: &Path) -> (PathBuf, OsString) {
 mod tests {
     use super::*;
 
+    fn sweep(dir: &Path) -> usize {
+        let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        sweep_fd(&fd, dir)
+    }
+
     fn names_in(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -479,18 +504,31 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_to_a_file_is_written_through() {
+    fn a_symlink_to_a_file_is_replaced_never_written_through() {
         let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("web-1.efi");
-        std::fs::write(&real, "old").unwrap();
-        let link = dir.path().join("current.efi");
-        std::os::unix::fs::symlink("web-1.efi", &link).unwrap();
+        let elsewhere = dir.path().join("host-file");
+        std::fs::write(&elsewhere, "the host's").unwrap();
+        let link = dir.path().join("web.efi");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
         write(&link, b"new").unwrap();
-        assert_eq!(std::fs::read(&real).unwrap(), b"new");
-        assert!(std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"the host's");
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.is_file(), "the link became the output");
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
+    }
+
+    #[test]
+    fn outputs_are_never_setuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".config");
+        let mut output = OutputFile::create(&path).unwrap().with_mode(0o6777);
+        output.write_all(b"x").unwrap();
+        output.commit().unwrap();
+        let mode = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+            0o777
+        );
     }
 
     #[test]
@@ -509,6 +547,16 @@ mod tests {
     #[test]
     fn hidden_files_of_dead_writers_are_swept_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
+        // A fifo under such a name is not ours: left alone, and never opened (it would block).
+        let fifo = dir.path().join(".trap.4194305.autogentoo-tmp");
+        rustix::fs::mknodat(
+            CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         // A PID that cannot be alive: above the kernel's maximum.
         let dead = dir.path().join(".image.efi.4194305.autogentoo-tmp");
         std::fs::write(&dead, "left by a kill").unwrap();
@@ -520,7 +568,7 @@ mod tests {
         std::fs::write(&unrelated, "not ours").unwrap();
         assert_eq!(sweep(dir.path()), 1);
         assert!(!dead.exists());
-        assert!(ours.exists() && unrelated.exists());
+        assert!(ours.exists() && unrelated.exists() && fifo.exists());
     }
 
     #[test]

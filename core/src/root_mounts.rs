@@ -19,6 +19,7 @@ use rustix::mount::{
 };
 use serde::Serialize;
 
+use crate::bounded_read::{self, Limit};
 use crate::in_root::{InnerPath, RootDir};
 use crate::loop_device::{self, LoopDevice};
 use crate::mountinfo;
@@ -400,6 +401,12 @@ fn clone_tree(source: &Path, recursive: bool) -> Result<OwnedFd, StorageError> {
     mount::open_tree(rustix::fs::CWD, source, flags).map_err(|e| io_err("bind", source)(e.into()))
 }
 
+/// A root's resolv.conf, as we are willing to read it.
+const RESOLV_CONF: Limit = Limit {
+    what: "resolv.conf",
+    max_bytes: 1 << 20,
+};
+
 /// Replaces `etc/resolv.conf` inside the root with a copy of the host's. The copy is written
 /// under a temporary name and renamed over the old entry, so a symlink there (even one pointing
 /// at a host file) is replaced, never followed.
@@ -420,21 +427,10 @@ fn copy_resolv_conf(dir: &RootDir) -> Result<(), StorageError> {
             ),
         });
     }
-    // The same contents already there: leave the file (and the root's mtimes) alone.
-    let current = rustix::fs::openat(
-        &etc,
-        "resolv.conf",
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()
-    .and_then(|fd| {
-        let mut file = fs::File::from(fd);
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)
-            .ok()
-            .map(|_| text)
-    });
+    // The same contents already there: leave the file (and the root's mtimes) alone. What the
+    // root has there is read as a regular file of resolv.conf's size at most, resolved inside
+    // the root: a fifo, a device or a huge file is simply not the same.
+    let current = bounded_read::read_in(dir, Path::new("etc/resolv.conf"), RESOLV_CONF).ok();
     if current.as_deref() == Some(contents.as_slice()) {
         return Ok(());
     }

@@ -212,9 +212,11 @@ impl InitError {
     }
 }
 
-/// Checks that this process is the init [`spawn_init`] started — PID 1 of a new PID namespace,
-/// child of autogentoo, in a private mount namespace that is not its caller's — before
-/// anything is touched, and reads what to run from the handshake at `handshake_fd`.
+/// Checks that this process is the init [`spawn_init`] started, before anything is touched, and
+/// reads what to run from the handshake at `handshake_fd`. Being PID 1 of a new PID namespace
+/// and the child of this very program are what a shell cannot fake; the rest — a pipe, the
+/// caller's mount namespace it names differing from ours, `/` not shared — catches a parent of
+/// ours that forgot to enter the namespaces, and a handshake that is not ours.
 pub fn accept_handshake(handshake_fd: i32) -> Result<InitSpec, InitError> {
     let refuse = |reason| InitError::NotStartedByUs { reason };
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {

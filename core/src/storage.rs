@@ -235,16 +235,18 @@ pub trait Storage: Send + Sync {
     /// - If the name was taken meanwhile, it is `AlreadyExists` and the pending volume is discarded.
     fn commit(&self, pending: PendingVolume) -> Result<Volume, StorageError>;
 
-    /// Makes a pending volume visible already sealed with the snapshot `snapshot` and carrying
-    /// `properties`: how an import appears whole, also when the process is killed meanwhile.
-    /// - The volume is listed sealed, with its seal snapshot and properties, or not at all: there
-    ///   is no moment at which it is listed unsealed.
+    /// Makes a pending volume visible sealed with the snapshot `snapshot` and carrying
+    /// `properties`: how an import ends.
+    /// - The volume is listed sealed, with its seal snapshot and its properties.
     /// - If the name was taken meanwhile, it is `AlreadyExists` and the pending volume is
     ///   discarded.
     ///
     /// The default commits, sets the properties and seals one after the other (and destroys the
-    /// volume if a later part fails): a kill between them leaves an unsealed volume. Backends
-    /// that can do the whole before the name appears override it.
+    /// volume if a later part fails), so a process killed in between leaves an unsealed volume.
+    /// The built-in backends override it to do the whole before the name appears (dir and btrfs
+    /// write the sealed metadata first, zfs seals the pending dataset), so that no kill leaves
+    /// a volume listed unsealed; the plugin ABI does not carry it yet, so plugin backends have
+    /// the default.
     fn commit_sealed(
         &self,
         pending: PendingVolume,

@@ -6,11 +6,12 @@
 //! `--destdir` stages the tree under another directory, as packagers do.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use autogentoo_core::output_file::OutputFile;
 
 use crate::host::{self, cargo};
 
@@ -121,22 +122,14 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Writes `path` with `contents` and `mode` under a temporary name, then renames it: a running
-/// binary is replaced, not overwritten, and nothing half-written is ever in place.
+/// Writes `path` with `contents` and `mode` as autogentoo writes its outputs: unnamed until
+/// whole, then renamed over what was there, so a running binary is replaced, not overwritten,
+/// and a killed install leaves nothing half-written.
 fn place(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("an installed file has a directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().context("an installed file has a name")?;
-    let temporary = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    fs::write(&temporary, contents)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    fs::set_permissions(&temporary, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", temporary.display()))?;
-    fs::rename(&temporary, path).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            temporary.display(),
-            path.display()
-        )
-    })
+    let mut output = OutputFile::create(path)?.with_mode(mode);
+    output
+        .write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    output.commit()?;
+    Ok(())
 }

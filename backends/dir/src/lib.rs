@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::mountinfo;
-use autogentoo_core::output_file::{self, OutputError};
+use autogentoo_core::output_file;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     check_property, check_seal, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
@@ -222,18 +222,15 @@ impl<T: Trees> TreeStore<T> {
             }),
             // A volume whose metadata was never written (a crash right after its rename) is plain.
             Err(e) if e.is_not_found() => Ok(Meta::default()),
-            Err(e) => Err(StorageError::Corrupt(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
     fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
         let path = self.meta_path(id);
         let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-        match output_file::write(&path, &bytes) {
-            Ok(_) => Ok(()),
-            Err(OutputError::Io(e)) => Err(e),
-            Err(e) => Err(StorageError::Corrupt(e.to_string())),
-        }
+        output_file::write(&path, &bytes)?;
+        Ok(())
     }
 
     fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {

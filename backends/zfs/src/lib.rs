@@ -22,7 +22,7 @@ mod command;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use autogentoo_core::mountinfo;
 use autogentoo_core::registry::StorageSettings;
@@ -48,8 +48,9 @@ pub struct ZfsStorage {
     dataset: String,
     workdir: PathBuf,
     capabilities: Capabilities,
-    /// The dataset is not there yet; [`Storage::init`] creates it, mounted at the workdir.
-    create_on_init: bool,
+    /// The dataset is not there yet; [`Storage::init`] creates it, mounted at the workdir, and
+    /// until then every other operation says so.
+    missing: AtomicBool,
 }
 
 /// Opens the `zfs` backend; the registry's factory.
@@ -146,7 +147,7 @@ impl ZfsStorage {
                 special_files: true,
                 shared_blocks: true,
             },
-            create_on_init,
+            missing: AtomicBool::new(create_on_init),
         };
         // Until the dataset exists there is nothing to probe; without xattrs is the safe guess.
         if !create_on_init {
@@ -171,6 +172,17 @@ impl ZfsStorage {
         drop(file);
         std::fs::remove_file(&probe).map_err(io_err("remove", &probe))?;
         Ok(ok)
+    }
+
+    /// Refuses to work on a dataset that `workdir init` has yet to create.
+    fn ready(&self) -> Result<(), StorageError> {
+        if self.missing.load(Ordering::Relaxed) {
+            return Err(StorageError::MissingPrerequisite {
+                what: format!("the ZFS dataset {} (storage.zfs_dataset)", self.dataset),
+                hint: "run `autogentoo workdir init`, which creates it".into(),
+            });
+        }
+        Ok(())
     }
 
     fn kind_dataset(&self, kind: VolumeKind) -> String {
@@ -319,13 +331,14 @@ impl Storage for ZfsStorage {
     }
 
     fn init(&self) -> Result<(), StorageError> {
-        if self.create_on_init {
+        if self.missing.load(Ordering::Relaxed) {
             let mountpoint = format!("mountpoint={}", self.workdir.display());
             match run("zfs", &["create", "-o", &mountpoint, &self.dataset]) {
                 Ok(_) => {}
                 Err(e) if e.failure == Failure::Exists => {}
                 Err(e) => return Err(e.into_storage()),
             }
+            self.missing.store(false, Ordering::Relaxed);
         }
         for child in VolumeKind::ALL.iter().map(|k| k.plural()).chain([PENDING]) {
             let dataset = format!("{}/{child}", self.dataset);
@@ -339,6 +352,7 @@ impl Storage for ZfsStorage {
     }
 
     fn usage(&self) -> Result<Usage, StorageError> {
+        self.ready()?;
         let out = zfs(&[
             "get",
             "-H",
@@ -359,6 +373,7 @@ impl Storage for ZfsStorage {
     }
 
     fn create(&self, id: &VolumeId) -> Result<Volume, StorageError> {
+        self.ready()?;
         match run("zfs", &["create", &self.dataset_of(id)]) {
             Ok(_) => self.get(id),
             Err(e) if e.failure == Failure::Exists => {
@@ -373,6 +388,7 @@ impl Storage for ZfsStorage {
     }
 
     fn create_pending(&self, id: &VolumeId) -> Result<PendingVolume, StorageError> {
+        self.ready()?;
         if self.get(id).is_ok() {
             return Err(StorageError::AlreadyExists(id.to_string()));
         }
@@ -386,6 +402,7 @@ impl Storage for ZfsStorage {
     }
 
     fn commit(&self, pending: PendingVolume) -> Result<Volume, StorageError> {
+        self.ready()?;
         let target = self.dataset_of(&pending.id);
         if self.get(&pending.id).is_ok() {
             let id = pending.id.clone();
@@ -452,6 +469,7 @@ impl Storage for ZfsStorage {
     }
 
     fn sweep_abandoned(&self) -> Result<usize, StorageError> {
+        self.ready()?;
         let parent = format!("{}/{PENDING}", self.dataset);
         let listing = match run(
             "zfs",
@@ -480,6 +498,7 @@ impl Storage for ZfsStorage {
     }
 
     fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot, StorageError> {
+        self.ready()?;
         self.describe(id.volume())?;
         match run("zfs", &["snapshot", &self.snapshot_of(id)]) {
             Ok(_) => {}
@@ -501,6 +520,7 @@ impl Storage for ZfsStorage {
     }
 
     fn seal(&self, id: &VolumeId, snapshot: &str) -> Result<Snapshot, StorageError> {
+        self.ready()?;
         let snap_id = SnapshotId::new(id.clone(), snapshot)?;
         let (own, _) = self.describe(id)?;
         if own.contains_key(SEALED) {
@@ -514,6 +534,7 @@ impl Storage for ZfsStorage {
     }
 
     fn snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, StorageError> {
+        self.ready()?;
         let (_, snapshots) = self.describe(id)?;
         snapshots
             .into_iter()
@@ -530,6 +551,7 @@ impl Storage for ZfsStorage {
     }
 
     fn clone_snapshot(&self, from: &SnapshotId, id: &VolumeId) -> Result<Volume, StorageError> {
+        self.ready()?;
         let (_, snapshots) = self.describe(from.volume())?;
         if !snapshots.iter().any(|(name, _)| name == from.name()) {
             return Err(StorageError::NotFound(from.to_string()));
@@ -550,6 +572,7 @@ impl Storage for ZfsStorage {
     }
 
     fn rollback(&self, to: &SnapshotId) -> Result<(), StorageError> {
+        self.ready()?;
         let volume = to.volume();
         let (own, snapshots) = self.describe(volume)?;
         if own.contains_key(SEALED) {
@@ -575,6 +598,7 @@ impl Storage for ZfsStorage {
     }
 
     fn destroy(&self, id: &VolumeId) -> Result<(), StorageError> {
+        self.ready()?;
         let volume = self.get(id)?;
         let dependants = (self as &dyn Storage).clones_of(id, None)?;
         if !dependants.is_empty() {
@@ -587,6 +611,7 @@ impl Storage for ZfsStorage {
     }
 
     fn destroy_snapshot(&self, id: &SnapshotId) -> Result<(), StorageError> {
+        self.ready()?;
         let (own, snapshots) = self.describe(id.volume())?;
         if !snapshots.iter().any(|(name, _)| name == id.name()) {
             return Err(StorageError::NotFound(id.to_string()));
@@ -609,6 +634,7 @@ impl Storage for ZfsStorage {
     }
 
     fn list(&self, kind: VolumeKind) -> Result<Vec<Volume>, StorageError> {
+        self.ready()?;
         let parent = self.kind_dataset(kind);
         let all = self.properties(&parent, true)?;
         let mut volumes = Vec::new();
@@ -629,11 +655,13 @@ impl Storage for ZfsStorage {
     }
 
     fn get(&self, id: &VolumeId) -> Result<Volume, StorageError> {
+        self.ready()?;
         let (own, _) = self.describe(id)?;
         Ok(self.volume(id, &own))
     }
 
     fn set_property(&self, id: &VolumeId, key: &str, value: &str) -> Result<(), StorageError> {
+        self.ready()?;
         check_property(key, value)?;
         self.describe(id)?;
         zfs(&[

@@ -127,6 +127,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             .with("stage", &system.stage)
             .with("root", &root_name);
         hooks.before("root", &inputs)?;
+        // A fresh clone has none of the commands' effects, whatever ran in an earlier root.
+        state.forget("commands");
         let root =
             storage.clone_snapshot(&SnapshotId::new(stage.clone(), SEAL_SNAPSHOT)?, &root_id)?;
         hooks.after(
@@ -142,9 +144,16 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
 
     // 3. The system's commands inside the root.
     let repo = root_mounts::newest_repo_image(&layout.repos())?;
+    // The root counts: commands that ran in a root since removed (by hand, say) have not run in
+    // its successor.
+    let root_made = storage.get(&root_id).map_or_else(
+        |_| "not created".to_owned(),
+        |root| root.created.to_string(),
+    );
     let commands_print = hooks
         .mark(Fingerprint::default())
         .text("commands", &system.commands.join("\n"))
+        .text("root", &root_made)
         .text("stage", &format!("{}", storage.get(&stage)?.created))
         .text(
             "repo",

@@ -6,21 +6,30 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
 use autogentoo_core::root_lock::{LockKind, RootLock};
-use autogentoo_core::root_mounts::{self, mount_all};
+use autogentoo_core::root_mounts::{self, mount_all, MountPlan};
 use autogentoo_core::root_run::{self, clean_environment, InitSpec};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use nix::sys::signal::{signal, SigHandler, Signal};
 
 use crate::context::Context;
 
-/// Runs `command` inside root `name` and returns its exit code.
-pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<ExitCode> {
+/// Runs `command` inside root `name` and returns its exit code; `extra` mounts (the kernel's,
+/// for an in-root kernel build) exist in the command's namespace only, and go with it.
+pub fn run_in_root(
+    ctx: &Context,
+    name: &str,
+    command: Vec<OsString>,
+    extra: Option<MountPlan>,
+) -> Result<ExitCode> {
     let storage = ctx.storage()?;
     let root = storage.path(&VolumeId::new(VolumeKind::Root, name)?)?;
     let layout = ctx.layout();
     // Held until we exit, so `root remove` and `root rollback` see the root in use.
     let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;
-    let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
+    let mut plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
+    if let Some(extra) = extra {
+        plan.mounts.extend(extra.mounts);
+    }
     let caller_namespace = root_run::mount_namespace()?;
     root_run::enter_namespaces()?;
     root_run::bind_root_onto_itself(&root)?;
@@ -35,6 +44,10 @@ pub fn run_in_root(ctx: &Context, name: &str, command: Vec<OsString>) -> Result<
         .collect();
     let mut init = Command::new("/proc/self/exe");
     init.arg("internal-init");
+    if ctx.json {
+        // A command that cannot be started is reported as JSON, as our own errors are.
+        init.arg("--json");
+    }
     init.env_clear()
         .envs(clean_environment(&build.makeopts(), &env_extra));
     let spec = InitSpec { root, command };

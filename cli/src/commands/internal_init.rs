@@ -26,7 +26,7 @@ pub fn run(args: InitArgs, json: bool) -> Result<ExitCode> {
         Ok(code) => code,
         Err(err) => {
             let code = err.exit_code();
-            output::print_error(&anyhow::Error::new(err), json);
+            output::print_error(&anyhow::Error::new(err), json, code.clamp(0, 255) as u8);
             code
         }
     };

@@ -1,10 +1,10 @@
 //! `autogentoo man [COMMAND…] [--dir DIR]`
 
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use autogentoo_core::output_file;
 use clap::{Args, Command, CommandFactory};
 use clap_mangen::Man;
 
@@ -77,26 +77,15 @@ fn page_of(command: &Command) -> Man {
     Man::new(command.clone()).source(format!("autogentoo {}", env!("CARGO_PKG_VERSION")))
 }
 
-/// Writes the page of `command` and of every public command below it into `dir`, each under a
-/// temporary name first so that a reader never sees half a page.
+/// Writes the page of `command` and of every public command below it into `dir`, each as an
+/// output that appears whole (see `autogentoo_core::output_file`).
 fn write_all(command: &Command, dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
     let man = page_of(command);
     let path = dir.join(man.get_filename());
-    let temporary = dir.join(format!(".{}.tmp", man.get_filename()));
     let mut page = Vec::new();
     man.render(&mut page)
         .with_context(|| format!("cannot render {}", path.display()))?;
-    fs::write(&temporary, &page)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    fs::rename(&temporary, &path).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            temporary.display(),
-            path.display()
-        )
-    })?;
+    output_file::write(&path, &page)?;
     for sub in public_subcommands(command) {
         write_all(sub, dir)?;
     }

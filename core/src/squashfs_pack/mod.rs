@@ -317,11 +317,20 @@ fn check_free(repos_dir: &OwnedFd, repos: &Path, name: &str, force: bool) -> Res
     })?;
     let file = format!("{name}{IMAGE_SUFFIX}");
     match rustix::fs::statat(repos_dir, file.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+        // A directory or a node there is refused even with --force; a symlink (to a file) is
+        // taken like a file, and --force replaces the link, never what it leads to.
+        Ok(st)
+            if !matches!(
+                FileType::from_raw_mode(st.st_mode),
+                FileType::RegularFile | FileType::Symlink
+            ) =>
+        {
             output_file::check_target(&repos.join(&file))?;
             Ok(())
         }
-        Ok(_) if force => Ok(()),
+        Ok(_) if force => output_file::check_target(&repos.join(&file))
+            .map(drop)
+            .map_err(Into::into),
         Ok(_) => Err(PackError::Exists {
             name: name.to_owned(),
             path: repos.join(file),

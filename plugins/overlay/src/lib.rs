@@ -36,7 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::mountinfo;
-use autogentoo_core::output_file::{self, OutputError};
+use autogentoo_core::output_file;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
@@ -250,18 +250,15 @@ impl OverlayStorage {
                 .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display()))),
             // A plain volume whose metadata was never written (a crash right after its rename).
             Err(e) if e.is_not_found() => Ok(Meta::default()),
-            Err(e) => Err(StorageError::Corrupt(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
     fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
         let path = self.meta_path(id);
         let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-        match output_file::write(&path, &bytes) {
-            Ok(_) => Ok(()),
-            Err(OutputError::Io(e)) => Err(e),
-            Err(e) => Err(StorageError::Corrupt(e.to_string())),
-        }
+        output_file::write(&path, &bytes)?;
+        Ok(())
     }
 
     fn remove_meta(&self, id: &VolumeId) -> Result<(), StorageError> {

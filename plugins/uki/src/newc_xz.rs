@@ -93,6 +93,8 @@ impl Packer for NewcXz {
             .map_err(io_err("write", &manifest_out))?;
 
         interrupted(request.cancel)?;
+        // The old manifest goes first: it never describes an archive that is not beside it.
+        output_file::retract(&manifest_out)?;
         archive.commit()?;
         manifest.commit()?;
         Ok(PackReport {

@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::kconfig::{self, Requirements};
 use autogentoo_core::kernel_build::{
     build, sha256_file, HostMake, KernelBuildRequest, KernelError, KernelReport,
@@ -139,7 +140,8 @@ fn kernel(job: &KernelJob, dir: &BuildDir) -> Result<Kernel, KernelError> {
         config_changes: Vec::new(),
     };
     let stamp = dir.stamp();
-    let unchanged = fs::read_to_string(&stamp).is_ok_and(|previous| previous == inputs)
+    let unchanged = bounded_read::read(&stamp, Limit::STATE)
+        .is_ok_and(|previous| previous == inputs.as_bytes())
         && [&reused.bzimage, &reused.config, &reused.system_map]
             .iter()
             .all(|p| p.is_file());
@@ -171,7 +173,7 @@ fn kernel(job: &KernelJob, dir: &BuildDir) -> Result<Kernel, KernelError> {
         name: job.system,
         inputs: job.inputs,
     })?;
-    fs::write(&stamp, inputs).map_err(io_err("write", &stamp))?;
+    output_file::write(&stamp, inputs.as_bytes())?;
     Ok(Kernel {
         bzimage: report.image,
         config: report.config,
@@ -305,9 +307,9 @@ fn publish(
         output_file::check_target(&path)?;
     }
     let osrel = dir.0.join("uki.osrel");
-    fs::write(&osrel, os_release(job.system)).map_err(io_err("write", &osrel))?;
+    output_file::write(&osrel, os_release(job.system).as_bytes())?;
     let cmdline = dir.0.join("uki.cmdline");
-    fs::write(&cmdline, job.cmdline.unwrap_or_default()).map_err(io_err("write", &cmdline))?;
+    output_file::write(&cmdline, job.cmdline.unwrap_or_default().as_bytes())?;
     // objcopy writes a named file; it is made here, under a name each build reuses.
     let assembled = dir.0.join("uki.efi");
     assemble(

@@ -1,9 +1,11 @@
 //! `autogentoo root run`
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use autogentoo_core::root_mounts;
 use clap::Args;
 
 use crate::commands::chroot;
@@ -25,8 +27,17 @@ pub struct RunArgs {
     /// The command and its arguments (after `--`)
     #[arg(required = true, last = true)]
     pub command: Vec<OsString>,
+
+    /// Also bind kernel sources, a build directory and an initramfs directory, as `kernel
+    /// mount` does, for this command only (how the `root` kernel builder runs make)
+    #[arg(long, hide = true, num_args = 3, value_names = ["SOURCE", "BUILD", "INITRAMFS"])]
+    pub kernel: Option<Vec<PathBuf>>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
-    chroot::run_in_root(ctx, &args.name, args.command)
+    let kernel = args
+        .kernel
+        .as_deref()
+        .map(|dirs| root_mounts::kernel_plan(&dirs[0], &dirs[1], &dirs[2]));
+    chroot::run_in_root(ctx, &args.name, args.command, kernel)
 }

@@ -30,5 +30,5 @@ pub fn run(ctx: &Context, args: ShellArgs) -> Result<ExitCode> {
         .open_at("bin/bash".as_ref(), OFlags::PATH, Mode::empty())
         .is_ok();
     let shell = if has_bash { "/bin/bash" } else { "/bin/sh" };
-    chroot::run_in_root(ctx, &args.name, vec![shell.into(), "-l".into()])
+    chroot::run_in_root(ctx, &args.name, vec![shell.into(), "-l".into()], None)
 }
