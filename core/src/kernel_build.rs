@@ -401,10 +401,12 @@ fn open_log(log: &Path) -> Result<fs::File, KernelError> {
     ) {
         Ok(located) => {
             let st = rustix::fs::fstat(&located).map_err(fail)?;
-            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-                return Err(io_err("append to", log)(std::io::Error::other(
-                    "it is not a regular file; remove it",
-                ))
+            let file_type = FileType::from_raw_mode(st.st_mode);
+            if file_type != FileType::RegularFile {
+                let kind = crate::bounded_read::FileKind::of_raw(file_type);
+                return Err(io_err("append to", log)(std::io::Error::other(format!(
+                    "it is {kind}, not a regular file; remove it"
+                )))
                 .into());
             }
             let proc = format!("/proc/self/fd/{}", located.as_raw_fd());
