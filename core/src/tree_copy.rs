@@ -5,21 +5,23 @@
 //! whose files all changed mtime behaves differently from the stage, and portage sees every
 //! file as modified. So [`copy_tree`] keeps what `cp -a` keeps (owners, full modes, every xattr
 //! namespace, device nodes, hardlinks, nanosecond times) and shares file data by reflink where
-//! the filesystem can, copying files in parallel where it cannot.
+//! the filesystem can, copying files in parallel where it cannot. Where it copies, it copies
+//! only the data and leaves the holes of sparse files as holes: a stage holding a 1 TiB disk
+//! image with a few megabytes in it must not cost each root a terabyte.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::ffi::{CStr, OsStr};
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use rustix::fs::{
-    AtFlags, Dir, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags, CWD,
+    AtFlags, Dir, FileType, Gid, Mode, OFlags, SeekFrom, Timespec, Timestamps, Uid, XattrFlags, CWD,
 };
 use rustix::io::Errno;
 
@@ -50,6 +52,8 @@ pub struct CopyStats {
 ///   of `src`.
 /// - Files that are hardlinked together in `src` are hardlinked together in `dst`.
 /// - File data is reflinked where both sides are on a filesystem that can; otherwise it is copied.
+/// - Holes stay holes: a sparse file's copy has the same length and contents and takes about the
+///   blocks its source takes (its data), never more, on whatever filesystem `dst` is.
 /// - An xattr `dst`'s filesystem cannot store is an error naming the path and the attribute,
 ///   except `user.*` on a symlink, which Linux never allows and which is skipped.
 /// - On error, `dst` holds a partial copy; the caller removes it.
@@ -261,25 +265,66 @@ impl<'a> Copier<'a> {
                 Err(e) => return Err(copy_failed(e.into())),
             }
         }
+        self.copy_extents(from, to, &leaf.meta).map_err(copy_failed)
+    }
+
+    /// Copies the data of `from` into the empty `to` run by run, so that each hole stays a hole:
+    /// a sparse disk image in a stage costs the root its data, not its length.
+    fn copy_extents(&self, from: &File, to: &File, meta: &Metadata) -> io::Result<()> {
+        let len = meta.len();
+        // A file whose blocks cover its length (nearly every file) has no hole, or holes smaller
+        // than the blocks it holds past its end: copied whole, it costs no more than its source,
+        // and it is spared the two seeks that finding holes takes.
+        if meta.blocks() * 512 >= len {
+            self.copy_range(from, to, 0, len)?;
+            return Ok(());
+        }
+        let mut at = 0;
+        while let Some((start, end)) = next_data(from, at, len)? {
+            let reached = self.copy_range(from, to, start, end)?;
+            if reached < end {
+                // The source ended early (it shrank since the walk): the copy ends there too.
+                return Ok(());
+            }
+            at = end;
+        }
+        if at < len {
+            // The file ends in a hole, which nothing wrote: only the length makes it.
+            to.set_len(len)?;
+        }
+        Ok(())
+    }
+
+    /// Copies bytes `start..end` of `from` to the same offsets in `to`. Returns where the copy
+    /// stopped: `end`, or before it if `from` ended first.
+    fn copy_range(&self, from: &File, to: &File, start: u64, end: u64) -> io::Result<u64> {
+        let mut at = start;
         if self.try_copy_range.load(Ordering::Relaxed) {
-            let mut copied = 0u64;
-            loop {
-                match rustix::fs::copy_file_range(from, None, to, None, 1 << 30) {
+            while at < end {
+                let (mut off_in, mut off_out) = (at, at);
+                let want = (end - at).min(1 << 30) as usize;
+                match rustix::fs::copy_file_range(
+                    from,
+                    Some(&mut off_in),
+                    to,
+                    Some(&mut off_out),
+                    want,
+                ) {
+                    // Some filesystems (procfs-like ones) report end of file at once instead of
+                    // an error; reading tells a real end of file from that.
                     Ok(0) => break,
-                    Ok(n) => copied += n as u64,
-                    Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL) if copied == 0 => {
+                    Ok(n) => at += n as u64,
+                    Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP)
+                        if at == start =>
+                    {
                         self.try_copy_range.store(false, Ordering::Relaxed);
                         break;
                     }
-                    Err(e) => return Err(copy_failed(e.into())),
+                    Err(e) => return Err(e.into()),
                 }
             }
-            // Some filesystems (procfs-like ones) report end of file at once instead of an error.
-            if copied > 0 {
-                return Ok(());
-            }
         }
-        read_write(from, to).map_err(copy_failed)
+        read_write(from, to, at, end)
     }
 
     fn copy_symlink(&self, leaf: &Node) -> Result<(), StorageError> {
@@ -469,14 +514,40 @@ fn read_sized(
     }
 }
 
-fn read_write(mut from: &File, mut to: &File) -> io::Result<()> {
-    let mut buf = vec![0; 256 * 1024];
-    loop {
-        match from.read(&mut buf)? {
-            0 => return Ok(()),
-            n => to.write_all(&buf[..n])?,
+/// The run after `at` that holds data, as `start..end` with `end` at the next hole or at `len`;
+/// `None` when only a hole is left.
+fn next_data(file: &File, at: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    let start = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+        Ok(start) if start < len => start,
+        Ok(_) | Err(Errno::NXIO) => return Ok(None),
+        // A filesystem that cannot say where its holes are: the rest is all data.
+        Err(Errno::INVAL) => return Ok(Some((at, len))),
+        Err(e) => return Err(e.into()),
+    };
+    let end = rustix::fs::seek(file, SeekFrom::Hole(start))?;
+    Ok(Some((start, end.min(len))))
+}
+
+/// Copies `at..end` at the same offsets through a buffer, for filesystems that
+/// copy_file_range cannot copy between. Returns where it stopped, as [`Copier::copy_range`].
+fn read_write(from: &File, to: &File, mut at: u64, end: u64) -> io::Result<u64> {
+    if at >= end {
+        return Ok(at);
+    }
+    let mut buf = vec![0; (end - at).min(256 * 1024) as usize];
+    while at < end {
+        let want = (end - at).min(buf.len() as u64) as usize;
+        match from.read_at(&mut buf[..want], at) {
+            Ok(0) => break,
+            Ok(n) => {
+                to.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(at)
 }
 
 fn fail(op: &'static str, path: impl Into<PathBuf>, err: Errno) -> StorageError {
@@ -739,22 +810,22 @@ mod tests {
         assert!(!full.join("file").exists());
     }
 
-    /// A ramfs mount, which stores no xattrs at all.
-    struct Ramfs(PathBuf);
+    /// A filesystem mounted for one test, detached when the test ends.
+    struct Mounted(PathBuf);
 
-    impl Ramfs {
-        fn mount(path: PathBuf) -> Self {
+    impl Mounted {
+        fn new(path: PathBuf, fstype: &str) -> Self {
             fs::create_dir(&path).unwrap();
             let flags = rustix::mount::MountFlags::empty();
             as_root(
-                "mount ramfs",
-                rustix::mount::mount("none", &path, "ramfs", flags, None::<&CStr>),
+                "mount",
+                rustix::mount::mount("none", &path, fstype, flags, None::<&CStr>),
             );
             Self(path)
         }
     }
 
-    impl Drop for Ramfs {
+    impl Drop for Mounted {
         fn drop(&mut self) {
             if let Err(err) = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH) {
                 eprintln!("could not unmount {}: {err}", self.0.display());
@@ -769,7 +840,8 @@ mod tests {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("file"), "data").unwrap();
         set_xattr(&src.join("file"), "user.comment", b"hello");
-        let ramfs = Ramfs::mount(tmp.path().join("ramfs"));
+        // ramfs stores no xattrs at all.
+        let ramfs = Mounted::new(tmp.path().join("ramfs"), "ramfs");
 
         let err = copy_tree(&src, &ramfs.0).unwrap_err().to_string();
 
@@ -778,5 +850,95 @@ mod tests {
             ramfs.0.join("file").display()
         );
         assert!(err.starts_with(&expected), "{err}");
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A file of `len` bytes with data at each `(offset, length)` and holes elsewhere.
+    fn sparse_file(path: &Path, len: u64, runs: &[(u64, usize)]) {
+        let file = File::create(path).unwrap();
+        file.set_len(len).unwrap();
+        for (seed, &(offset, size)) in runs.iter().enumerate() {
+            let data: Vec<u8> = (0..size as u32)
+                .map(|i| (i.wrapping_add(seed as u32).wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            file.write_all_at(&data, offset).unwrap();
+        }
+    }
+
+    /// Sparse files as stages hold them (disk images, databases): one with data at its start,
+    /// in its middle (not on a block boundary) and at its end; one that ends in a hole; one that
+    /// is all hole. Returns their names.
+    fn sparse_tree(root: &Path) -> [&'static str; 3] {
+        let len = 32 * MIB + 777;
+        sparse_file(
+            &root.join("disk.img"),
+            len,
+            &[
+                (0, 70_000),
+                (13 * MIB + 12_345, 50_000),
+                (len - 30_000, 30_000),
+            ],
+        );
+        sparse_file(
+            &root.join("tail-hole.db"),
+            32 * MIB,
+            &[(8192, 4096), (16 * MIB, 100_000)],
+        );
+        sparse_file(&root.join("blank.img"), 64 * MIB, &[]);
+        stamp(root, &mut 0);
+        ["disk.img", "tail-hole.db", "blank.img"]
+    }
+
+    /// Copies a tree of sparse files from `src` into `dst` (each on the filesystem it is on) and
+    /// checks that the copies are the same files and take about the blocks their sources take.
+    fn assert_sparse_copy(src: &Path, dst: &Path) {
+        let names = sparse_tree(src);
+
+        let stats = copy_tree(src, dst).unwrap();
+
+        assert_same_tree(src, dst);
+        assert_eq!(stats.files, names.len() as u64);
+        for name in names {
+            let (from, to) = (src.join(name), dst.join(name));
+            let (a, b) = (fs::metadata(&from).unwrap(), fs::metadata(&to).unwrap());
+            let (used_a, used_b) = (a.blocks() * 512, b.blocks() * 512);
+            assert!(
+                used_a < a.len() / 8,
+                "{name}: the source takes {used_a} bytes for {}: not sparse, so this test \
+                 proves nothing on {}",
+                a.len(),
+                src.display()
+            );
+            assert_eq!(b.len(), a.len(), "{name}: size");
+            assert!(
+                used_b.abs_diff(used_a) <= 64 * 1024,
+                "{name}: the copy takes {used_b} bytes on disk, its source {used_a}, for an \
+                 apparent size of {}",
+                a.len()
+            );
+        }
+    }
+
+    #[test]
+    fn tree_copy_keeps_holes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&dst).unwrap();
+
+        assert_sparse_copy(&src, &dst);
+    }
+
+    /// Between two kinds of filesystem copy_file_range refuses, so the copy goes through a
+    /// buffer: holes must stay holes there too.
+    #[test]
+    fn tree_copy_keeps_holes_across_filesystems() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let tmpfs = Mounted::new(tmp.path().join("tmpfs"), "tmpfs");
+
+        assert_sparse_copy(&src, &tmpfs.0);
     }
 }
