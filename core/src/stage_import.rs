@@ -11,8 +11,10 @@
 //!
 //! The import fills a pending volume that no listing shows; only a complete import is committed
 //! and sealed. A failure or an interruption discards it. Errors name the tarball and the entry
-//! as the archive writes it, never the hidden place the volume is filled in.
+//! as the archive writes it (escaped: a name is the archive's, not ours to print raw), never the
+//! hidden place the volume is filled in.
 
+mod quoting;
 mod sparse;
 mod tar_reader;
 
@@ -38,6 +40,7 @@ use crate::in_root::{InnerPath, RootDir};
 use crate::mountinfo;
 use crate::storage::{PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
 use crate::tree_copy;
+use quoting::escape;
 use tar_reader::{Member, ReadError, TarReader};
 
 /// The snapshot of a stage that roots are cloned from.
@@ -187,8 +190,8 @@ pub fn import_sealed(
         refuse_xattrs(storage.backend_name(), source, meta.is_dir(), request)?;
     }
     let pending = PendingGuard::new(storage, &id)?;
-    let filesystem = Filesystem::of(pending.path());
-    let (entries, bytes) = if meta.is_dir() {
+    let extracted = if meta.is_dir() {
+        let filesystem = Filesystem::of(pending.path());
         let stats = tree_copy::copy_tree(source, pending.path()).map_err(|err| {
             let full = match &err {
                 StorageError::Io { source, .. } => disk_full(source),
@@ -207,17 +210,15 @@ pub fn import_sealed(
         if request.cancel.load(Ordering::Relaxed) {
             return Err(ImportError::Interrupted);
         }
-        (stats.files, stats.bytes)
+        Extracted {
+            entries: stats.files,
+            bytes: stats.bytes,
+        }
     } else {
         request.progress.start(meta.len());
-        let target = Target {
-            dir: pending.path(),
-            stage: request.name,
-            filesystem: &filesystem,
-        };
-        let mut extractor = Extractor::new(&target, source, request.cancel)?;
-        let extracted = open_decompressed(source, request.progress)
-            .and_then(|stream| extractor.extract(stream));
+        let extracted = open_decompressed(source, request.progress).and_then(|stream| {
+            extract_tar(stream, source, pending.path(), request.name, request.cancel)
+        });
         match extracted {
             // An interruption often shows first as a broken stream (the producer of a pipe was
             // interrupted too); say what really happened.
@@ -225,9 +226,8 @@ pub fn import_sealed(
                 return Err(ImportError::Interrupted)
             }
             Err(err) => return Err(err),
-            Ok(()) => {}
+            Ok(extracted) => extracted,
         }
-        (extractor.entries, extractor.bytes)
     };
 
     // Sealed as it appears: a kill never leaves a stage listed that roots cannot be cloned from.
@@ -238,9 +238,43 @@ pub fn import_sealed(
     let volume = pending.commit_sealed(SEAL_SNAPSHOT, &properties)?;
     Ok(ImportReport {
         volume,
-        entries,
-        bytes,
+        entries: extracted.entries,
+        bytes: extracted.bytes,
         sha512,
+    })
+}
+
+/// What an extraction wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Entries written (files, directories, links, nodes).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// Extracts a tar stream into the empty directory `dir` as `stage import` does (see the module
+/// documentation): every path is resolved inside `dir`, so nothing is ever written outside it.
+/// Errors name `archive` and the entry; a full disk is reported as the stage `stage` not
+/// fitting. On an error, what was written stays in `dir` for the caller to discard.
+pub fn extract_tar(
+    stream: impl Read,
+    archive: &Path,
+    dir: &Path,
+    stage: &str,
+    cancel: &AtomicBool,
+) -> Result<Extracted, ImportError> {
+    let filesystem = Filesystem::of(dir);
+    let target = Target {
+        dir,
+        stage,
+        filesystem: &filesystem,
+    };
+    let mut extractor = Extractor::new(&target, archive, cancel)?;
+    extractor.extract(stream)?;
+    Ok(Extracted {
+        entries: extractor.entries,
+        bytes: extractor.bytes,
     })
 }
 
@@ -271,10 +305,7 @@ fn refuse_xattrs(
                 .find(|(key, _)| key.starts_with(b"SCHILY.xattr."))
             {
                 let attribute = &key[b"SCHILY.xattr.".len()..];
-                found = Some((
-                    member.shown_name(),
-                    String::from_utf8_lossy(attribute).into_owned(),
-                ));
+                found = Some((member.shown_name(), escape(attribute)));
                 break;
             }
         }
@@ -309,12 +340,13 @@ fn first_xattr_in_dir(dir: &Path) -> Result<Option<(String, String)>, ImportErro
             let mut names = vec![0u8; rustix::fs::llistxattr_query(&path).unwrap_or(0)];
             let len = rustix::fs::llistxattr(&path, &mut names).unwrap_or(0);
             if let Some(name) = names[..len].split(|&b| b == 0).find(|n| !n.is_empty()) {
-                let shown = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
-                return Ok(Some((shown, String::from_utf8_lossy(name).into_owned())));
+                let shown = escape(
+                    path.strip_prefix(dir)
+                        .unwrap_or(&path)
+                        .as_os_str()
+                        .as_bytes(),
+                );
+                return Ok(Some((shown, escape(name))));
             }
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 todo.push(path);
@@ -379,40 +411,11 @@ fn open_decompressed<'a>(
     std::thread::Builder::new()
         .name("decompress".into())
         .spawn(move || {
-            let counted = CountingSend {
+            let mut counted = CountingSend {
                 inner: file,
                 tx: count_tx,
             };
-            let buffered = BufReader::with_capacity(1 << 20, counted);
-            let mut reader: Box<dyn Read> = match compression {
-                Compression::None => Box::new(buffered),
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_parallel(buffered)),
-                Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
-                Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
-                    Ok(d) => Box::new(d),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                },
-            };
-            loop {
-                let mut chunk = vec![0u8; 1 << 20];
-                match read_full(&mut reader, &mut chunk) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        if tx.send(Ok(chunk)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
+            decompress(&mut counted, compression, &tx);
         })
         .map_err(source_err)?;
     Ok(TarStream {
@@ -422,6 +425,44 @@ fn open_decompressed<'a>(
         counts: count_rx,
         progress,
     })
+}
+
+/// Decompresses `source` into `tx` until the stream ends, fails, or the reader leaves.
+fn decompress<R: Read>(
+    source: &mut R,
+    compression: Compression,
+    tx: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+) {
+    let buffered = BufReader::with_capacity(1 << 20, source);
+    let mut reader: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_parallel(buffered)),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
+        Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        },
+    };
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        match read_full(&mut reader, &mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                chunk.truncate(n);
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
 }
 
 fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -721,7 +762,7 @@ impl<'a> Extractor<'a> {
     ) -> Result<(), ImportError> {
         let path = InnerPath::parse(&member.name)
             .ok_or_else(|| self.bad_entry("climbs out of the stage with '..'"))?;
-        let meta = self.meta(member)?;
+        let meta = self.meta(member);
         let kind = member.kind();
         if path.is_root() {
             if kind == EntryType::Directory {
@@ -795,7 +836,7 @@ impl<'a> Extractor<'a> {
             .link
             .as_deref()
             .ok_or_else(|| self.bad_entry("is a hardlink without a target"))?;
-        let shown = String::from_utf8_lossy(raw);
+        let shown = escape(raw);
         let target = InnerPath::parse(raw)
             .filter(|t| !t.is_root())
             .ok_or_else(|| {
@@ -833,12 +874,8 @@ impl<'a> Extractor<'a> {
     }
 
     fn device(&self, member: &Member) -> Result<u64, ImportError> {
-        let major = member.header.device_major().ok().flatten();
-        let minor = member.header.device_minor().ok().flatten();
-        match (major, minor) {
-            (Some(major), Some(minor)) => Ok(rustix::fs::makedev(major, minor)),
-            _ => Err(self.bad_entry("is a device without valid numbers")),
-        }
+        let (major, minor) = member.device().map_err(|reason| self.bad_entry(reason))?;
+        Ok(rustix::fs::makedev(major, minor))
     }
 
     /// The directory `components`, reusing the previous entry's when it is the same.
@@ -918,37 +955,23 @@ impl<'a> Extractor<'a> {
         Ok(end)
     }
 
-    fn meta(&self, member: &Member) -> Result<EntryMeta, ImportError> {
-        let header = &member.header;
-        let invalid = |what: &str, e: io::Error| {
-            self.bad_entry(format!(
-                "has no valid {what} ({e}); the tarball is corrupt: download or create it again"
-            ))
-        };
-        let mut meta = EntryMeta {
-            mode: header.mode().map_err(|e| invalid("mode", e))? & 0o7777,
-            uid: header.uid().map_err(|e| invalid("owner", e))? as u32,
-            gid: header.gid().map_err(|e| invalid("group", e))? as u32,
-            mtime: Timespec {
-                tv_sec: header.mtime().map_err(|e| invalid("mtime", e))? as i64,
-                tv_nsec: 0,
-            },
-            xattrs: Vec::new(),
-        };
-        for (key, value) in &member.pax {
-            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                meta.xattrs.push((name.to_vec(), value.to_vec()));
-            } else if key == b"mtime" {
-                if let Some(mtime) = parse_pax_time(value) {
-                    meta.mtime = mtime;
-                }
-            } else if key == b"uid" {
-                meta.uid = parse_pax_id(value).unwrap_or(meta.uid);
-            } else if key == b"gid" {
-                meta.gid = parse_pax_id(value).unwrap_or(meta.gid);
-            }
+    fn meta(&self, member: &Member) -> EntryMeta {
+        let attributes = &member.attributes;
+        let xattrs = member
+            .pax
+            .iter()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(b"SCHILY.xattr.")?;
+                Some((name.to_vec(), value.clone()))
+            })
+            .collect();
+        EntryMeta {
+            mode: attributes.mode,
+            uid: attributes.uid,
+            gid: attributes.gid,
+            mtime: attributes.mtime,
+            xattrs,
         }
-        Ok(meta)
     }
 
     /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities),
@@ -1018,7 +1041,7 @@ impl<'a> Extractor<'a> {
     }
 
     fn xattr_err(&self, name: &[u8], e: Errno) -> ImportError {
-        let name = String::from_utf8_lossy(name);
+        let name = escape(name);
         if e == Errno::NOTSUP || e == Errno::OPNOTSUPP {
             self.bad_entry(format!(
                 "has the extended attribute {name}, which this storage cannot hold; use a backend with xattrs"
@@ -1068,32 +1091,6 @@ fn create_at<T>(
     }
 }
 
-/// A pax time: seconds, optionally with a fraction (`1700000000.123456789`).
-fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let tv_sec: i64 = secs.parse().ok()?;
-    let digits: String = frac.chars().take(9).collect();
-    let tv_nsec = if digits.is_empty() {
-        0
-    } else {
-        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
-    };
-    // A negative time with a fraction counts the fraction backwards from the whole second.
-    if tv_sec < 0 && tv_nsec > 0 {
-        Some(Timespec {
-            tv_sec: tv_sec - 1,
-            tv_nsec: 1_000_000_000 - tv_nsec,
-        })
-    } else {
-        Some(Timespec { tv_sec, tv_nsec })
-    }
-}
-
-fn parse_pax_id(value: &[u8]) -> Option<u32> {
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1108,16 +1105,5 @@ mod tests {
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(sniff(&tar), Some(Compression::None));
         assert_eq!(sniff(b"PK\x03\x04 a zip file"), None);
-    }
-
-    #[test]
-    fn pax_times_keep_nanoseconds() {
-        let t = parse_pax_time(b"1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
-        let t = parse_pax_time(b"1700000000.123456789123").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 123_456_789));
-        let t = parse_pax_time(b"1700000000").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 0));
-        assert!(parse_pax_time(b"soon").is_none());
     }
 }

@@ -6,6 +6,13 @@
 //! A map comes from the archive, so it is checked before anything is written: runs in order, not
 //! overlapping, inside the file's size, and their data adding up to what the archive stores.
 //! Holes are never materialised: a 1 TiB file with 4 KiB of data costs 4 KiB to read and write.
+//!
+//! A map is also bounded while it is read. An old GNU map's extension blocks and a 1.0 map in the
+//! member's data are limited only by the decompressed stream, and a run of increasing decimal
+//! offsets compresses to almost nothing: so a map is refused at its [`MAX_RUNS`]th run, and at
+//! the run whose data passes what the archive stores, not when it ends.
+
+use super::quoting::escape;
 
 /// `len` bytes of data at `offset` in the file; what lies between runs is a hole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +43,13 @@ impl DataMap {
     }
 }
 
+/// The most runs a map may list: what 16 MiB of runs hold, the bound an extension header has
+/// too. GNU tar lists one run per stretch of data between holes; a real file has far fewer.
+pub(super) const MAX_RUNS: u64 = (16 << 20) / std::mem::size_of::<Run>() as u64;
+
+/// The largest file size and offset, as GNU tar reads them (an `off_t`).
+const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
 /// Why a sparse map cannot be trusted. Each reads after "its sparse map …".
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(super) enum MapError {
@@ -57,13 +71,21 @@ pub(super) enum MapError {
     Truncated,
     #[error("lists a run after the empty entry that ends it")]
     AfterEnd,
+    #[error("lists more than {limit} runs, more than any file needs")]
+    TooManyRuns { limit: u64 },
+    #[error("lists more data ({listed} bytes so far) than the archive stores for the member ({stored} bytes)")]
+    MoreData { listed: u64, stored: u64 },
+    #[error("gives the file size {size}, beyond the largest a file can have (2^63-1 bytes)")]
+    TooLarge { size: u64 },
 }
 
 /// Collects a map run by run, checking each as it comes, so a hostile map is refused at the run
-/// that is wrong and never costs more memory than its data runs.
+/// that is wrong and never costs more memory than [`MAX_RUNS`] runs.
 #[derive(Debug)]
 pub(super) struct MapBuilder {
     size: u64,
+    /// The data the archive has for the member: the runs may not list more.
+    stored: u64,
     runs: Vec<Run>,
     /// Runs listed so far, the empty ones (which only mark where a file ending in a hole ends)
     /// included: what a declared count is checked against.
@@ -73,17 +95,25 @@ pub(super) struct MapBuilder {
 }
 
 impl MapBuilder {
-    pub fn new(size: u64) -> Self {
-        Self {
+    /// A map of a file of `size` bytes whose data is at most the `stored` bytes the archive has.
+    pub fn new(size: u64, stored: u64) -> Result<Self, MapError> {
+        if size > MAX_FILE_SIZE {
+            return Err(MapError::TooLarge { size });
+        }
+        Ok(Self {
             size,
+            stored,
             runs: Vec::new(),
             listed: 0,
             end: 0,
             data: 0,
-        }
+        })
     }
 
     pub fn push(&mut self, offset: u64, len: u64) -> Result<(), MapError> {
+        if self.listed == MAX_RUNS {
+            return Err(MapError::TooManyRuns { limit: MAX_RUNS });
+        }
         if offset < self.end {
             return Err(MapError::Overlap {
                 offset,
@@ -98,9 +128,16 @@ impl MapBuilder {
                 len,
                 size: self.size,
             })?;
-        self.listed += 1;
         // Runs lie in order inside `size`, so their total cannot overflow.
-        self.data += len;
+        let data = self.data + len;
+        if data > self.stored {
+            return Err(MapError::MoreData {
+                listed: data,
+                stored: self.stored,
+            });
+        }
+        self.listed += 1;
+        self.data = data;
         self.end = end;
         if len > 0 {
             self.runs.push(Run { offset, len });
@@ -108,7 +145,8 @@ impl MapBuilder {
         Ok(())
     }
 
-    /// The map, if its runs hold exactly the `stored` bytes the archive has for the member.
+    /// The map, if its runs hold exactly the `stored` bytes the archive has for the member's
+    /// file (a 1.0 map's own blocks are not the file's).
     pub fn finish(self, stored: u64) -> Result<DataMap, MapError> {
         if self.data != stored {
             return Err(MapError::DataSize {
@@ -132,8 +170,12 @@ pub(super) enum PaxSparse {
     InData { size: u64 },
 }
 
-/// The sparse layout that a member's pax records describe, if they describe one.
-pub(super) fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<PaxSparse>, MapError> {
+/// The sparse layout that a member's pax records describe, if they describe one, for a member
+/// with `stored` bytes of data in the archive.
+pub(super) fn pax_sparse(
+    records: &[(Vec<u8>, Vec<u8>)],
+    stored: u64,
+) -> Result<Option<PaxSparse>, MapError> {
     // A later record overrides an earlier one with the same key, as pax says; only the run
     // records of 0.0 repeat on purpose.
     let last = |key: &[u8]| {
@@ -147,15 +189,17 @@ pub(super) fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<PaxSpa
         let minor = last(b"GNU.sparse.minor").unwrap_or_default();
         if major != b"1" || minor != b"0" {
             return Err(MapError::Version {
-                major: String::from_utf8_lossy(major).into_owned(),
-                minor: String::from_utf8_lossy(minor).into_owned(),
+                major: escape(major),
+                minor: escape(minor),
             });
         }
         let size = last(b"GNU.sparse.realsize")
             .ok_or(MapError::Missing("file size (GNU.sparse.realsize)"))?;
-        return Ok(Some(PaxSparse::InData {
-            size: number("the file size", size)?,
-        }));
+        let size = number("the file size", size)?;
+        if size > MAX_FILE_SIZE {
+            return Err(MapError::TooLarge { size });
+        }
+        return Ok(Some(PaxSparse::InData { size }));
     }
     let map = last(b"GNU.sparse.map");
     let has_pairs = records.iter().any(|(k, _)| k == b"GNU.sparse.offset");
@@ -166,7 +210,7 @@ pub(super) fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<PaxSpa
         }
         None => return Ok(None),
     };
-    let mut builder = MapBuilder::new(size);
+    let mut builder = MapBuilder::new(size, stored)?;
     if let Some(map) = map {
         // An empty map is a file that is all hole.
         let fields = if map.is_empty() { None } else { Some(map) };
@@ -220,13 +264,15 @@ pub(super) struct MapInData {
 }
 
 impl MapInData {
-    pub fn new(size: u64) -> Self {
-        Self {
-            builder: MapBuilder::new(size),
+    /// The map of a file of `size` bytes, read from a member whose data (map included) is
+    /// `stored` bytes.
+    pub fn new(size: u64, stored: u64) -> Result<Self, MapError> {
+        Ok(Self {
+            builder: MapBuilder::new(size, stored)?,
             announced: None,
             offset: None,
             digits: None,
-        }
+        })
     }
 
     /// Takes the next block of the member's data; true once the map is complete, and the file's
@@ -263,7 +309,7 @@ impl MapInData {
                 other => {
                     return Err(MapError::NotANumber {
                         what: "an offset or a length",
-                        value: String::from_utf8_lossy(&[other]).into_owned(),
+                        value: escape(&[other]),
                     })
                 }
             }
@@ -273,6 +319,8 @@ impl MapInData {
 
     fn take(&mut self, value: u64) -> Result<(), MapError> {
         match (self.announced, self.offset.take()) {
+            // Refused at once: the runs it announces would be refused one by one.
+            (None, _) if value > MAX_RUNS => return Err(MapError::TooManyRuns { limit: MAX_RUNS }),
             (None, _) => self.announced = Some(value),
             (Some(_), None) => self.offset = Some(value),
             (Some(_), Some(offset)) => self.builder.push(offset, value)?,
@@ -300,7 +348,7 @@ fn number(what: &'static str, text: &[u8]) -> Result<u64, MapError> {
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| MapError::NotANumber {
             what,
-            value: String::from_utf8_lossy(text).into_owned(),
+            value: escape(text),
         })
 }
 
@@ -320,7 +368,7 @@ mod tests {
     }
 
     fn listed(pairs: &[(&str, &str)], stored: u64) -> Result<DataMap, MapError> {
-        match pax_sparse(&records(pairs))? {
+        match pax_sparse(&records(pairs), stored)? {
             Some(PaxSparse::Listed(builder)) => builder.finish(stored),
             other => panic!("not a listed map: {other:?}"),
         }
@@ -377,7 +425,7 @@ mod tests {
     #[test]
     fn a_member_without_sparse_records_is_plain() {
         let plain = records(&[("path", "etc/hostname"), ("mtime", "1700000000.5")]);
-        assert!(matches!(pax_sparse(&plain), Ok(None)));
+        assert!(matches!(pax_sparse(&plain, 0), Ok(None)));
     }
 
     #[test]
@@ -388,11 +436,11 @@ mod tests {
             ("GNU.sparse.name", "var/db/big"),
             ("GNU.sparse.realsize", "10000"),
         ]);
-        let Ok(Some(PaxSparse::InData { size })) = pax_sparse(&declared) else {
+        let Ok(Some(PaxSparse::InData { size })) = pax_sparse(&declared, 1024 + 101) else {
             panic!("a 1.0 member");
         };
         assert_eq!(size, 10000);
-        let mut parser = MapInData::new(size);
+        let mut parser = MapInData::new(size, 1024 + 101).unwrap();
         // A number may be cut by a block boundary.
         let mut first = b"2\n512\n10".to_vec();
         first.resize(8, 0);
@@ -411,12 +459,91 @@ mod tests {
 
     #[test]
     fn unknown_versions_are_refused() {
-        let err = pax_sparse(&records(&[
-            ("GNU.sparse.major", "2"),
-            ("GNU.sparse.minor", "0"),
-        ]))
+        let err = pax_sparse(
+            &records(&[("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")]),
+            0,
+        )
         .unwrap_err();
         assert!(matches!(err, MapError::Version { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_map_is_refused_at_the_run_past_the_limit_not_at_its_end() {
+        let mut builder = MapBuilder::new(MAX_FILE_SIZE, u64::MAX).unwrap();
+        for i in 0..MAX_RUNS {
+            builder.push(2 * i, 1).unwrap();
+        }
+        assert_eq!(
+            builder.push(2 * MAX_RUNS, 1),
+            Err(MapError::TooManyRuns { limit: MAX_RUNS })
+        );
+        // Empty runs cost no memory, but they are listed all the same.
+        let mut builder = MapBuilder::new(10, 0).unwrap();
+        for _ in 0..MAX_RUNS {
+            builder.push(5, 0).unwrap();
+        }
+        assert!(builder.push(5, 0).is_err());
+        // A 1.0 map that announces more runs than the limit is refused at its first line.
+        let mut parser = MapInData::new(100, u64::MAX).unwrap();
+        assert_eq!(
+            parser.feed(format!("{}\n", MAX_RUNS + 1).as_bytes()),
+            Err(MapError::TooManyRuns { limit: MAX_RUNS })
+        );
+    }
+
+    #[test]
+    fn a_map_is_refused_at_the_run_whose_data_passes_what_is_stored() {
+        let mut builder = MapBuilder::new(1 << 40, 3000).unwrap();
+        builder.push(0, 1000).unwrap();
+        builder.push(5000, 2000).unwrap();
+        assert_eq!(
+            builder.push(9000, 1),
+            Err(MapError::MoreData {
+                listed: 3001,
+                stored: 3000
+            })
+        );
+        let mut parser = MapInData::new(1 << 40, 1024).unwrap();
+        assert_eq!(
+            parser.feed(b"1000000\n0\n600\n1000\n600\n"),
+            Err(MapError::MoreData {
+                listed: 1200,
+                stored: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn file_sizes_beyond_an_off_t_are_refused() {
+        assert_eq!(
+            MapBuilder::new(1 << 63, 0).unwrap_err(),
+            MapError::TooLarge { size: 1 << 63 }
+        );
+        let huge = records(&[
+            ("GNU.sparse.major", "1"),
+            ("GNU.sparse.minor", "0"),
+            ("GNU.sparse.realsize", "18446744073709551615"),
+        ]);
+        assert!(matches!(
+            pax_sparse(&huge, 0),
+            Err(MapError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn values_from_the_archive_are_escaped_in_errors() {
+        let err = listed(
+            &[("GNU.sparse.size", "10"), ("GNU.sparse.map", "0,\x1b[2J")],
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            MapError::NotANumber {
+                what: "an offset or a length",
+                value: "\\033[2J".into()
+            }
+        );
     }
 
     #[test]
@@ -446,9 +573,17 @@ mod tests {
         let short = listed(&[size, ("GNU.sparse.map", "0,4096")], 4000);
         assert_eq!(
             short,
-            Err(MapError::DataSize {
+            Err(MapError::MoreData {
                 listed: 4096,
                 stored: 4000
+            })
+        );
+        let long = listed(&[size, ("GNU.sparse.map", "0,4096")], 5000);
+        assert_eq!(
+            long,
+            Err(MapError::DataSize {
+                listed: 4096,
+                stored: 5000
             })
         );
         let odd = listed(&[size, ("GNU.sparse.map", "0,4096,5000")], 4096);
@@ -472,15 +607,15 @@ mod tests {
         );
         let lone_length = listed(&[size, ("GNU.sparse.numbytes", "10")], 10);
         assert!(lone_length.is_err());
-        let no_size = pax_sparse(&records(&[("GNU.sparse.map", "0,10")]));
+        let no_size = pax_sparse(&records(&[("GNU.sparse.map", "0,10")]), 10);
         assert!(matches!(no_size, Err(MapError::Missing(_))));
 
-        let mut parser = MapInData::new(100);
+        let mut parser = MapInData::new(100, 512).unwrap();
         assert!(matches!(
             parser.feed(b"1\n0\nten\n"),
             Err(MapError::NotANumber { .. })
         ));
-        let mut parser = MapInData::new(100);
+        let mut parser = MapInData::new(100, 512).unwrap();
         assert_eq!(parser.feed(b"2\n0\n10\n"), Ok(false));
         assert_eq!(parser.finish(10), Err(MapError::Truncated));
     }
