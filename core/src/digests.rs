@@ -1,10 +1,9 @@
 //! Gentoo `DIGESTS` files: the checksums published beside each stage tarball.
 //!
 //! The file lists hashes under headers such as `# SHA512 HASH`, one `HEX  FILENAME` line each,
-//! possibly inside an OpenPGP clear-signed message. We verify the SHA512 of the tarball.
+//! possibly inside an OpenPGP clear-signed message. We verify the SHA512 of the tarball, hashing
+//! the bytes as they are read for the import, so that what is checked is what is extracted.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha512};
@@ -111,63 +110,72 @@ fn sha512_problem(hash: &str) -> Option<String> {
     }
 }
 
-/// The SHA512 of a file's contents, lowercase hex.
-pub fn sha512_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks `file` against the SHA512 that the DIGESTS file `digests` lists for it; returns the
-/// verified hash.
-pub fn verify(file: &Path, digests: &Path) -> Result<String, DigestError> {
-    let text = bounded_read::read_text(digests, Limit::DIGESTS)?;
-    let file_name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let expected = match expected_sha512(&text, &file_name) {
-        Ok(Some(expected)) => expected,
-        Ok(None) => {
-            return Err(DigestError::NoEntry {
-                digests: digests.to_owned(),
-                file: file_name,
-            })
-        }
-        Err(MalformedLine { line, reason }) => {
-            return Err(DigestError::Malformed {
-                digests: digests.to_owned(),
-                line,
-                file: file_name,
-                reason,
-            })
-        }
-    };
-    let actual = sha512_file(file).map_err(|source| DigestError::Read {
-        path: file.to_owned(),
-        source,
-    })?;
-    if actual == expected {
-        Ok(actual)
-    } else {
-        Err(DigestError::Mismatch {
+/// A file's SHA512 as its DIGESTS file lists it, checked against the file's bytes as a reader
+/// hands them over: the file is read once, by whoever uses it, never again for the check.
+pub struct Sha512Check {
+    file: PathBuf,
+    digests: PathBuf,
+    expected: String,
+    hasher: Sha512,
+}
+
+impl Sha512Check {
+    /// Reads the SHA512 that the DIGESTS file `digests` lists for `file`: a missing or
+    /// malformed line is refused here, before the file is read.
+    pub fn new(file: &Path, digests: &Path) -> Result<Self, DigestError> {
+        let text = bounded_read::read_text(digests, Limit::DIGESTS)?;
+        let file_name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let expected = match expected_sha512(&text, &file_name) {
+            Ok(Some(expected)) => expected,
+            Ok(None) => {
+                return Err(DigestError::NoEntry {
+                    digests: digests.to_owned(),
+                    file: file_name,
+                })
+            }
+            Err(MalformedLine { line, reason }) => {
+                return Err(DigestError::Malformed {
+                    digests: digests.to_owned(),
+                    line,
+                    file: file_name,
+                    reason,
+                })
+            }
+        };
+        Ok(Self {
             file: file.to_owned(),
             digests: digests.to_owned(),
             expected,
-            actual,
+            hasher: Sha512::new(),
         })
+    }
+
+    /// Takes the next bytes of the file.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// Once every byte of the file has been taken: its SHA512 (lowercase hex) if it is the one
+    /// listed, else the mismatch.
+    pub fn finish(self) -> Result<String, DigestError> {
+        let actual = hex(&self.hasher.finalize());
+        if actual == self.expected {
+            Ok(actual)
+        } else {
+            Err(DigestError::Mismatch {
+                file: self.file,
+                digests: self.digests,
+                expected: self.expected,
+                actual,
+            })
+        }
     }
 }
 
@@ -230,10 +238,12 @@ mod tests {
 
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("stage.tar");
-        std::fs::write(&file, b"a stage").unwrap();
         let digests = tmp.path().join("stage.tar.DIGESTS");
         std::fs::write(&digests, &headed).unwrap();
-        let err = verify(&file, &digests).unwrap_err();
+        // Refused from the DIGESTS file alone: the tarball need not even exist yet.
+        let Err(err) = Sha512Check::new(&file, &digests) else {
+            panic!("a malformed line passes");
+        };
         assert!(
             matches!(err, DigestError::Malformed { line: 4, .. }),
             "{err}"
@@ -247,18 +257,42 @@ mod tests {
         );
     }
 
+    /// The SHA512 of "not the stage", as `sha512sum` prints it.
+    const SHA512_NOT_THE_STAGE: &str =
+        "b43d3aeaa0c9ea40a67f9a5bd9498e9fd2d2235eb362cec752389ea374c9f4f539ce2b9c15cccf948f88363dccea94802d03792d617cb3b1f613fc0501a60e6b";
+
     #[test]
-    fn verify_reports_a_mismatch_with_both_hashes() {
+    fn a_check_compares_the_bytes_it_was_given_and_reports_both_hashes() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("stage.tar");
-        std::fs::write(&file, b"not the stage").unwrap();
         let digests = tmp.path().join("stage.tar.DIGESTS");
         std::fs::write(&digests, format!("# SHA512 HASH\n{SHA512_A}  stage.tar\n")).unwrap();
-        let err = verify(&file, &digests).unwrap_err();
+        let mut check = Sha512Check::new(&file, &digests).unwrap();
+        check.update(b"not the ");
+        check.update(b"stage");
+        let err = check.finish().unwrap_err();
         assert!(matches!(err, DigestError::Mismatch { .. }), "{err}");
-        assert!(err.to_string().contains(SHA512_A));
-        let good = sha512_file(&file).unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains(SHA512_A) && message.contains(SHA512_NOT_THE_STAGE),
+            "{message}"
+        );
+
+        let good = SHA512_NOT_THE_STAGE;
         std::fs::write(&digests, format!("# SHA512 HASH\n{good}  stage.tar\n")).unwrap();
-        assert_eq!(verify(&file, &digests).unwrap(), good);
+        let mut check = Sha512Check::new(&file, &digests).unwrap();
+        check.update(b"not the stage");
+        assert_eq!(check.finish().unwrap(), good);
+    }
+
+    #[test]
+    fn a_file_without_a_sha512_line_is_refused_before_it_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let digests = tmp.path().join("DIGESTS");
+        std::fs::write(&digests, format!("# SHA512 HASH\n{SHA512_A}  other.tar\n")).unwrap();
+        let Err(err) = Sha512Check::new(&tmp.path().join("stage.tar"), &digests) else {
+            panic!("no line passes");
+        };
+        assert!(matches!(err, DigestError::NoEntry { .. }), "{err}");
     }
 }

@@ -13,6 +13,10 @@
 //! and sealed. A failure or an interruption discards it. Errors name the tarball and the entry
 //! as the archive writes it (escaped: a name is the archive's, not ours to print raw), never the
 //! hidden place the volume is filled in.
+//!
+//! A DIGESTS check hashes the very bytes that are extracted, as they are read: the tarball is
+//! read once, so a file that changes under us (a shared cache, NFS) cannot pass the check with
+//! one content and be extracted with another.
 
 mod quoting;
 mod sparse;
@@ -28,6 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, StatxFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -35,7 +40,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::digests::{self, DigestError};
+use crate::digests::{DigestError, Sha512Check};
 use crate::in_root::{InnerPath, RootDir};
 use crate::mountinfo;
 use crate::storage::{PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
@@ -176,13 +181,15 @@ pub fn import_sealed(
     if storage.get(&id).is_ok() {
         return Err(StorageError::AlreadyExists(id.to_string()).into());
     }
-    let sha512 = match request.digests {
+    // Read before anything is written: a missing or malformed line is refused at once. The
+    // tarball's bytes are checked as the extraction reads them.
+    let check = match request.digests {
         Some(_) if meta.is_dir() => {
             return Err(ImportError::DigestsForDirectory {
                 path: source.to_owned(),
             })
         }
-        Some(digests) => Some(digests::verify(source, digests)?),
+        Some(digests) => Some(Sha512Check::new(source, digests)?),
         None => None,
     };
 
@@ -190,7 +197,7 @@ pub fn import_sealed(
         refuse_xattrs(storage.backend_name(), source, meta.is_dir(), request)?;
     }
     let pending = PendingGuard::new(storage, &id)?;
-    let extracted = if meta.is_dir() {
+    let (extracted, sha512) = if meta.is_dir() {
         let filesystem = Filesystem::of(pending.path());
         let stats = tree_copy::copy_tree(source, pending.path()).map_err(|err| {
             let full = match &err {
@@ -210,15 +217,24 @@ pub fn import_sealed(
         if request.cancel.load(Ordering::Relaxed) {
             return Err(ImportError::Interrupted);
         }
-        Extracted {
+        let copied = Extracted {
             entries: stats.files,
             bytes: stats.bytes,
-        }
+        };
+        (copied, None)
     } else {
         request.progress.start(meta.len());
-        let extracted = open_decompressed(source, request.progress).and_then(|stream| {
-            extract_tar(stream, source, pending.path(), request.name, request.cancel)
-        });
+        let extracted =
+            open_decompressed(source, request.progress, check).and_then(|mut stream| {
+                let extracted = extract_tar(
+                    &mut stream,
+                    source,
+                    pending.path(),
+                    request.name,
+                    request.cancel,
+                )?;
+                Ok((extracted, stream.finish(source, request.cancel)?))
+            });
         match extracted {
             // An interruption often shows first as a broken stream (the producer of a pipe was
             // interrupted too); say what really happened.
@@ -290,7 +306,7 @@ fn refuse_xattrs(
     let found = if is_dir {
         first_xattr_in_dir(source)?
     } else {
-        let mut reader = TarReader::new(open_decompressed(source, &Silent)?);
+        let mut reader = TarReader::new(open_decompressed(source, &Silent, None)?);
         let mut found = None;
         while let Some(member) = reader
             .next_member()
@@ -384,9 +400,11 @@ fn sniff(head: &[u8]) -> Option<Compression> {
 
 /// The tarball's tar stream, decompressed on a thread of its own so that decompression and
 /// writing files overlap (as GNU tar does by running the compressor as a separate process).
+/// With a `check`, that thread hashes the source's bytes as it reads them.
 fn open_decompressed<'a>(
     path: &Path,
     progress: &'a dyn Progress,
+    check: Option<Sha512Check>,
 ) -> Result<TarStream<'a>, ImportError> {
     let source_err = |e| ImportError::Source {
         path: path.to_owned(),
@@ -408,14 +426,39 @@ fn open_decompressed<'a>(
     let file = io::Cursor::new(head[..filled].to_vec()).chain(file);
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
     let (count_tx, count_rx) = mpsc::channel::<u64>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (verdict_tx, verdict_rx) = mpsc::channel::<Result<String, DigestError>>();
+    let finish = check.is_some().then_some(Finish {
+        go: go_tx,
+        verdict: verdict_rx,
+    });
+    let source = path.to_owned();
     std::thread::Builder::new()
         .name("decompress".into())
         .spawn(move || {
             let mut counted = CountingSend {
                 inner: file,
                 tx: count_tx,
+                check,
             };
             decompress(&mut counted, compression, &tx);
+            let Some(mut check) = counted.check.take() else {
+                return;
+            };
+            // Whether the archive was read to its end (and the digest is wanted) or the
+            // import failed (and it is not) is the reader's to say.
+            if go_rx.recv().is_err() {
+                return;
+            }
+            // The digest covers the whole file, what follows the archive's end too.
+            let verdict = match io::copy(&mut counted.inner, &mut HashInto(&mut check)) {
+                Ok(_) => check.finish(),
+                Err(e) => Err(DigestError::Read {
+                    path: source,
+                    source: e,
+                }),
+            };
+            let _ = verdict_tx.send(verdict);
         })
         .map_err(source_err)?;
     Ok(TarStream {
@@ -424,6 +467,7 @@ fn open_decompressed<'a>(
         pos: 0,
         counts: count_rx,
         progress,
+        finish,
     })
 }
 
@@ -478,17 +522,36 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// The file reader on the decompression thread, sending how much it read.
+/// The file reader on the decompression thread, sending how much it read and hashing it when
+/// a DIGESTS check asks: the bytes hashed are the bytes decompressed.
 struct CountingSend<R> {
     inner: R,
     tx: mpsc::Sender<u64>,
+    check: Option<Sha512Check>,
 }
 
 impl<R: Read> Read for CountingSend<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if let Some(check) = &mut self.check {
+            check.update(&buf[..n]);
+        }
         let _ = self.tx.send(n as u64);
         Ok(n)
+    }
+}
+
+/// A writer that hashes what it is given: the rest of the source after the archive's end.
+struct HashInto<'a>(&'a mut Sha512Check);
+
+impl io::Write for HashInto<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -499,6 +562,49 @@ struct TarStream<'a> {
     pos: usize,
     counts: mpsc::Receiver<u64>,
     progress: &'a dyn Progress,
+    /// The DIGESTS check's end, when there is one.
+    finish: Option<Finish>,
+}
+
+/// How the reader ends a DIGESTS check on the decompression thread.
+struct Finish {
+    /// Sent: hash the rest of the source and give the verdict. Dropped unsent: stop.
+    go: mpsc::Sender<()>,
+    verdict: mpsc::Receiver<Result<String, DigestError>>,
+}
+
+impl TarStream<'_> {
+    /// Once the archive has been read: the verified SHA512 of every byte of the source, when
+    /// there is a DIGESTS check. What follows the archive is read for it, so `cancel` is
+    /// watched meanwhile.
+    fn finish(self, path: &Path, cancel: &AtomicBool) -> Result<Option<String>, ImportError> {
+        let TarStream { rx, finish, .. } = self;
+        let Some(Finish { go, verdict }) = finish else {
+            return Ok(None);
+        };
+        // A thread blocked on a full channel sees that the reader is done.
+        drop(rx);
+        let _ = go.send(());
+        loop {
+            match verdict.recv_timeout(Duration::from_millis(100)) {
+                Ok(verdict) => return Ok(Some(verdict?)),
+                Err(mpsc::RecvTimeoutError::Timeout) if cancel.load(Ordering::Relaxed) => {
+                    return Err(ImportError::Interrupted)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // It gives a verdict whenever there is a check and it is told to go on: a
+                // thread gone without one is our bug, and never a pass.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ImportError::Source {
+                        path: path.to_owned(),
+                        source: io::Error::other(
+                            "the decompression thread stopped before hashing it",
+                        ),
+                    })
+                }
+            }
+        }
+    }
 }
 
 impl Read for TarStream<'_> {
