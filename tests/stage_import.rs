@@ -1161,3 +1161,571 @@ fn full_disk_is_one_line_and_leaves_nothing() -> Result<()> {
     );
     tmpfs.close()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile numbers, maps and names; pax global headers; DIGESTS on the bytes extracted.
+
+/// The most runs a sparse map may list (16 MiB of 16-byte runs).
+const MAX_RUNS: u64 = 1 << 20;
+
+/// Runs the binary with its data segment (heap and anonymous mappings) capped at `bytes`: an
+/// allocation past it fails, and Rust aborts the process on a failed allocation.
+fn run_with_memory_limit(workdir: &Workdir, args: &[&OsStr], bytes: u64) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut command = workdir.command(args);
+    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Data, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let output = command.output().expect("run the binary");
+    Run {
+        command: format!("autogentoo {args:?} with {} MiB of data", bytes / MIB),
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Compresses `path` with the zstd command into `PATH.zst`.
+fn zstd(path: &Path) -> Result<PathBuf> {
+    let status = Command::new("zstd")
+        .args(["-q", "-1", "-f"])
+        .arg(path)
+        .status()
+        .context("run zstd (apt-get install zstd)")?;
+    anyhow::ensure!(status.success(), "zstd {} failed", path.display());
+    let mut zst = path.as_os_str().to_owned();
+    zst.push(".zst");
+    Ok(PathBuf::from(zst))
+}
+
+/// An old GNU sparse member whose header claims 1 TiB of data and whose map lists `runs`
+/// one-byte runs, most of them in extension blocks; the archive ends with the map.
+fn old_gnu_map_bomb(runs: u64) -> Result<Vec<u8>> {
+    let mut sparse = header(EntryType::GNUSparse, 1 << 40, 0o644);
+    sparse.set_path("var/lib/bomb.img")?;
+    let gnu = sparse.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(2 * runs + 1);
+    for (i, slot) in gnu.sparse.iter_mut().enumerate() {
+        slot.set_offset(2 * i as u64);
+        slot.set_length(1);
+    }
+    gnu.set_is_extended(true);
+    sparse.set_cksum();
+    let mut out = sparse.as_bytes().to_vec();
+    let mut next = 4u64;
+    while next < runs {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for slot in ext.sparse_mut() {
+            if next < runs {
+                slot.set_offset(2 * next);
+                slot.set_length(1);
+                next += 1;
+            }
+        }
+        ext.set_is_extended(next < runs);
+        out.extend_from_slice(ext.as_bytes());
+    }
+    Ok(out)
+}
+
+/// A PAX 1.0 sparse member whose header claims 1 TiB of data and whose map, in that data,
+/// lists `runs` one-byte runs; the archive ends with the map.
+fn pax_1_0_map_bomb(runs: u64) -> Result<Vec<u8>> {
+    let mut map = format!("{runs}\n").into_bytes();
+    for i in 0..runs {
+        map.extend_from_slice(format!("{}\n1\n", 2 * i).as_bytes());
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let realsize = (2 * runs + 1).to_string();
+    builder.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.name", b"var/lib/bomb.img"),
+        ("GNU.sparse.realsize", realsize.as_bytes()),
+    ])?;
+    let mut member = header(EntryType::Regular, 1 << 40, 0o644);
+    member.set_path("GNUSparseFile.1/bomb.img")?;
+    member.set_cksum();
+    // Not `into_inner`, which ends the archive.
+    let mut out = builder.get_ref().clone();
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&map);
+    Ok(out)
+}
+
+#[test]
+fn sparse_map_bombs_are_refused_at_the_run_limit_in_bounded_memory() -> Result<()> {
+    let workdir = Workdir::new();
+    // Past the limit, and past what 64 MiB can hold as runs: without the limit the import
+    // would fail its allocation (2.5 million runs are 40 MiB, and a vector doubles).
+    let runs = 5 * MAX_RUNS / 2;
+    for (name, archive) in [
+        ("old-gnu", old_gnu_map_bomb(runs)?),
+        ("pax-1.0", pax_1_0_map_bomb(runs)?),
+    ] {
+        let tar = workdir.scratch().join(format!("{name}.tar"));
+        fs::write(&tar, &archive)?;
+        let tarball = zstd(&tar)?;
+        fs::remove_file(&tar)?;
+        assert!(
+            fs::metadata(&tarball)?.len() < archive.len() as u64 / 10,
+            "{name}: a small tarball"
+        );
+        let started = Instant::now();
+        let run =
+            run_with_memory_limit(&workdir, &import_args(&tarball, name), 64 * MIB).expect_code(1);
+        run.expect_one_error();
+        line_with(
+            &run,
+            &[
+                tarball.to_str().unwrap(),
+                "entry 'var/lib/bomb.img'",
+                &format!("more than {MAX_RUNS} runs"),
+            ],
+        );
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{name}: refused in {:?}",
+            started.elapsed()
+        );
+        workdir.assert_no_stage_left();
+    }
+    Ok(())
+}
+
+/// A member to append: the records of its pax header (none, no header), its header, its data.
+struct Appended {
+    records: &'static [(&'static str, &'static [u8])],
+    header: Header,
+    data: &'static [u8],
+}
+
+/// A tarball holding `members` after a small stage's.
+fn tarball_with(path: &Path, members: &[Appended]) -> Result<()> {
+    small_tarball(path, |b| {
+        for member in members {
+            if !member.records.is_empty() {
+                b.append_pax_extensions(member.records.iter().copied())?;
+            }
+            let mut header = member.header.clone();
+            header.set_cksum();
+            b.append(&header, member.data)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn numbers_at_the_edge_of_their_range_are_refused_in_one_line() -> Result<()> {
+    let workdir = Workdir::new();
+    let named = |kind, name: &str, size| -> Result<Header> {
+        let mut h = header(kind, size, 0o644);
+        h.set_path(name)?;
+        Ok(h)
+    };
+    let mut huge_uid = named(EntryType::Regular, "etc/shadow", 0)?;
+    huge_uid.set_uid(1 << 32);
+    // Each of these GNU tar refuses too ("out of off_t range", "out of uid_t range", …).
+    let cases = [
+        (
+            // The size of a directory, whose data is skipped: with its padding it wraps to 0.
+            "size",
+            vec![
+                Appended {
+                    records: &[("size", b"18446744073709551615")],
+                    header: named(EntryType::Directory, "var/", 0)?,
+                    data: b"",
+                },
+                Appended {
+                    records: &[],
+                    header: named(EntryType::Regular, "var/after", 1)?,
+                    data: b"x",
+                },
+            ],
+            "entry 'var/' has the pax size '18446744073709551615'",
+        ),
+        (
+            "mtime",
+            vec![Appended {
+                records: &[("mtime", b"-9223372036854775808.5")],
+                header: named(EntryType::Regular, "etc/old", 0)?,
+                data: b"",
+            }],
+            "entry 'etc/old' has the pax mtime '-9223372036854775808.5'",
+        ),
+        (
+            // Read as a 32-bit number it would be root.
+            "uid",
+            vec![Appended {
+                records: &[],
+                header: huge_uid,
+                data: b"",
+            }],
+            "entry 'etc/shadow' has the uid 4294967296",
+        ),
+    ];
+    for (name, members, says) in cases {
+        let tarball = workdir.scratch().join(format!("{name}.tar"));
+        tarball_with(&tarball, &members)?;
+        let reference = workdir.scratch().join(format!("{name}-reference"));
+        assert!(
+            extract_reference(&tarball, &reference).is_err(),
+            "GNU tar refuses the {name} too"
+        );
+        let run = workdir.run(import_args(&tarball, name)).expect_code(1);
+        run.expect_one_error();
+        line_with(&run, &[tarball.to_str().unwrap(), says, "corrupt"]);
+        workdir.assert_no_stage_left();
+    }
+    Ok(())
+}
+
+/// Runs git in `repo` with a fixed identity and dates, so the archive is the same every run.
+fn git(repo: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "autogentoo tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@autogentoo.invalid")
+        .env("GIT_COMMITTER_NAME", "autogentoo tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@autogentoo.invalid")
+        .env("GIT_AUTHOR_DATE", "2024-01-02T03:04:05Z")
+        .env("GIT_COMMITTER_DATE", "2024-01-02T03:04:05Z")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", repo)
+        .status()
+        .context("run git")?;
+    anyhow::ensure!(status.success(), "git {args:?} failed");
+    Ok(())
+}
+
+#[test]
+fn git_archive_tarball_imports_as_gnu_tar_extracts_it() -> Result<()> {
+    let workdir = Workdir::new();
+    // A kernel.org release tarball in small: `git archive` of a tree with a prefix.
+    let repo = workdir.scratch().join("linux");
+    fs::create_dir_all(repo.join("scripts"))?;
+    fs::write(repo.join("Makefile"), "VERSION = 6\nPATCHLEVEL = 1\n")?;
+    fs::write(repo.join("scripts/config"), "#!/bin/sh\necho config\n")?;
+    fs::set_permissions(
+        repo.join("scripts/config"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::os::unix::fs::symlink("scripts/config", repo.join("config"))?;
+    git(&repo, &["init", "-q"])?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "-q", "-m", "Linux 6.1"])?;
+    let tarball = workdir.scratch().join("linux-6.1.tar");
+    git(
+        &repo,
+        &[
+            "archive",
+            "--format=tar",
+            "--prefix=linux-6.1/",
+            "-o",
+            tarball.to_str().unwrap(),
+            "HEAD",
+        ],
+    )?;
+    let bytes = fs::read(&tarball)?;
+    assert_eq!(
+        bytes[156], b'g',
+        "git archive opens with a pax global header"
+    );
+    let reference = workdir.scratch().join("reference");
+    extract_reference(&tarball, &reference)?;
+    assert!(reference.join("linux-6.1/scripts/config").is_file());
+
+    workdir.ok([
+        OsStr::new("kernel"),
+        OsStr::new("import"),
+        tarball.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("linux-6.1"),
+    ]);
+    let path = PathBuf::from(
+        workdir
+            .ok(["kernel", "path", "linux-6.1"])
+            .stdout
+            .trim_end(),
+    );
+    // `git archive` writes no entry for the top: its mtime is the extraction's.
+    assert_same_tree(&reference.join("linux-6.1"), &path.join("linux-6.1"));
+    assert_eq!(
+        list_dir(&path),
+        [path.join("linux-6.1")],
+        "the global header is no file"
+    );
+    Ok(())
+}
+
+#[test]
+fn global_header_records_apply_as_gnu_tar_applies_them() -> Result<()> {
+    let workdir = Workdir::new();
+    // Owners and times for every member after it, the member's own records first; a second
+    // global header replaces the first whole; keys we do not use (comment) change nothing.
+    let mut archive = tar::Builder::new(Vec::new());
+    let global = |b: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])]| -> Result<()> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let body = key.len() + value.len() + 3;
+            let mut len = body + 1;
+            while len.to_string().len() + body != len {
+                len += 1;
+            }
+            data.extend_from_slice(format!("{len} {key}=").as_bytes());
+            data.extend_from_slice(value);
+            data.push(b'\n');
+        }
+        let mut h = header(EntryType::XGlobalHeader, data.len() as u64, 0o644);
+        h.set_path("pax_global_header")?;
+        h.set_cksum();
+        b.append(&h, &data[..])?;
+        Ok(())
+    };
+    let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, records: &[(&str, &[u8])]| {
+        if !records.is_empty() {
+            b.append_pax_extensions(records.iter().copied())?;
+        }
+        let (kind, data) = if name.ends_with('/') {
+            (EntryType::Directory, &b""[..])
+        } else {
+            (EntryType::Regular, &b"abc"[..])
+        };
+        let mut h = header(kind, data.len() as u64, 0o750);
+        h.set_uid(5);
+        h.set_gid(6);
+        h.set_path(name)?;
+        h.set_cksum();
+        b.append(&h, data)?;
+        anyhow::Ok(())
+    };
+    global(
+        &mut archive,
+        &[
+            ("comment", b"0123456789abcdef"),
+            ("uid", b"1234"),
+            ("mtime", b"1234567890.5"),
+        ],
+    )?;
+    file(&mut archive, "srv/", &[])?;
+    file(&mut archive, "srv/a", &[])?;
+    file(&mut archive, "srv/b", &[("mtime", b"99")])?;
+    global(&mut archive, &[("gid", b"77")])?;
+    file(&mut archive, "srv/c", &[])?;
+    let tarball = workdir.scratch().join("global.tar");
+    fs::write(&tarball, archive.into_inner()?)?;
+    let reference = workdir.scratch().join("reference");
+    extract_reference(&tarball, &reference)?;
+    assert_eq!(
+        fs::metadata(reference.join("srv/a"))?.uid(),
+        1234,
+        "GNU tar applies it"
+    );
+
+    let stage = workdir.import(&tarball, "global");
+    // The tarball has no entry for the top: its mtime is the extraction's.
+    assert_same_tree(&reference.join("srv"), &stage.join("srv"));
+    Ok(())
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: rustix::process::Pid, path: &Path) -> bool {
+    let fds = PathBuf::from(format!("/proc/{}/fd", pid.as_raw_nonzero()));
+    fs::read_dir(fds).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+    })
+}
+
+/// Imports from a fifo that gives `first` to the first reader and `then` to any reader after
+/// it, as a file replaced between two reads would. `first` must be larger than a pipe's
+/// buffer: once it is written, the import holds the fifo open, reading.
+fn import_changing_fifo(
+    workdir: &Workdir,
+    digests: &Path,
+    first: Vec<u8>,
+    then: &[u8],
+) -> Result<Run> {
+    let fifo = workdir.scratch().join("stage.tar");
+    rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600))?;
+    let mut args = import_args(&fifo, "changing").to_vec();
+    args.extend([OsStr::new("--digests"), digests.as_os_str()]);
+    let mut import = Spawned::start(workdir.command(&args));
+    let writer = open_writer(&fifo, &mut import);
+    let (writer, written) = write_into_fifo(writer, first);
+    written.context("write the first tarball")?;
+    assert!(has_open(import.pid(), &fifo), "the import reads the fifo");
+    drop(writer);
+    let started = Instant::now();
+    while !import.has_exited() {
+        assert!(started.elapsed() < PATIENCE, "the import ends");
+        // A new writer only once the first reader has let go, so that it sees its end: an
+        // import that opens the fifo again (and waits in `open` for a writer) gets `then`.
+        if !has_open(import.pid(), &fifo) {
+            let nonblocking = OFlags::NONBLOCK.bits() as i32;
+            if let Ok(mut again) = OpenOptions::new()
+                .write(true)
+                .custom_flags(nonblocking)
+                .open(&fifo)
+            {
+                rustix::fs::fcntl_setfl(&again, OFlags::empty())?;
+                // The reader may stop early (a refused tarball): a broken pipe is its choice.
+                let _ = again.write_all(then);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(import.wait(PATIENCE))
+}
+
+#[test]
+fn digests_are_checked_on_the_bytes_that_are_extracted() -> Result<()> {
+    let workdir = Workdir::new();
+    // Each larger than a pipe's buffer (see `import_changing_fifo`).
+    let image = noise(MIB as usize, 12);
+    let listed = workdir.scratch().join("listed.tar");
+    small_tarball(&listed, |b| {
+        b.append_data(
+            &mut header(EntryType::Regular, MIB, 0o644),
+            "etc/image",
+            &image[..],
+        )?;
+        Ok(())
+    })?;
+    let other = workdir.scratch().join("other.tar");
+    small_tarball(&other, |b| {
+        b.append_data(
+            &mut header(EntryType::Regular, MIB, 0o644),
+            "etc/image",
+            &image[..],
+        )?;
+        b.append_data(
+            &mut header(EntryType::Regular, 5, 0o4755),
+            "usr/bin/not-listed",
+            &b"evil\n"[..],
+        )?;
+        Ok(())
+    })?;
+    let listed_sha512 = sha512sum(&listed)?;
+    let digests = workdir.scratch().join("stage.tar.DIGESTS");
+    digests_file(&digests, "stage.tar", &listed_sha512)?;
+
+    // The listed bytes first: what is imported is what was checked, never what a second read
+    // of the source would give.
+    let run = import_changing_fifo(&workdir, &digests, fs::read(&listed)?, &fs::read(&other)?)?
+        .expect_code(0);
+    let stage = workdir.stage_path("changing");
+    assert!(
+        !stage.join("usr/bin/not-listed").exists(),
+        "the stage holds only the checked tarball: {}",
+        run.describe()
+    );
+    let reference = workdir.scratch().join("reference");
+    extract_reference(&listed, &reference)?;
+    // The tarball has no entry for the top: its mtime is the extraction's.
+    assert_same_tree(&reference.join("etc"), &stage.join("etc"));
+    let list = workdir.ok(["stage", "list", "--json"]).json();
+    assert_eq!(list[0]["properties"]["sha512"], listed_sha512.as_str());
+    workdir.ok(["stage", "remove", "changing"]);
+
+    // Other bytes first: extracted, found not to match, discarded.
+    fs::remove_file(workdir.scratch().join("stage.tar"))?;
+    let run = import_changing_fifo(&workdir, &digests, fs::read(&other)?, &fs::read(&listed)?)?
+        .expect_code(1);
+    run.expect_one_error();
+    line_with(
+        &run,
+        &["does not match", &listed_sha512, &sha512sum(&other)?],
+    );
+    workdir.assert_no_stage_left();
+    Ok(())
+}
+
+#[test]
+fn digests_cover_the_bytes_after_the_end_of_the_archive() -> Result<()> {
+    let workdir = Workdir::new();
+    let tarball = workdir.scratch().join("stage.tar");
+    small_tarball(&tarball, |_| Ok(()))?;
+    // GNU tar ignores what follows the two zero blocks; the DIGESTS line covers the file.
+    let mut bytes = fs::read(&tarball)?;
+    bytes.extend(noise(3 * MIB as usize, 11));
+    fs::write(&tarball, &bytes)?;
+    let sha512 = sha512sum(&tarball)?;
+    let digests = workdir.scratch().join("stage.tar.DIGESTS");
+    digests_file(&digests, "stage.tar", &sha512)?;
+    let mut args = import_args(&tarball, "trailing").to_vec();
+    args.extend([OsStr::new("--digests"), digests.as_os_str()]);
+    workdir.ok(&args);
+    let list = workdir.ok(["stage", "list", "--json"]).json();
+    assert_eq!(list[0]["properties"]["sha512"], sha512.as_str());
+    Ok(())
+}
+
+#[test]
+fn names_from_the_archive_reach_messages_escaped() -> Result<()> {
+    let workdir = Workdir::new();
+    let tarball = workdir.scratch().join("escapes.tar");
+    // A name that would paint the terminal red and print a fake second error, long enough for
+    // the human rendering to shorten it; and `..` so that it is refused.
+    let long = "x".repeat(300);
+    let name = format!("usr/\x1b[31mred\x1b[0m\nerror: all is well/{long}/../../../evil");
+    small_tarball(&tarball, |b| {
+        // A GNU long name, as GNU tar writes one; the tar crate would refuse the `..`.
+        let mut long_name = name.clone().into_bytes();
+        long_name.push(0);
+        let mut gnu_long = header(EntryType::GNULongName, long_name.len() as u64, 0o644);
+        gnu_long.set_path("././@LongLink")?;
+        gnu_long.set_cksum();
+        b.append(&gnu_long, &long_name[..])?;
+        let mut evil = header(EntryType::Regular, 0, 0o644);
+        evil.set_path("placeholder")?;
+        evil.set_cksum();
+        b.append(&evil, &b""[..])?;
+        Ok(())
+    })?;
+    let escaped = format!("usr/\\033[31mred\\033[0m\\nerror: all is well/{long}/../../../evil");
+
+    let run = workdir.run(import_args(&tarball, "escapes")).expect_code(1);
+    run.expect_one_error();
+    assert!(
+        !run.stderr.contains('\x1b') && run.stderr.lines().count() <= 2,
+        "no escape byte, no extra line: {}",
+        run.describe()
+    );
+    line_with(
+        &run,
+        &[
+            "usr/\\033[31mred\\033[0m\\nerror: all is well/",
+            "climbs out",
+        ],
+    );
+
+    let mut args = vec![OsStr::new("--json")];
+    args.extend(import_args(&tarball, "escapes"));
+    let run = workdir.run(&args).expect_code(1);
+    assert!(!run.stderr.contains('\x1b'), "{}", run.describe());
+    let document: serde_json::Value = serde_json::from_str(run.stderr.trim_end())
+        .with_context(|| format!("one JSON error document: {}", run.describe()))?;
+    let text = std::iter::once(&document["error"])
+        .chain(document["causes"].as_array().into_iter().flatten())
+        .filter_map(|v| v.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains(&format!("entry '{escaped}'")),
+        "the whole name, escaped: {text}"
+    );
+    workdir.assert_no_stage_left();
+    Ok(())
+}
