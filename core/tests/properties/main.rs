@@ -10,6 +10,7 @@ mod digests;
 mod kconfig;
 mod names;
 mod site_config;
+mod tar_stream;
 
 use proptest::test_runner::{Config, RngSeed};
 
