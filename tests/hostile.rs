@@ -650,8 +650,10 @@ fn config_paths_stay_inside_the_site() -> Result<()> {
 
 /// Case 12: a plugin file or directory others could change is never opened — its constructor
 /// would run with our privileges before any check — and the warning names it and its mode.
-/// In a directory only root can write to, the same library is opened (its constructor leaves
-/// its mark), which shows the mark tells.
+/// So is one in a directory of root's below a directory others could write to (they could put
+/// another directory in its place), unless that one is sticky, as `/tmp` is. In a directory
+/// only root can write to, the same library is opened (its constructor leaves its mark), which
+/// shows the mark tells.
 #[test]
 fn plugins_others_could_change_are_never_opened() -> Result<()> {
     let wd = Workdir::new();
@@ -661,13 +663,14 @@ fn plugins_others_could_change_are_never_opened() -> Result<()> {
     fs::create_dir(&dir)?;
     let copy = dir.join("libconstructor.so");
     fs::copy(&library, &copy)?;
-    let list = || {
+    let list_in = |dir: &Path| {
         let mut command = wd.command(["plugin", "list", "--json"]);
         command
-            .env("AUTOGENTOO_PLUGIN_PATH", &dir)
+            .env("AUTOGENTOO_PLUGIN_PATH", dir)
             .env("AUTOGENTOO_TEST_CONSTRUCTOR_MARK", &mark);
         Run::of(command)
     };
+    let list = || list_in(&dir);
     for (dir_mode, file_mode, blamed, mode) in [
         (0o777, 0o755, &dir, "0777"),
         (0o755, 0o666, &copy, "0666"),
@@ -695,6 +698,37 @@ fn plugins_others_could_change_are_never_opened() -> Result<()> {
     ensure!(
         mark.exists(),
         "in a directory of root's, the library is opened"
+    );
+    fs::remove_file(&mark)?;
+
+    // The same directory and library of root's, below a directory everyone may write to.
+    let above = wd.scratch().join("open");
+    let below = above.join("plugins");
+    fs::create_dir_all(&below)?;
+    fs::copy(&library, below.join("libconstructor.so"))?;
+    fs::set_permissions(&above, fs::Permissions::from_mode(0o777))?;
+    let run = list_in(&below);
+    assert!(run.status.success(), "{}", run.describe());
+    ensure!(
+        !mark.exists(),
+        "the library was opened below a directory everyone may write to"
+    );
+    let failures = run.json()["failures"].to_string();
+    let blamed = format!("the directory {} above it", above.display());
+    assert!(
+        failures.contains(&below.display().to_string())
+            && failures.contains(&blamed)
+            && failures.contains("0777"),
+        "names {}, {blamed} and 0777: {failures}",
+        below.display()
+    );
+    fs::set_permissions(&above, fs::Permissions::from_mode(0o1777))?;
+    let run = list_in(&below);
+    assert!(run.status.success(), "{}", run.describe());
+    ensure!(
+        mark.exists(),
+        "below a sticky directory, the library is opened: {}",
+        run.describe()
     );
     Ok(())
 }

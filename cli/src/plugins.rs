@@ -9,10 +9,10 @@
 //! with one warning line; all of them are reported together, at load time, and everything else
 //! keeps working.
 
+mod trust;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -22,6 +22,8 @@ use autogentoo_core::registry::Registry;
 use autogentoo_core::site_config::PluginsSection;
 use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
 use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values, SETTING_PREFIX};
+
+use trust::{Distrust, Library, PluginDir};
 
 /// Directories searched for plugins, separated by `:`, after the site config's.
 pub const PATH_VAR: &str = "AUTOGENTOO_PLUGIN_PATH";
@@ -57,34 +59,36 @@ pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
         dirs.extend(std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()));
     }
     let mut plugins = Plugins::default();
-    // In search order; by their real path, so a library found twice is loaded once.
+    // In search order; each file once, however many names lead to it.
     let mut seen = BTreeSet::new();
     let mut libraries = Vec::new();
     for dir in &dirs {
         match libraries_in(dir) {
             Ok(found) => {
-                for (library, doubt) in found {
-                    if !seen.insert(fs::canonicalize(&library).unwrap_or_else(|_| library.clone()))
-                    {
-                        continue;
-                    }
-                    match doubt {
-                        None => libraries.push(library),
-                        Some(reason) => plugins.failures.push(Failure {
-                            path: library,
-                            reason,
+                for (path, library) in found {
+                    match library {
+                        Ok(library) => {
+                            if seen.insert(library.id) {
+                                libraries.push((path, library));
+                            }
+                        }
+                        Err(distrust) => plugins.failures.push(Failure {
+                            path,
+                            reason: distrust.to_string(),
                         }),
                     }
                 }
             }
-            Err(reason) => plugins.failures.push(Failure {
+            Err(distrust) => plugins.failures.push(Failure {
                 path: dir.clone(),
-                reason,
+                reason: distrust.to_string(),
             }),
         }
     }
-    for library in libraries {
-        match host::load(&library) {
+    // Every library was opened and checked above; each is loaded through its descriptor, so
+    // what runs is what was checked, whatever has happened to its path since.
+    for (path, library) in libraries {
+        match host::load_file(library.file, &path) {
             Ok(plugin) => {
                 if let Err(failure) = plugins.admit(plugin, registry) {
                     plugins.failures.push(failure);
@@ -116,69 +120,21 @@ pub fn load(config: &PluginsSection, registry: &mut Registry) -> Plugins {
     plugins
 }
 
-/// The `*.so` files of a plugin directory, sorted, each with the reason it cannot be trusted
-/// (see [`untrusted`]), if any.
-fn libraries_in(dir: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String> {
-    if let Some(reason) = untrusted(dir, "it") {
-        return Err(reason);
-    }
-    let entries =
-        fs::read_dir(dir).map_err(|e| format!("cannot read the plugin directory: {e}"))?;
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension() == Some(OsStr::new("so")) && path.is_file())
-        .collect();
-    found.sort();
-    Ok(found
-        .into_iter()
-        .map(|library| {
-            let doubt = untrusted(&library, "it").or_else(|| {
-                // A symlink to a library elsewhere: that file and its directory count.
-                let real = fs::canonicalize(&library).ok()?;
-                let dir = real.parent()?;
-                untrusted(&real, &format!("its target {}", real.display())).or_else(|| {
-                    untrusted(
-                        dir,
-                        &format!("the directory of its target, {},", dir.display()),
-                    )
-                })
-            });
-            (library, doubt)
-        })
-        .collect())
-}
+/// A library as the user would name it (below the plugin directory as they gave it), open and
+/// checked, or with the reason it cannot be trusted.
+type Found = (PathBuf, Result<Library, Distrust>);
 
-/// Why a plugin file or directory must not be loaded from, if it must not: loading runs its
-/// code as us (its constructors run at dlopen, before any check of ours), so only root — or
-/// the user running us — may be able to change it, as sudo demands of its plugins.
-/// `subject` is how the message names `path`: "it", or "its target /usr/lib/…".
-fn untrusted(path: &Path, subject: &str) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) => return Some(format!("cannot inspect {}: {e}", path.display())),
-    };
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        let who = match mode & 0o022 {
-            0o020 => "its group",
-            0o002 => "everyone",
-            _ => "its group and everyone",
-        };
-        return Some(format!(
-            "not loaded: {subject} is writable by {who} (mode {mode:04o}), and whoever can \
-             change a plugin runs code as autogentoo; make it writable by root only (chmod go-w)"
-        ));
+/// The `*.so` files of the plugin directory `dir`, sorted; or why `dir` itself cannot be
+/// trusted. The `trust` module says what is checked, and how.
+fn libraries_in(dir: &Path) -> Result<Vec<Found>, Distrust> {
+    let opened = PluginDir::open(dir)?;
+    let mut found = Vec::new();
+    for name in opened.library_names()? {
+        if let Some(library) = opened.library(&name).transpose() {
+            found.push((dir.join(&name), library));
+        }
     }
-    let euid = rustix::process::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        return Some(format!(
-            "not loaded: {subject} belongs to uid {} (mode {mode:04o}), and whoever can change a \
-             plugin runs code as autogentoo; make root its owner (chown root)",
-            meta.uid()
-        ));
-    }
-    None
+    Ok(found)
 }
 
 impl Plugins {

@@ -3,7 +3,8 @@
 //! from a built-in one.
 //!
 //! Loading goes in this order, and stops at the first problem with an error naming the file:
-//! open the library; find the [`PluginHeader`](crate::PluginHeader) (none: not a plugin); check
+//! open the library (by path with [`load`], or as a file already opened and checked with
+//! [`load_file`]); find the [`PluginHeader`](crate::PluginHeader) (none: not a plugin); check
 //! its API version (incompatible: nothing else is read); find and check the root module (its
 //! layout must match the declared version); ask what the plugin provides. Libraries stay loaded
 //! for the life of the process: the objects they made may still be in use.
@@ -13,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -105,14 +107,44 @@ impl fmt::Debug for LoadedPlugin {
 
 /// Loads the plugin library at `path`. See the module's documentation for the checks.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
-    load_checked(path).map_err(|reason| LoadError {
+    let fail = |reason| LoadError {
         path: path.to_owned(),
         reason,
-    })
+    };
+    let library =
+        RawLibrary::load_at(path).map_err(|e| fail(LoadFailure::Open(library_error(e))))?;
+    check(library, path).map_err(fail)
 }
 
-fn load_checked(path: &Path) -> Result<LoadedPlugin, LoadFailure> {
-    let library = RawLibrary::load_at(path).map_err(|e| LoadFailure::Open(library_error(e)))?;
+/// Loads the plugin library `file` is open on, and no other: a caller that has checked an open
+/// file (its owner, its mode) loads what it checked, whatever happens to `path` meanwhile.
+/// `path` is where it was found, for the plugin's [`LoadedPlugin::path`] and for errors.
+///
+/// The dynamic loader opens the file again through `/proc/self/fd/N`, which leads to the open
+/// file itself, not to a path. The loader then knows the library by that name, and hands an
+/// already loaded library to whoever asks for a name it knows, before looking at any file: so
+/// `N` must never name another library in this process, and `file` stays open for as long as
+/// the library may stay loaded, that is for the life of the process (open it close-on-exec, so
+/// that no child inherits it). `$ORIGIN` in the library's own search path then means
+/// `/proc/self/fd`: a plugin is one self-contained library.
+pub fn load_file(file: OwnedFd, path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let fail = |reason| LoadError {
+        path: path.to_owned(),
+        reason,
+    };
+    let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let library = RawLibrary::load_at(&opened).map_err(|e| {
+        // The loader's message names the file it was given; the user knows it by `path`.
+        let said =
+            library_error(e).replace(&opened.display().to_string(), &path.display().to_string());
+        fail(LoadFailure::Open(said))
+    })?;
+    let _kept_open = file.into_raw_fd();
+    check(library, path).map_err(fail)
+}
+
+/// The checks after the library is open, in the order the module's documentation gives.
+fn check(library: RawLibrary, path: &Path) -> Result<LoadedPlugin, LoadFailure> {
     let (name, version, api) = read_header(&library)?;
     if !API_VERSION.accepts(api) {
         return Err(LoadFailure::Incompatible {
