@@ -18,7 +18,9 @@ use serde::Serialize;
 use crate::output_file::{self, OutputError, OutputFile};
 use crate::storage::{io_err, StorageError};
 
-/// Where Debian's ovmf package puts the firmware: code (read-only) and a variables template.
+/// Where Debian's ovmf package puts the firmware: code (read-only) and a variables template,
+/// in the order [`boot`] prefers them. Read through [`find_firmware`], by `boot` and by
+/// `doctor` alike, so that both look for the same files.
 const FIRMWARE: &[(&str, &str)] = &[
     (
         "/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -29,6 +31,15 @@ const FIRMWARE: &[(&str, &str)] = &[
         "/usr/share/OVMF/OVMF_VARS.fd",
     ),
 ];
+
+/// The firmware [`boot`] uses on this host, as (code, variables template): the first pair of
+/// Debian's ovmf package that is present.
+pub fn find_firmware() -> Option<(&'static Path, &'static Path)> {
+    FIRMWARE
+        .iter()
+        .map(|(code, vars)| (Path::new(*code), Path::new(*vars)))
+        .find(|(code, vars)| code.is_file() && vars.is_file())
+}
 
 /// What to boot and what to wait for.
 pub struct BootRequest<'a> {
@@ -88,10 +99,7 @@ const QEMU: &str = "qemu-system-x86_64";
 pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
     check_efi(request.image)?;
     output_file::check_target(request.log)?;
-    let (code, vars_template) = FIRMWARE
-        .iter()
-        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
-        .ok_or(BootError::NoFirmware)?;
+    let (code, vars_template) = find_firmware().ok_or(BootError::NoFirmware)?;
     let scratch = tempfile::Builder::new()
         .prefix("autogentoo-boot.")
         .tempdir()
@@ -104,7 +112,7 @@ pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
     fs::create_dir_all(&boot_dir).map_err(io_err("create", &boot_dir))?;
     fs::copy(request.image, boot_dir.join("BOOTX64.EFI")).map_err(io_err("copy", request.image))?;
     let vars = scratch.path().join("vars.fd");
-    fs::copy(vars_template, &vars).map_err(io_err("copy", *vars_template))?;
+    fs::copy(vars_template, &vars).map_err(io_err("copy", vars_template))?;
 
     // KVM where it really runs guests: /dev/kvm can exist on a host that cannot run one (QEMU
     // then stops with "KVM internal error"); such a boot is tried again under TCG.
@@ -118,7 +126,7 @@ pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
             Err(BootError::Stopped { tail, .. } | BootError::NotSeen { tail, .. })
                 if tail.contains("KVM") =>
             {
-                fs::copy(vars_template, &vars).map_err(io_err("copy", *vars_template))?;
+                fs::copy(vars_template, &vars).map_err(io_err("copy", vars_template))?;
             }
             other => return other,
         }
@@ -128,7 +136,7 @@ pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
 
 fn run_qemu(
     request: &BootRequest,
-    code: &str,
+    code: &Path,
     vars: &Path,
     esp: &Path,
     accel: &str,
@@ -148,7 +156,8 @@ fn run_qemu(
         ])
         .arg("-drive")
         .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
         ))
         .arg("-drive")
         .arg(format!(

@@ -111,26 +111,15 @@ const KBUILD_HEADERS: &[(&str, &str, &str)] = &[
     ("openssl-headers", "openssl/opensslv.h", "libssl-dev"),
 ];
 
-/// The OVMF firmware pairs (code, variables template) `kernel boot` looks for, in its order;
-/// the same list as `autogentoo_core::qemu_boot`, which keeps its own private.
-const OVMF: &[(&str, &str)] = &[
-    (
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    ),
-    (
-        "/usr/share/OVMF/OVMF_CODE.fd",
-        "/usr/share/OVMF/OVMF_VARS.fd",
-    ),
-];
-
 /// The plugins of this repository whose needs doctor knows. The plugin API has no way yet for a
 /// plugin to declare the programs it calls, so these are written down here, by the plugin's
 /// name and what it registers; a plugin from elsewhere is checked for being loaded only.
 const UKI_PLUGIN: &str = "uki";
 const UKI_PACKER: &str = "newc-xz";
 const UKI_BUILDER: &str = "uki";
-/// The EFI stub the `uki` kernel builder wraps the kernel in (systemd-boot-efi).
+/// The EFI stub the `uki` kernel builder wraps the kernel in (systemd-boot-efi). A copy of the
+/// plugin's own `Uki::STUB`: the plugin is a crate apart, loaded at run time, which this
+/// program does not depend on, so the two must be kept the same by hand.
 const UKI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const SITE_HOOKS_PLUGIN: &str = "site-hooks";
 /// The `[plugins.site-hooks]` setting that makes it sign images with sbsign.
@@ -706,10 +695,10 @@ fn zfs_dataset(ctx: &Context, zfs: &Path) -> Found {
     }
 }
 
+/// The firmware `kernel boot` would use, found as it finds it.
 fn ovmf() -> Found {
-    OVMF.iter()
-        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
-        .map(|(code, _)| code.to_string())
+    autogentoo_core::qemu_boot::find_firmware()
+        .map(|(code, _)| code.display().to_string())
         .ok_or_else(|| {
             absent(
                 "no OVMF firmware in /usr/share/OVMF",

@@ -4,10 +4,11 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -114,8 +115,12 @@ pub fn namespaces(flags: UnshareFlags) -> Result<(), String> {
 
 /// Runs `program args…` and returns its stdout, or why it gave none: it could not start, it
 /// failed (with the last line it printed on stderr), or it did not answer in time (it is then
-/// killed, by its PID).
+/// killed).
 pub fn answer(program: &Path, args: &[&str]) -> Result<String, String> {
+    answer_within(program, args, ANSWER_TIMEOUT)
+}
+
+fn answer_within(program: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
     let shown = format!(
         "`{} {}`",
         program
@@ -124,20 +129,28 @@ pub fn answer(program: &Path, args: &[&str]) -> Result<String, String> {
             .to_string_lossy(),
         args.join(" ")
     );
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let pid = rustix::process::Pid::from_child(&child);
+    let started = match Started::of(&child) {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing has waited for it yet, so its PID is still its own.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot watch {shown}: {e}"));
+        }
+    };
     let (done, outcome) = mpsc::channel();
     // A thread owns the wait so that a pipe filling up cannot stall it while we time it.
     std::thread::spawn(move || {
         let _ = done.send(child.wait_with_output());
     });
-    match outcome.recv_timeout(ANSWER_TIMEOUT) {
+    match outcome.recv_timeout(timeout) {
         Ok(Ok(output)) if output.status.success() => {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         }
@@ -153,18 +166,44 @@ pub fn answer(program: &Path, args: &[&str]) -> Result<String, String> {
         }
         Ok(Err(e)) => Err(format!("{shown}: {e}")),
         Err(_) => {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            // The waiter may have reaped it just now: then this reaches nobody.
+            let _ = started.kill();
             Err(format!(
                 "{shown} did not answer within {} s",
-                ANSWER_TIMEOUT.as_secs()
+                timeout.as_secs()
             ))
         }
+    }
+}
+
+/// A child we started, held by a pidfd taken before anything waited for it, so that it names
+/// that process and no other. A PID is free for the next process once its owner has been
+/// reaped — here by a thread of our own, at a moment we do not control — so a signal sent by
+/// PID after a timeout could reach a stranger; one sent through the pidfd reaches the child,
+/// or nobody once it is gone.
+struct Started {
+    pidfd: OwnedFd,
+}
+
+impl Started {
+    /// Must be called while `child` is unreaped, as it is until someone waits for it.
+    fn of(child: &Child) -> io::Result<Self> {
+        let pid = rustix::process::Pid::from_child(child);
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        Ok(Self { pidfd })
+    }
+
+    /// Kills the child; `ESRCH` when it has been reaped already.
+    fn kill(&self) -> io::Result<()> {
+        rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL)?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn a_program_is_found_only_when_executable() {
@@ -176,5 +215,93 @@ mod tests {
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(program_in("tool", &path), Some(tool));
         assert_eq!(program_in("other", &path), None);
+    }
+
+    /// A program that does not answer in time is killed, not left running.
+    #[test]
+    fn a_program_that_does_not_answer_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        let said = answer_within(
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(said.contains("did not answer within 1 s"), "{said}");
+        let pid = fs::read_to_string(&pid_file).unwrap();
+        let alive = Path::new("/proc").join(pid.trim());
+        // Gone once the waiter has reaped it, which follows the kill at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !alive.exists(),
+            "the program still runs as PID {}",
+            pid.trim()
+        );
+    }
+
+    /// Set in the copy of this test binary that runs inside a new PID namespace.
+    const IN_NAMESPACE: &str = "AUTOGENTOO_TEST_IN_PID_NAMESPACE";
+
+    /// A child's handle, once the child is reaped and its PID given to another process, does
+    /// not reach that process. PIDs are made to repeat in a PID namespace of the test's own,
+    /// where nothing else takes one: the test runs itself again there, as its first process,
+    /// through util-linux's `unshare`.
+    #[test]
+    fn a_reaped_child_is_not_signalled_through_its_reused_pid() {
+        if std::env::var_os(IN_NAMESPACE).is_none() {
+            let name = "commands::doctor::probe::tests::\
+                        a_reaped_child_is_not_signalled_through_its_reused_pid";
+            let run = Command::new("unshare")
+                .args(["--pid", "--fork", "--mount-proc"])
+                .arg(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--test-threads=1", "--nocapture"])
+                .env(IN_NAMESPACE, "1")
+                .output()
+                .expect("util-linux's unshare runs");
+            let stdout = String::from_utf8_lossy(&run.stdout);
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(
+                run.status.success() && stdout.contains("1 passed"),
+                "in a new PID namespace ({}):\n{stdout}\n{stderr}",
+                run.status
+            );
+            return;
+        }
+        assert_eq!(
+            std::process::id(),
+            1,
+            "the first process of its PID namespace"
+        );
+        let mut first = Command::new("/bin/true").spawn().unwrap();
+        let started = Started::of(&first).unwrap();
+        let pid = first.id();
+        first.wait().unwrap();
+        // The next process in this namespace gets the PID the first one had.
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut stranger = Command::new("/bin/sleep").arg("600").spawn().unwrap();
+        assert_eq!(stranger.id(), pid, "the PID was given again");
+        let sent = started.kill();
+        // Ended with a signal of its own: a SIGKILL sent before it would have decided how the
+        // stranger ends, whenever it got to run.
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&stranger),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let ended = stranger.wait().unwrap();
+        assert_eq!(
+            ended.signal(),
+            Some(rustix::process::Signal::TERM.as_raw()),
+            "the process that got the reaped child's PID was killed"
+        );
+        assert_eq!(
+            sent.map_err(|e| e.raw_os_error()),
+            Err(Some(rustix::io::Errno::SRCH.raw_os_error()))
+        );
     }
 }
