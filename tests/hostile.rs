@@ -118,11 +118,12 @@ fn outputs_that_are_not_files_are_refused_before_any_work() -> Result<()> {
     assert_eq!(kind_of(&device), "char device");
     assert_eq!(list_dir(&directory), Vec::<PathBuf>::new());
 
-    // A regular file is replaced, a symlink to one written through, each with its manifest.
-    let real = targets.join("web-1.cpio.gz");
+    // A symlink to a regular file is replaced by the archive, never written through: the file
+    // it leads to is left as it was.
+    let real = targets.join("elsewhere.cpio.gz");
     fs::write(&real, "old")?;
     let current = targets.join("current.cpio.gz");
-    symlink("web-1.cpio.gz", &current)?;
+    symlink(&real, &current)?;
     wd.ok([
         OsStr::new("root"),
         OsStr::new("pack"),
@@ -130,10 +131,11 @@ fn outputs_that_are_not_files_are_refused_before_any_work() -> Result<()> {
         OsStr::new("-o"),
         current.as_os_str(),
     ]);
-    assert_eq!(kind_of(&current), "symlink");
+    assert_eq!(kind_of(&current), "file");
+    assert_eq!(fs::read(&real)?, b"old", "the link's target is untouched");
     ensure!(
-        fs::metadata(&real)?.len() > 1000,
-        "the archive went to the link's target"
+        fs::metadata(&current)?.len() > 1000,
+        "the archive replaced the link"
     );
 
     // repo pack: an image name taken by a fifo, with --force too.
@@ -238,6 +240,82 @@ fn site_with_kernel(wd: &Workdir, extra: &str) -> Result<PathBuf> {
         ),
     )?;
     Ok(config)
+}
+
+/// The kernel build directory is bound read-write into the root (`kernel mount`, the `root`
+/// builder), so a root can plant anything there. Planted symlinks must not make the host side
+/// of a build write a host file (`.config.old` saved through a link), append to one
+/// (`build.log`), or copy one out (a `bzImage` that is a link to a host file), and a planted
+/// setuid config must not come back setuid. Here the test plants them where a root would, and
+/// a make stand-in plays kbuild.
+#[test]
+fn a_root_cannot_turn_the_kernel_build_directory_against_the_host() -> Result<()> {
+    let wd = with_root()?;
+    let source = wd.scratch().join("kbuild-stand-in");
+    fs::create_dir_all(source.join("arch/x86"))?;
+    fs::write(source.join("Kconfig"), "")?;
+    fs::write(source.join("arch/x86/Kconfig"), "")?;
+    fs::write(
+        source.join("Makefile"),
+        "allnoconfig:\n\techo CONFIG_EXPERT=y > $(O)/.config\n\tchmod 6777 $(O)/.config\n\
+         olddefconfig:\n\ttrue\n\
+         bzImage:\n\tmkdir -p $(O)/arch/x86/boot\n\
+         \tln -sf /etc/hostname $(O)/arch/x86/boot/bzImage\n\tcp /dev/null $(O)/System.map\n",
+    )?;
+    wd.ok([
+        OsStr::new("kernel"),
+        OsStr::new("import"),
+        source.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("stand-in"),
+    ]);
+    let site = wd.scratch().join("site");
+    fs::create_dir_all(&site)?;
+    let config = site.join("autogentoo.toml");
+    fs::write(
+        &config,
+        format!("[systems.{ROOT}]\nstage = \"{STAGE}\"\nkernel = \"stand-in\"\nkernel_build = \"host\"\n"),
+    )?;
+    let config = config.to_str().unwrap();
+    wd.ok(["--config", config, "root", "pack", ROOT]);
+
+    // What a root planted: links to host files where the build writes and appends.
+    let victims = wd.scratch().join("host");
+    fs::create_dir(&victims)?;
+    let kbuild = wd.path().join("kbuild").join(ROOT);
+    fs::create_dir_all(&kbuild)?;
+    for (planted, victim) in [(".config.old", "cron-job"), ("build.log", "passwd")] {
+        fs::write(victims.join(victim), "the host's\n")?;
+        symlink(victims.join(victim), kbuild.join(planted))?;
+    }
+
+    // The log is appended to only if it is a regular file.
+    let log = kbuild.join("build.log");
+    refused(
+        wd.run(["--config", config, "kernel", "build", ROOT]),
+        &[&log.display().to_string(), "a symlink, not a regular file"],
+    );
+    fs::remove_file(&log)?;
+    // The config is saved aside over the link, and the image is not the host file.
+    let run = wd.run(["--config", config, "kernel", "build", ROOT]);
+    let run = refused(run, &["bzImage"]);
+    for victim in ["cron-job", "passwd"] {
+        assert_eq!(
+            fs::read_to_string(victims.join(victim))?,
+            "the host's\n",
+            "{victim} is untouched: {}",
+            run.describe()
+        );
+    }
+    assert!(
+        fs::symlink_metadata(kbuild.join(".config.old"))?.is_file(),
+        "the planted link was replaced, not followed"
+    );
+    let mode = fs::metadata(kbuild.join(".config"))?.permissions().mode();
+    assert_eq!(mode & 0o7000, 0, "the saved config is not setuid: {mode:o}");
+    let image = wd.path().join("out").join(ROOT).join(format!("{ROOT}.efi"));
+    ensure!(!image.exists(), "no host file was copied out as the image");
+    Ok(())
 }
 
 /// Case 3: `internal-init` run by hand — as before, with a root on its command line, or as PID

@@ -314,10 +314,35 @@ fn a_panicking_plugin_call_is_an_error_and_the_process_goes_on() {
         .stderr
         .contains("plugin 'panicking' panicked in list: "));
 
-    // A hook's panic fails the build (the workdir step runs on a fresh workdir, and the hook
-    // before it panics).
+    // A hook's panic fails the build: once its inputs are there (build checks them before any
+    // step), the root step runs on a workdir without the root, and the hook before it panics.
+    with_plugins(&workdir, &dir, &["--backend", "dir", "workdir", "init"]).expect_code(0);
+    let stage = workdir.scratch().join("stage");
+    build_small_tree(&stage).expect("a stage tree");
+    let source = workdir.scratch().join("linux");
+    fs::create_dir(&source).expect("a source directory");
+    fs::write(source.join("Makefile"), "").expect("a Makefile");
+    fs::write(source.join("Kconfig"), "").expect("a Kconfig");
+    for (kind, tree, name) in [("stage", &stage, "demo"), ("kernel", &source, "linux")] {
+        with_plugins(
+            &workdir,
+            &dir,
+            &[
+                OsStr::new(kind),
+                OsStr::new("import"),
+                tree.as_os_str(),
+                OsStr::new("--name"),
+                OsStr::new(name),
+            ],
+        )
+        .expect_code(0);
+    }
     let config = workdir.scratch().join("autogentoo.toml");
-    fs::write(&config, "[systems.demo]\nstage = \"demo\"\n").expect("write the site config");
+    fs::write(
+        &config,
+        "[systems.demo]\nstage = \"demo\"\nkernel = \"linux\"\nkernel_build = \"host\"\n",
+    )
+    .expect("write the site config");
     let build = with_plugins(
         &workdir,
         &dir,
@@ -331,10 +356,14 @@ fn a_panicking_plugin_call_is_an_error_and_the_process_goes_on() {
     let build = build.expect_code(1);
     assert!(
         build.stderr.contains(&format!(
-            "error: plugin 'panicking' panicked before workdir: {panic}"
+            "error: plugin 'panicking' panicked before root: {panic}"
         )),
         "{}",
         build.describe()
+    );
+    assert!(
+        !workdir.path().join("roots/demo").exists(),
+        "the step did not run"
     );
 
     // The built-in backends are untouched by it.

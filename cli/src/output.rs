@@ -54,7 +54,7 @@ pub fn print_error(err: &anyhow::Error, json: bool, exit_code: u8) {
     }
     for (i, text) in lines.iter().enumerate() {
         // A message may span lines (a console's last lines); each is shortened on its own.
-        let shown: Vec<String> = text.lines().map(|line| for_people(line)).collect();
+        let shown: Vec<String> = text.lines().map(for_people).collect();
         if i == 0 {
             eprintln!("error: {}", shown.join("\n"));
         } else {
