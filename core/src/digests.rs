@@ -110,7 +110,8 @@ fn sha512_problem(hash: &str) -> Option<String> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A digest as lowercase hex, as DIGESTS files, manifests and `sha256sum` write them.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

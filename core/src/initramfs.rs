@@ -594,12 +594,7 @@ fn write_archive(
         .finish()
         .map_err(write_err)?;
     let archive_bytes = hashing.written;
-    let sha256: String = hashing
-        .hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = crate::digests::hex(&hashing.hasher.finalize());
     let manifest_path = manifest_path(output);
     let archive_name = output
         .file_name()

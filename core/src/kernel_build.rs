@@ -325,11 +325,7 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
     let mut file = fs::File::open(path).map_err(io_err("open", path))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(io_err("read", path))?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::digests::hex(&hasher.finalize()))
 }
 
 /// `make` on the host, with the host's toolchain, its output appended to `log`.

@@ -190,12 +190,7 @@ impl OutputFile {
             hasher.update(&buf[..n]);
             size += n as u64;
         }
-        let hex = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((size, hex))
+        Ok((size, crate::digests::hex(&hasher.finalize())))
     }
 
     /// Makes the file durable and puts it in place, replacing a regular file of that name.

@@ -142,11 +142,7 @@ impl Fingerprint {
     }
 
     pub fn finish(self) -> String {
-        self.hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::digests::hex(&self.hasher.finalize())
     }
 }
 
