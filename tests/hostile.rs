@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::busybox_stage::{INIT, MARKER_FILE};
 use autogentoo_tests::{
-    binary, build_busybox_stage, is_mount_point, list_dir, noise, plugin_library, run_tool,
-    MountedWorkdir, Run, Spawned, Workdir,
+    binary, build_busybox_stage, is_mount_point, list_dir, noise, plugin_library, MountedWorkdir,
+    Run, Spawned, Tmpfs, Workdir,
 };
 use rustix::fs::{FileType, Mode, CWD};
 
@@ -476,27 +476,6 @@ fn an_init_the_kernel_could_not_run_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// A tmpfs of a few hundred KiB, unmounted (by its path) when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> Result<Self> {
-        fs::create_dir_all(dir)?;
-        run_tool(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir),
-        )?;
-        Ok(Self(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Case 8: a full disk while packing names the archive being written, not a file of the root,
 /// and leaves nothing on the full disk.
 #[test]
@@ -505,7 +484,7 @@ fn a_full_disk_while_packing_names_the_archive() -> Result<()> {
     let root = wd.root_path(ROOT);
     fs::write(root.join("etc/big"), noise(2 << 20, 7))?;
     let small = wd.scratch().join("small");
-    let _disk = SmallDisk::mount(&small, "512k")?;
+    let disk = Tmpfs::mount(&small, 512 << 10)?;
     let archive = small.join("web.cpio");
     let run = refused(
         wd.run([
@@ -529,7 +508,7 @@ fn a_full_disk_while_packing_names_the_archive() -> Result<()> {
         Vec::<PathBuf>::new(),
         "nothing left on the full disk"
     );
-    Ok(())
+    disk.close()
 }
 
 /// Case 8: a 5,000-character entry name is shortened in the middle for people (one line of

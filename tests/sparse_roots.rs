@@ -2,13 +2,12 @@
 //! from it keep the holes, so a 1 TiB disk image holding a few hundred KiB costs each copy its
 //! data, not a terabyte.
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{ensure, Context as _, Result};
-use autogentoo_tests::{noise, Workdir};
+use autogentoo_tests::{noise, Tmpfs, Workdir};
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
@@ -151,49 +150,6 @@ fn assert_sparse_copies(tree: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A tmpfs mounted for one test: unmounted by `close`, or detached (and a failure logged) when
-/// dropped on an error path.
-struct Tmpfs {
-    point: PathBuf,
-    mounted: bool,
-}
-
-impl Tmpfs {
-    fn mount(point: &Path, bytes: u64) -> Result<Self> {
-        fs::create_dir_all(point)?;
-        let options = CString::new(format!("size={bytes}"))?;
-        rustix::mount::mount(
-            "tmpfs",
-            point,
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            options.as_c_str(),
-        )
-        .with_context(|| format!("mount a tmpfs on {}", point.display()))?;
-        Ok(Self {
-            point: point.to_owned(),
-            mounted: true,
-        })
-    }
-
-    fn close(mut self) -> Result<()> {
-        self.mounted = false;
-        rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::empty())
-            .with_context(|| format!("unmount {}", self.point.display()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::DETACH)
-            {
-                eprintln!("cannot unmount the tmpfs at {}: {e}", self.point.display());
-            }
-        }
-    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use autogentoo_core::testkit::assert_same_tree;
 use autogentoo_tests::{
     archive_listing, check_rich_tree, extract_reference, find_named, gnu_tar, list_dir, noise,
-    wait_until, Compression, RichStage, Run, Spawned, Workdir,
+    wait_until, Compression, RichStage, Run, Spawned, Tmpfs, Workdir,
 };
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::process::Signal;
@@ -1071,48 +1071,6 @@ fn sparse_member_real_name_is_checked_like_any_other() -> Result<()> {
     );
     workdir.assert_no_stage_left();
     Ok(())
-}
-
-/// A tmpfs mounted for one test and unmounted by its path when the test ends, also on failure.
-struct Tmpfs {
-    point: PathBuf,
-    mounted: bool,
-}
-
-impl Tmpfs {
-    fn mount(point: &Path, bytes: u64) -> Result<Self> {
-        fs::create_dir_all(point)?;
-        let options = std::ffi::CString::new(format!("size={bytes}"))?;
-        rustix::mount::mount(
-            "tmpfs",
-            point,
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            options.as_c_str(),
-        )
-        .with_context(|| format!("mount a tmpfs on {}", point.display()))?;
-        Ok(Self {
-            point: point.to_owned(),
-            mounted: true,
-        })
-    }
-
-    fn close(mut self) -> Result<()> {
-        self.mounted = false;
-        rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::empty())
-            .with_context(|| format!("unmount {}", self.point.display()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::DETACH)
-            {
-                eprintln!("cannot unmount the tmpfs at {}: {e}", self.point.display());
-            }
-        }
-    }
 }
 
 fn available_bytes(path: &Path) -> Result<u64> {

@@ -2009,3 +2009,47 @@ impl Run {
         Self::new(shown, output)
     }
 }
+
+/// A tmpfs of `bytes` mounted for one test (a small or a full disk): unmounted by
+/// [`Tmpfs::close`], or detached by its path, with a failure logged, when dropped on an error
+/// path.
+pub struct Tmpfs {
+    point: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    pub fn mount(point: &Path, bytes: u64) -> Result<Self> {
+        fs::create_dir_all(point)?;
+        let options = std::ffi::CString::new(format!("size={bytes}"))?;
+        rustix::mount::mount(
+            "tmpfs",
+            point,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            options.as_c_str(),
+        )
+        .with_context(|| format!("mount a tmpfs on {}", point.display()))?;
+        Ok(Self {
+            point: point.to_owned(),
+            mounted: true,
+        })
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        self.mounted = false;
+        rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::empty())
+            .with_context(|| format!("unmount {}", self.point.display()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = rustix::mount::unmount(&self.point, rustix::mount::UnmountFlags::DETACH)
+            {
+                eprintln!("cannot unmount the tmpfs at {}: {e}", self.point.display());
+            }
+        }
+    }
+}
