@@ -328,7 +328,8 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
     Ok(crate::digests::hex(&hasher.finalize()))
 }
 
-/// `make` on the host, with the host's toolchain, its output appended to `log`.
+/// `make` on the host, with the host's toolchain, its output appended to `log`; it and every
+/// process it starts end when the build does, also when the build is killed.
 pub struct HostMake {
     pub source: PathBuf,
     pub build_dir: PathBuf,
@@ -341,8 +342,12 @@ impl Make for HostMake {
     }
 
     fn make(&self, args: &[String]) -> Result<(), KernelError> {
-        let mut command = Command::new("make");
+        // make in a PID namespace of its own, as its PID 1, killed when `unshare` dies (which
+        // dies with us): kbuild's sub-makes and compilers go with it, instead of building on for
+        // minutes after a killed build, alongside the next one.
+        let mut command = Command::new("unshare");
         command
+            .args(["--pid", "--kill-child", "--", "make"])
             .arg("-C")
             .arg(&self.source)
             .arg(format!("O={}", self.build_dir.display()))
