@@ -41,6 +41,16 @@ impl Limit {
         what: "kernel config",
         max_bytes: 16 << 20,
     };
+    /// A program or a shared library inspected for what it needs.
+    pub const PROGRAM: Limit = Limit {
+        what: "program",
+        max_bytes: 1 << 30,
+    };
+    /// `ld.so.conf` and the files it includes.
+    pub const LIBRARY_PATHS: Limit = Limit {
+        what: "ld.so.conf",
+        max_bytes: 1 << 20,
+    };
     /// A manifest or a state file of our own making.
     pub const STATE: Limit = Limit {
         what: "state file",

@@ -9,6 +9,7 @@ pub mod bounded_read;
 pub mod civil_time;
 pub mod cpio;
 pub mod digests;
+pub mod image_libraries;
 pub mod in_root;
 pub mod initramfs;
 pub mod kconfig;
@@ -30,6 +31,7 @@ pub mod squashfs_pack;
 pub mod stage_import;
 pub mod storage;
 pub mod tree_copy;
+pub mod vdb;
 pub mod workdir;
 
 #[cfg(any(test, feature = "testkit"))]

@@ -180,6 +180,24 @@ pub fn kernel_plan(source: &Path, build_dir: &Path, initramfs_dir: &Path) -> Mou
     }
 }
 
+/// Where the image tree of a slim image is bound inside its build root while emerge installs
+/// into it (`emerge --root=/var/lib/autogentoo/image`).
+pub const IMAGE_TARGET: &str = "var/lib/autogentoo/image";
+
+/// The bind of an image tree, writable, at [`IMAGE_TARGET`].
+pub fn image_plan(image_dir: &Path) -> MountPlan {
+    MountPlan {
+        mounts: vec![PlannedMount {
+            target: IMAGE_TARGET.into(),
+            source: MountSource::Bind {
+                source: image_dir.to_owned(),
+                read_only: false,
+            },
+        }],
+        resolv_conf: false,
+    }
+}
+
 /// The newest SquashFS image (`*.sqfs`, by modification time) in `repos`, if any.
 pub fn newest_repo_image(repos: &Path) -> Result<Option<PathBuf>, StorageError> {
     let entries = match fs::read_dir(repos) {

@@ -294,9 +294,46 @@ pub struct SystemConfig {
     #[serde(default)]
     pub commands: Vec<String>,
     /// The kernel builder: `root` (kbuild with the root's toolchain, the Gentoo way), `host`
-    /// (kbuild with the host's), or one a plugin provides.
+    /// (kbuild with the host's), one a plugin provides, or [`NO_KERNEL`] for a system whose
+    /// pipeline stops at the initramfs.
     #[serde(default = "default_kernel_build")]
     pub kernel_build: String,
+    /// `[systems.NAME.image]`: pack a slim image tree instead of the whole build root.
+    pub image: Option<ImageConfig>,
+}
+
+/// The `kernel_build` of a system that has no kernel: its pipeline ends with the initramfs.
+pub const NO_KERNEL: &str = "none";
+
+/// `[systems.NAME.image]`: the initramfs holds not the build root, with its toolchain, but an
+/// image tree: the base the site names, then the named packages and their runtime dependencies
+/// installed from the binary packages the build root made (`emerge --usepkgonly --root=IMAGE`),
+/// then the libraries their programs need that no package of the image provides.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// The packages, as emerge takes them (`app-misc/greet`, `@image`). At least one.
+    pub packages: Vec<String>,
+    /// An imported stage whose tree the image starts from (a busybox tree, say); unset means
+    /// the packages and the site files alone.
+    pub base: Option<String>,
+    /// What to do about a shared library a program of the image needs and no package of the
+    /// image holds: copy it from the build root, or refuse the image.
+    #[serde(default)]
+    pub libraries: ImageLibraries,
+}
+
+/// [`ImageConfig::libraries`]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLibraries {
+    /// Copy each missing library (and the symlinks leading to it) from the build root, as
+    /// dracut does: a stage whose C library is no package (the Portage stand-in) needs it.
+    #[default]
+    Copy,
+    /// Refuse an image with a missing library: a Gentoo stage3's glibc is a package like any
+    /// other, so a library missing from the image is a dependency an ebuild forgot.
+    Check,
 }
 
 fn default_kernel_build() -> String {
@@ -600,6 +637,43 @@ impl SiteConfig {
                     )
                 })?;
             }
+            if let Some(image) = &system.image {
+                if image.packages.is_empty() {
+                    return Err(c.error(
+                        &[
+                            Field("systems"),
+                            Field(name),
+                            Field("image"),
+                            Field("packages"),
+                        ],
+                        "an image of no packages; name at least one, like app-misc/greet",
+                    ));
+                }
+                for (index, package) in image.packages.iter().enumerate() {
+                    if !is_package_argument(package) {
+                        return Err(c.error(
+                            &[
+                                Field("systems"),
+                                Field(name),
+                                Field("image"),
+                                Field("packages"),
+                                Item(index),
+                            ],
+                            format!(
+                                "`{package}` is not a package atom or set like app-misc/greet or @image"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(base) = &image.base {
+                    names::check(base).map_err(|error| {
+                        c.error(
+                            &[Field("systems"), Field(name), Field("image"), Field("base")],
+                            format!("`{base}` is not a stage name: {error}"),
+                        )
+                    })?;
+                }
+            }
             for (index, command) in system.commands.iter().enumerate() {
                 if command.trim().is_empty() {
                     return Err(c.error(
@@ -680,6 +754,13 @@ impl SiteConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `text` can be handed to emerge as one package argument: an atom (`cat/pkg`,
+/// `>=cat/pkg-1:0/1[use]`) or a set (`@name`), and never an option or a word with spaces.
+fn is_package_argument(text: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/-_.+:@=<>~*[](),!?".contains(c);
+    !text.is_empty() && !text.starts_with('-') && text.chars().all(allowed)
 }
 
 /// Refuses a path to a site file that is absolute or climbs out of the site directory.

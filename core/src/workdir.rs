@@ -94,6 +94,9 @@ pub struct Status {
     pub usage: Usage,
     /// Volume names by kind (`stage`, `root`, …).
     pub volumes: BTreeMap<VolumeKind, Vec<String>>,
+    /// Where each shared cache is on the host (`distfiles`, `binpkgs`): where a site drops
+    /// the distfiles no mirror has, or reads the binary packages.
+    pub caches: BTreeMap<String, PathBuf>,
     /// The permission bits of the workdir's top; anything but [`TOP_MODE`] lets other users
     /// reach the device nodes and setuid programs of stages and roots.
     pub top_mode: u32,
@@ -116,8 +119,15 @@ pub fn status(storage: &dyn Storage, layout: &Layout) -> Result<Status, StorageE
             .collect();
         volumes.insert(kind, names);
     }
+    let mut caches = BTreeMap::new();
+    for cache in CACHES {
+        if let Ok(path) = storage.path(&VolumeId::new(VolumeKind::Cache, cache)?) {
+            caches.insert(cache.to_owned(), path);
+        }
+    }
     let top = std::fs::metadata(&layout.workdir).map_err(io_err("inspect", &layout.workdir))?;
     Ok(Status {
+        caches,
         top_mode: top.permissions().mode() & 0o7777,
         backend: storage.backend_name().to_owned(),
         workdir: layout.workdir.clone(),

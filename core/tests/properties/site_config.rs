@@ -466,6 +466,7 @@ impl Model {
                         cmdline: s.cmdline.clone(),
                         commands: s.commands.clone().map(|(c, _)| c).unwrap_or_default(),
                         kernel_build: s.kernel_build.clone().unwrap_or_else(|| "root".to_owned()),
+                        image: None,
                     };
                     (name.clone(), system)
                 })
