@@ -54,6 +54,8 @@ pub struct Context {
     pub settings: StorageSettings,
     pub json: bool,
     pub quiet: bool,
+    /// `-v`: show what commands run inside roots print, beside their logs.
+    pub verbose: bool,
     /// The plugins loaded, and those that could not be.
     pub plugins: Plugins,
     /// The site file read, to hand on to the commands we start ourselves.
@@ -103,6 +105,7 @@ impl Context {
             settings,
             json: global.json,
             quiet: global.quiet,
+            verbose: global.verbose > 0,
             plugins: Plugins::default(),
             config_path: config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
             registry,

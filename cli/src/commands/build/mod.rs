@@ -1,12 +1,16 @@
 //! `autogentoo build`: the standard pipeline for one system of the site config.
 
+mod image;
+mod step_log;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
+use autogentoo_core::packer::Layer;
 use autogentoo_core::packer::PackRequest;
 use autogentoo_core::pipeline::{Fingerprint, State};
 use autogentoo_core::root_mounts;
-use autogentoo_core::root_run;
+use autogentoo_core::site_config::NO_KERNEL;
 use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
 use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
 use autogentoo_core::workdir;
@@ -19,13 +23,20 @@ use crate::commands::kernel::build::{
 use crate::commands::root::pack::layers;
 use crate::context::Context;
 use crate::output;
+use step_log::StepLog;
 
 /// Run the standard pipeline for a system of the site config: the workdir, its root (cloned
-/// from its stage if missing), the system's commands inside the root, the initramfs (root,
-/// common/, overlays), the kernel config and the kernel with the initramfs embedded, and the
+/// from its stage if missing), the system's commands inside the root, the image tree (for a
+/// system with `[systems.NAME.image]`), the initramfs (the root or the image, then common/ and
+/// the overlays), the kernel config and the kernel with the initramfs embedded, and the
 /// unmount. Each step is skipped when its inputs are unchanged since it last ran (their hashes
 /// are kept in WORKDIR/out/SYSTEM/build-state.json). Plugins' hooks run before and after each
 /// step that runs.
+///
+/// What the commands and the image's emerge print goes to WORKDIR/out/SYSTEM/STEP.log (and to
+/// the terminal with -v); a failing command fails the build with the last lines of its log,
+/// and leaves the root as it was, for a look inside with `root shell`. A system with
+/// `kernel_build = "none"` stops at the initramfs.
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// The system, as `[systems.NAME]` in the site config
@@ -50,7 +61,12 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     // packer or builder is found now, not after a clone and a pack.
     let packer = ctx.packer(&ctx.config.pack.packer)?;
     packer.check(ctx.config.pack.compression)?;
-    let builder = ctx.kernel_builder(&system.kernel_build)?;
+    let wants_kernel = system.kernel_build != NO_KERNEL;
+    let builder = if wants_kernel {
+        Some(ctx.kernel_builder(&system.kernel_build)?)
+    } else {
+        None
+    };
     let storage = ctx.storage()?;
     let stage = VolumeId::new(VolumeKind::Stage, &system.stage)?;
     if storage.get(&stage).is_err() {
@@ -61,8 +77,32 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             system.stage
         );
     }
-    let kernel = kernel_volume(&*storage, system.kernel.as_deref())
-        .with_context(|| format!("system '{}' cannot be built", args.system))?;
+    let image_base = match system
+        .image
+        .as_ref()
+        .and_then(|image| image.base.as_deref())
+    {
+        Some(base) => {
+            let id = VolumeId::new(VolumeKind::Stage, base)?;
+            if storage.get(&id).is_err() {
+                bail!(
+                    "the image of system '{}' starts from stage '{base}', which is not imported; \
+                     run `autogentoo stage import SOURCE --name {base}`",
+                    args.system
+                );
+            }
+            Some(id)
+        }
+        None => None,
+    };
+    let kernel = if wants_kernel {
+        Some(
+            kernel_volume(&*storage, system.kernel.as_deref())
+                .with_context(|| format!("system '{}' cannot be built", args.system))?,
+        )
+    } else {
+        None
+    };
     for overlay in &system.overlays {
         ctx.config.overlay_dir(overlay)?;
     }
@@ -183,25 +223,116 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             .with("root", &root_name)
             .with("root_path", &root_path)
             .with("commands", system.commands.join("\n"));
+        // The image is made from what the commands built.
+        state.forget("image");
         hooks.before("commands", &inputs)?;
+        let mut log = StepLog::create(&out_dir, "commands", ctx.verbose)?;
         for command in &system.commands {
             let mut run = ctx.reinvoke();
             run.args(["root", "run", &root_name, "--", "/bin/sh", "-c", command]);
-            // If we are killed, so is the command, and everything it started in the root.
-            root_run::tie_to_us(&mut run)?;
-            let status = run.status().context("cannot start `root run`")?;
-            if !status.success() {
-                bail!("`{command}` failed inside root '{root_name}' ({status})");
-            }
+            log.run(run, command, &root_name)?;
         }
-        hooks.after("commands", &inputs, &Values::default())?;
+        hooks.after(
+            "commands",
+            &inputs,
+            &Values::default().with("log", log.path()),
+        )?;
         state.record("commands", &commands_print)?;
     }
 
-    // 4. The initramfs.
+    // 4. The image tree, for a system that packs one instead of its root.
+    let binpkgs_index = storage
+        .path(&VolumeId::new(VolumeKind::Cache, workdir::CACHES[1])?)
+        .map(|cache| cache.join("Packages"))
+        .ok();
+    if let Some(image_config) = &system.image {
+        let tree = image::tree(&out_dir);
+        let mut image_print = hooks
+            .mark(Fingerprint::default())
+            .text("packages", &image_config.packages.join("\n"))
+            .text("libraries", &format!("{:?}", image_config.libraries))
+            .text("root", &root_made)
+            .text("commands", &commands_print)
+            .text(
+                "repo",
+                &repo
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            );
+        // The binary packages the image is installed from: their index changes with every
+        // package built or rebuilt.
+        if let Some(index) = binpkgs_index.as_deref().filter(|index| index.is_file()) {
+            image_print = image_print.file(index, "binary package index")?;
+        }
+        let image_print = image_print.finish();
+        let run_image = !tree.is_dir() || !state.unchanged("image", &image_print);
+        say(
+            Step {
+                name: "image",
+                run: run_image,
+                why: if run_image {
+                    format!(
+                        "{} from binary packages into {}",
+                        image_config.packages.join(" "),
+                        tree.display()
+                    )
+                } else {
+                    "packages, binary packages and root unchanged".into()
+                },
+            },
+            args.pretend,
+        );
+        if run_image && !args.pretend {
+            state.forget("image");
+            state.forget("pack");
+            let inputs = Values::default()
+                .with("root", &root_name)
+                .with("root_path", &root_path)
+                .with("packages", image_config.packages.join(" "));
+            hooks.before("image", &inputs)?;
+            let report = image::build(ctx, image_config, &root_name, &root_path, &out_dir)
+                .with_context(|| format!("step image of system '{}' failed", args.system))?;
+            hooks.after(
+                "image",
+                &inputs,
+                &Values::default()
+                    .with("image_tree", &report.tree)
+                    .with("packages", image::package_list(&out_dir)),
+            )?;
+            if !ctx.quiet {
+                eprintln!(
+                    "image: {} package(s), {} file(s) copied from the build root for {} program(s) and libraries",
+                    report.packages.len(),
+                    report.libraries.copied.len(),
+                    report.libraries.programs
+                );
+            }
+            state.record("image", &image_print)?;
+        }
+    }
+
+    // 5. The initramfs.
     let compression = ctx.config.pack.compression;
     let archive = default_initramfs(ctx, &root_name, compression);
-    let layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
+    let mut layers = layers(ctx, &root_name, &root_path, &system.overlays)?;
+    if system.image.is_some() {
+        // Not the build root: the image's base, then its tree, under the site's layers.
+        let mut image_layers = Vec::new();
+        if let Some(base) = &image_base {
+            image_layers.push(Layer {
+                name: format!("stage:{}", base.name()),
+                path: storage.path(base)?,
+                site: false,
+            });
+        }
+        image_layers.push(Layer {
+            name: format!("image:{}", args.system),
+            path: image::tree(&out_dir),
+            site: false,
+        });
+        layers.splice(0..1, image_layers);
+    }
     let exclude: Vec<PathBuf> = ctx.config.pack.exclude.iter().map(PathBuf::from).collect();
     let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default();
     let mut pack_print = hooks
@@ -280,7 +411,28 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         state.record("pack", &pack_print)?;
     }
 
-    // 5. The kernel, with the initramfs embedded.
+    // 6. The kernel, with the initramfs embedded.
+    let (Some(kernel), Some(builder)) = (kernel, builder) else {
+        say(
+            Step {
+                name: "kernel",
+                run: false,
+                why: format!("kernel_build = \"{NO_KERNEL}\": the system ends with its initramfs"),
+            },
+            args.pretend,
+        );
+        if ctx.json {
+            output::json(&serde_json::json!({
+                "system": args.system,
+                "pretend": args.pretend,
+                "initramfs": archive,
+                "steps": plan,
+            }));
+        } else if !args.pretend {
+            println!("{}", archive.display());
+        }
+        return Ok(());
+    };
     let kernel_created = storage.get(&kernel)?.created;
     let image = out_dir.join(format!("{}.efi", args.system));
     let mut kernel_print = hooks

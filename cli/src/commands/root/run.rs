@@ -32,12 +32,18 @@ pub struct RunArgs {
     /// mount` does, for this command only (how the `root` kernel builder runs make)
     #[arg(long, hide = true, num_args = 3, value_names = ["SOURCE", "BUILD", "INITRAMFS"])]
     pub kernel: Option<Vec<PathBuf>>,
+
+    /// Also bind an image tree, writable, at /var/lib/autogentoo/image, for this command only
+    /// (how `build` installs a slim image's packages with `emerge --root`)
+    #[arg(long, hide = true, value_name = "DIR", conflicts_with = "kernel")]
+    pub image: Option<PathBuf>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let kernel = args
         .kernel
         .as_deref()
-        .map(|dirs| root_mounts::kernel_plan(&dirs[0], &dirs[1], &dirs[2]));
+        .map(|dirs| root_mounts::kernel_plan(&dirs[0], &dirs[1], &dirs[2]))
+        .or_else(|| args.image.as_deref().map(root_mounts::image_plan));
     chroot::run_in_root(ctx, &args.name, args.command, kernel)
 }

@@ -10,8 +10,9 @@ use crate::output;
 
 /// Show the backend, its capabilities, the volumes and the space used
 ///
-/// Show the backend, what it can do, the volumes of each kind and the space used; warn when
-/// users other than root can reach into the workdir.
+/// Show the backend, what it can do, the volumes of each kind, where the shared caches
+/// (distfiles, binpkgs) are and the space used; warn when users other than root can reach into
+/// the workdir.
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
 
@@ -48,6 +49,9 @@ pub fn run(ctx: &Context, _args: StatusArgs) -> Result<()> {
         } else {
             println!("{label:<13} {} ({})", names.len(), names.join(", "));
         }
+    }
+    for (cache, path) in &status.caches {
+        println!("{:<13} {}", format!("{cache}:"), path.display());
     }
     Ok(())
 }
