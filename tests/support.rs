@@ -2053,3 +2053,28 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// The Portage stand-in stage's tarball (Debian with the real Portage: no Gentoo stage3 can be
+/// downloaded here), made by the project's `scripts/portage-stage` on the first call on a
+/// machine and taken from its cache after; one call per test process.
+pub fn portage_stage() -> PathBuf {
+    static STAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STAGE
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/portage-stage");
+            let path = run_tool(&mut Command::new(&script)).unwrap_or_else(|e| {
+                panic!("cannot make the Portage stage: {e:#}");
+            });
+            PathBuf::from(path.trim())
+        })
+        .clone()
+}
+
+/// The example ebuild repository and the script that makes its distfiles.
+pub fn example_repo() -> (PathBuf, PathBuf) {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    (
+        top.join("config/repo"),
+        top.join("scripts/example-distfiles"),
+    )
+}
