@@ -38,6 +38,8 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "ovmf",
     "debootstrap",
+    // The Portage stand-in stage (scripts/portage-stage) fetches Portage's sources with pip.
+    "python3-pip",
     "sbsigntool",
     "systemd-boot-efi",
     "openssl",
