@@ -1,6 +1,8 @@
-//! Kernels really built and really booted. The standard pipeline (`build SYSTEM`) builds a small
-//! x86_64 kernel on the host around a packed busybox root, and the EFI image boots in QEMU/OVMF
-//! to the marker its /init prints; a second build skips every step; a change to one overlay file
+//! Kernels really built and really booted. The standard pipeline (`build SYSTEM`) builds the
+//! example site's system as `cargo xtask demo` does: emerge in a root of the Portage stand-in
+//! stage, a slim image of the Portage-built packages over a busybox base, and a small x86_64
+//! kernel built on the host around it; the EFI image boots in QEMU/OVMF to the marker that the
+//! Portage-built `greet` prints from /init; a second build skips every step; a change to one overlay file
 //! repacks and relinks without recompiling anything outside usr/; a kernel config without ACPI
 //! fails at olddefconfig naming CONFIG_EFI and ACPI; and a Debian root given its own toolchain
 //! (by apt, inside it) builds its kernel itself, that image boots too, and then nothing is left
@@ -24,11 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::{
-    binary, build_busybox_tree, gnu_tar, kernel_source, mounts_below, newc, processes_rooted_in,
-    require_root, run_tool, sweep_below, wait_until, BackendCli, Run, Spawned, SweepGuard,
+    binary, build_busybox_tree, example_repo, gnu_tar, kernel_source, mounts_below, newc,
+    portage_stage, processes_rooted_in, require_root, run_tool, sweep_below, wait_until,
+    BackendCli, Run, Spawned, SweepGuard,
 };
 
-/// What the demo system's /init prints first, as in `cargo xtask demo`.
+/// What the demo system's /init has `greet` print first, as in `cargo xtask demo`.
 const MARKER: &str = "autogentoo-demo: init reached";
 /// What the Debian system's /init prints, followed by the contents of its /etc/debian_version.
 const DEBIAN_MARKER: &str = "autogentoo-debian: init reached on Debian";
@@ -42,6 +45,10 @@ const NO_ACPI: &str = "noacpi";
 /// A Debian root that builds its own kernel.
 const DEBIAN: &str = "debian";
 
+/// The overlay of the demo system with its /init, from the example site.
+const INIT_OVERLAY: &str = "boot/greet";
+/// The stage of the demo system's build root: the Portage stand-in.
+const PORTAGE: &str = "portage";
 /// The overlay of the demo system holding the `etc/motd` its /init shows.
 const MOTD_OVERLAY: &str = "secret-sauce/hello";
 /// The overlay of the Debian system: its /init and a static busybox to power off with.
@@ -202,6 +209,23 @@ fn make_site() -> Result<Site> {
         OsStr::new("--name"),
         OsStr::new(DEMO),
     ]);
+    cli.ok([
+        OsStr::new("stage"),
+        OsStr::new("import"),
+        portage_stage().as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new(PORTAGE),
+    ]);
+    let (repo, distfiles) = example_repo();
+    cli.ok([
+        OsStr::new("repo"),
+        OsStr::new("pack"),
+        OsStr::new("--dir"),
+        repo.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("example"),
+    ]);
+    run_tool(Command::new(distfiles).arg(workdir.join("cache/distfiles")))?;
     let started = Instant::now();
     cli.ok([
         OsStr::new("kernel"),
@@ -301,8 +325,13 @@ fn write_site(site: &Path) -> Result<()> {
 [storage]
 backend = "dir"
 
+[mounts]
+repo = "var/db/repos/example"
+
 [build.env]
 DEBIAN_FRONTEND = "noninteractive"
+FEATURES = "buildpkg binpkg-multi-instance -news"
+EMERGE_DEFAULT_OPTS = "--usepkg --binpkg-respect-use=y --quiet-build=y"
 
 [pack]
 compression = "gzip"
@@ -311,12 +340,17 @@ exclude = [
 rdinit = "/init"
 
 [systems.{DEMO}]
-stage = "{DEMO}"
-overlays = ["hardware/qemu-x86_64", "{MOTD_OVERLAY}"]
+stage = "{PORTAGE}"
+overlays = ["hardware/qemu-x86_64", "{MOTD_OVERLAY}", "{INIT_OVERLAY}"]
 kernel_config = "kernel/qemu-x86_64.kconfig"
 kernel = "{KERNEL}"
 cmdline = "console=ttyS0 rdinit=/init"
+commands = ["emerge --update --newuse app-misc/greet app-misc/hello"]
 kernel_build = "host"
+
+[systems.{DEMO}.image]
+packages = ["app-misc/greet", "app-misc/hello"]
+base = "{DEMO}"
 
 [systems.{NO_ACPI}]
 stage = "{DEMO}"
@@ -339,8 +373,8 @@ kernel_build = "root"
     Ok(())
 }
 
-/// The demo stage as `cargo xtask demo` makes it: busybox, and an /init that prints
-/// [`MARKER`] and the message of the day, then powers off.
+/// The base of the demo system's image, as `cargo xtask demo` makes it: busybox; its own /init,
+/// which prints [`MARKER`] too, is replaced by the boot/greet overlay's.
 fn build_demo_stage(tree: &Path) -> Result<()> {
     build_busybox_tree(tree)?;
     symlink("busybox", tree.join("bin/poweroff"))?;
@@ -523,7 +557,7 @@ fn host_built_kernel_boots_and_prints_the_marker() {
     let _demo = demo_system();
     let site = site();
     let first = first_build();
-    for step in ["root", "pack", "kernel"] {
+    for step in ["root", "commands", "image", "pack", "kernel"] {
         assert_eq!(
             verb_of(&first.run, step),
             "run",
@@ -576,10 +610,26 @@ fn host_built_kernel_boots_and_prints_the_marker() {
         "the published config is the one the kernel was built with"
     );
     let names = archive_names(&archive);
-    for name in ["init", "bin/busybox", "etc/motd", "dev/console"] {
+    for name in [
+        "init",
+        "bin/busybox",
+        "etc/motd",
+        "dev/console",
+        "usr/bin/greet",
+        "usr/bin/hello",
+        "usr/lib/libgreet.so.1",
+        "var/db/pkg/app-misc/greet-1.0/CONTENTS",
+    ] {
         assert!(
             names.iter().any(|n| n == name),
             "the packed archive holds {name}: {names:?}"
+        );
+    }
+    // The image, not the build root: no Portage, no Python, no compiler.
+    for name in ["usr/bin/emerge", "usr/bin/python3", "usr/bin/gcc"] {
+        assert!(
+            !names.iter().any(|n| n == name),
+            "the build root's {name} stays out of the image"
         );
     }
 
@@ -591,7 +641,7 @@ fn host_built_kernel_boots_and_prints_the_marker() {
     let second = site.cli.ok(["build", DEMO]);
     let second_seconds = started.elapsed().as_secs_f64();
     let ran = steps(&second.stderr);
-    for step in ["root", "commands", "pack", "kernel"] {
+    for step in ["root", "commands", "image", "pack", "kernel"] {
         assert!(
             ran.iter().any(|(verb, s)| s == step && verb == "skip"),
             "the second build skips {step}: {}",
@@ -615,13 +665,17 @@ fn host_built_kernel_boots_and_prints_the_marker() {
     assert_eq!(modified(&image), image_mtime, "the image was not rewritten");
     assert_eq!(file_len(&log), log_len, "make did not run");
 
-    let (booted, boot_seconds) = boot(site, &image, MARKER, 512);
+    // The marker and the line after it come from programs Portage built in the build root.
+    let hello = "hello from a program Portage built";
+    let (booted, boot_seconds) = boot(site, &image, hello, 512);
     let booted = booted.expect_code(0);
-    assert!(
-        boot_log(&image).contains(MARKER),
-        "the console transcript shows the marker: {}",
-        booted.describe()
-    );
+    for line in [MARKER, hello] {
+        assert!(
+            boot_log(&image).contains(line),
+            "the console transcript shows {line:?}: {}",
+            booted.describe()
+        );
+    }
     eprintln!(
         "timing: first build {:.0} s, second build {second_seconds:.1} s (all skipped), \
          boot to the marker {boot_seconds:.0} s",
