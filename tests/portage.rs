@@ -146,7 +146,9 @@ fn emerge_builds_from_the_snapshot_into_shared_caches_and_a_second_root_installs
     site.ok(&["root", "create", "builder", "--stage", "portage"]);
     let builder = site.wd.root_path("builder");
 
-    // (1) From the read-only snapshot and the shared distfiles, into gpkg binary packages.
+    // (1) From the read-only snapshot and the shared distfiles, into gpkg binary packages; the
+    // root is also mounted for a shell, as a user would have it while working in it.
+    site.ok(&["root", "mount", "builder"]);
     let emerge = site.ok(&[
         "root",
         "run",
@@ -170,6 +172,8 @@ fn emerge_builds_from_the_snapshot_into_shared_caches_and_a_second_root_installs
             emerge.describe()
         );
     }
+    site.ok(&["root", "umount", "builder"]);
+    assert!(mounts_below(&builder).is_empty(), "umount took everything down");
     assert_eq!(
         PortageSite::installed(&builder),
         [
