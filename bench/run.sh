@@ -14,7 +14,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary)
 # The backends `--backend all` means, in the order they run.
 readonly ALL_BACKENDS=(dir btrfs zfs)
 # The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
@@ -115,6 +115,9 @@ require_tools() {
         [[ -f /usr/include/libelf.h ]] || missing_files+=(libelf-dev)
         [[ -f /usr/include/openssl/ssl.h ]] || missing_files+=(libssl-dev)
         [[ -f $UKI_STUB ]] || missing_files+=(systemd-boot-efi)
+    fi
+    if [[ " ${BENCHES[*]} " == *" emerge_binary "* ]]; then
+        package_of+=([zstd]=zstd [pip3]=python3-pip)
     fi
     local cmd missing=("${missing_files[@]}")
     for cmd in "${!package_of[@]}"; do
@@ -797,6 +800,51 @@ bench_kernel_relink() {
         "make bzImage (relink)" kernel_relink_ours kernel_relink_make
     KSYSTEM=demo-uki compare kernel_relink_uki "build after an initramfs-only change (uki builder)" \
         "make bzImage (relink)" kernel_relink_ours kernel_relink_make
+    unset CMP_TREE_BYTES CMP_TREE_FILES
+}
+
+# emerge of the example repository's packages in a fresh root: from the shared binary packages
+# (--usepkgonly, what a second root of a site does) against a build from source (what it would do
+# without them). Both run through `root run` in a root cloned from the Portage stand-in stage
+# (scripts/portage-stage), on the dir backend; the binary packages are made once, untimed.
+PORTAGE_WD=""
+ensure_portage_site() {
+    [[ -n $PORTAGE_WD ]] && return
+    PORTAGE_WD=$SCRATCH/portage-workdir
+    PSITE=$SCRATCH/portage-site
+    mkdir -p "$PSITE"
+    printf '[storage]\nbackend = "dir"\n\n[mounts]\nrepo = "var/db/repos/example"\n' >"$PSITE/autogentoo.toml"
+    say "  the Portage stand-in stage (scripts/portage-stage; built once, then cached)"
+    local stage
+    stage=$("$REPO/scripts/portage-stage")
+    pag workdir init >/dev/null
+    pag stage import "$stage" --name portage >/dev/null
+    pag repo pack --dir "$REPO/config/repo" --name example >/dev/null
+    "$REPO/scripts/example-distfiles" "$PORTAGE_WD/cache/distfiles"
+    say "  building the binary packages once (untimed)"
+    pag root create maker --stage portage >/dev/null
+    pag root run maker -- emerge --quiet --buildpkg=y app-misc/greet app-misc/hello >/dev/null
+    pag root remove maker
+}
+# Our command on the Portage site.
+pag() { "$AUTOGENTOO_BIN" -q --config "$PSITE/autogentoo.toml" --workdir "$PORTAGE_WD" "$@"; }
+emerge_binary_ours_setup() { pag root create "bin$ROUND" --stage portage >/dev/null; }
+emerge_binary_ours_run() {
+    pag root run "bin$ROUND" -- emerge --usepkgonly --buildpkg=n app-misc/greet app-misc/hello
+}
+emerge_binary_ours_cleanup() { pag root remove "bin$ROUND"; }
+emerge_binary_source_setup() { pag root create "src$ROUND" --stage portage >/dev/null; }
+emerge_binary_source_run() {
+    pag root run "src$ROUND" -- emerge --usepkg=n --buildpkg=n app-misc/greet app-misc/hello
+}
+emerge_binary_source_cleanup() { pag root remove "src$ROUND"; }
+bench_emerge_binary() {
+    use_backend dir
+    ensure_portage_site
+    CMP_TREE_BYTES=$(du -sb "$PORTAGE_WD/cache/binpkgs" | cut -f1)
+    CMP_TREE_FILES=3
+    compare emerge_binary "emerge --usepkgonly of 3 packages in a fresh root" \
+        "emerge from source" emerge_binary_ours emerge_binary_source
     unset CMP_TREE_BYTES CMP_TREE_FILES
 }
 
