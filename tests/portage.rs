@@ -173,7 +173,10 @@ fn emerge_builds_from_the_snapshot_into_shared_caches_and_a_second_root_installs
         );
     }
     site.ok(&["root", "umount", "builder"]);
-    assert!(mounts_below(&builder).is_empty(), "umount took everything down");
+    assert!(
+        mounts_below(&builder).is_empty(),
+        "umount took everything down"
+    );
     assert_eq!(
         PortageSite::installed(&builder),
         [
@@ -395,6 +398,11 @@ fn unpack(archive: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs a program of an unpacked image in it (`chroot`), returning what it printed.
+fn in_image(tree: &Path, command: &[&str]) -> Result<String> {
+    run_tool(Command::new("chroot").arg(tree).args(command))
+}
+
 #[test]
 fn build_logs_each_step_and_packs_a_slim_image_from_the_binary_packages() -> Result<()> {
     let site = PortageSite::new(SYSTEMS)?;
@@ -457,18 +465,14 @@ fn build_logs_each_step_and_packs_a_slim_image_from_the_binary_packages() -> Res
             "{absent} stays in the build root"
         );
     }
-    let greet = run_tool(Command::new("chroot").arg(&unpacked).args([
-        "/usr/bin/greet",
-        "from",
-        "the",
-        "image",
-    ]))?;
-    assert_eq!(greet, "from: the image\n");
-    let ldd = run_tool(Command::new("chroot").arg(&unpacked).args([
-        "/lib64/ld-linux-x86-64.so.2",
-        "--list",
-        "/usr/bin/greet",
-    ]))?;
+    assert_eq!(
+        in_image(&unpacked, &["/usr/bin/greet", "from", "the", "image"])?,
+        "from: the image\n"
+    );
+    let ldd = in_image(
+        &unpacked,
+        &["/lib64/ld-linux-x86-64.so.2", "--list", "/usr/bin/greet"],
+    )?;
     assert!(
         ldd.contains("libgreet.so.1 => /usr/lib/libgreet.so.1"),
         "{ldd}"
@@ -502,13 +506,10 @@ fn build_logs_each_step_and_packs_a_slim_image_from_the_binary_packages() -> Res
     );
     let again = site.wd.scratch().join("unpacked-again");
     unpack(&archive, &again)?;
-    let greet =
-        run_tool(
-            Command::new("chroot")
-                .arg(&again)
-                .args(["/usr/bin/greet", "now", "loud"]),
-        )?;
-    assert_eq!(greet, "NOW: LOUD\n");
+    assert_eq!(
+        in_image(&again, &["/usr/bin/greet", "now", "loud"])?,
+        "NOW: LOUD\n"
+    );
 
     // A failing emerge fails its step with the log's last lines and path; the root stays as
     // the commands left it.
@@ -654,12 +655,10 @@ packages = ["app-misc/greet"]
         &site.wd.path().join("out/hostile/initramfs.cpio.gz"),
         &unpacked,
     )?;
-    let greet = run_tool(Command::new("chroot").arg(&unpacked).args([
-        "/usr/bin/greet",
-        "still",
-        "inside",
-    ]))?;
-    assert_eq!(greet, "still: inside\n");
+    assert_eq!(
+        in_image(&unpacked, &["/usr/bin/greet", "still", "inside"])?,
+        "still: inside\n"
+    );
     ensure!(
         mounts_below(&root).is_empty(),
         "nothing left mounted in the root"

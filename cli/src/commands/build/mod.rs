@@ -3,7 +3,7 @@
 mod image;
 mod step_log;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use autogentoo_core::packer::Layer;
@@ -421,16 +421,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             },
             args.pretend,
         );
-        if ctx.json {
-            output::json(&serde_json::json!({
-                "system": args.system,
-                "pretend": args.pretend,
-                "initramfs": archive,
-                "steps": plan,
-            }));
-        } else if !args.pretend {
-            println!("{}", archive.display());
-        }
+        print_outcome(ctx, &args, ("initramfs", &archive), &plan);
         return Ok(());
     };
     let kernel_created = storage.get(&kernel)?.created;
@@ -504,15 +495,21 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             );
         }
     }
+    print_outcome(ctx, &args, ("image", &image), &plan);
+    Ok(())
+}
+
+/// Prints what the build made (the last step's output, `(key, path)`), or with --json the
+/// plan and that output.
+fn print_outcome(ctx: &Context, args: &BuildArgs, (key, made): (&str, &Path), plan: &[Step]) {
     if ctx.json {
         output::json(&serde_json::json!({
             "system": args.system,
             "pretend": args.pretend,
-            "image": image,
+            key: made,
             "steps": plan,
         }));
     } else if !args.pretend {
-        println!("{}", image.display());
+        println!("{}", made.display());
     }
-    Ok(())
 }
