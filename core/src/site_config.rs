@@ -966,14 +966,26 @@ mod tests {
         assert_eq!(config.common_dir(), Some(site_dir.join("common")));
 
         let demo = config.system("demo").unwrap();
-        assert_eq!(demo.stage, "demo");
+        assert_eq!(demo.stage, "portage");
         assert_eq!(demo.root_name("demo"), "demo");
-        assert!(demo.commands.is_empty());
+        assert_eq!(
+            demo.commands,
+            ["emerge --update --newuse app-misc/greet app-misc/hello"]
+        );
         assert!(demo.kernel_config.as_ref().unwrap().is_file());
         assert_eq!(
             demo.overlays,
-            ["hardware/qemu-x86_64", "secret-sauce/hello"]
+            ["hardware/qemu-x86_64", "secret-sauce/hello", "boot/greet"]
         );
+        assert_eq!(
+            demo.image,
+            Some(ImageConfig {
+                packages: vec!["app-misc/greet".into(), "app-misc/hello".into()],
+                base: Some("busybox".into()),
+                libraries: ImageLibraries::Copy,
+            })
+        );
+        assert_eq!(config.mounts.repo, Path::new("var/db/repos/example"));
         for overlay in &demo.overlays {
             assert!(config.overlay_dir(overlay).unwrap().is_dir());
         }
@@ -1191,5 +1203,49 @@ mod tests {
             assert!(message.starts_with("config/autogentoo.toml:"), "{message}");
             assert!(!message.contains('\n'), "{message}");
         }
+    }
+
+    #[test]
+    fn an_image_names_packages_emerge_can_take_and_a_stage_as_its_base() {
+        let system = "[systems.slim]\nstage = \"portage\"\n[systems.slim.image]\n";
+        for (table, key, says) in [
+            (
+                "packages = []",
+                "systems.slim.image.packages",
+                "an image of no packages",
+            ),
+            (
+                "packages = [\"--root=/\"]",
+                "systems.slim.image.packages[0]",
+                "is not a package atom",
+            ),
+            (
+                "packages = [\"app-misc/greet; rm -rf /\"]",
+                "systems.slim.image.packages[0]",
+                "is not a package atom",
+            ),
+            (
+                "packages = [\"app-misc/greet\"]\nbase = \"../etc\"",
+                "systems.slim.image.base",
+                "is not a stage name",
+            ),
+            (
+                "packages = [\"app-misc/greet\"]\nlibraries = \"ignore\"",
+                "systems.slim.image.libraries",
+                "unknown variant",
+            ),
+        ] {
+            let message = error(&format!("{system}{table}\n"));
+            assert!(message.contains(key), "{key}: {message}");
+            assert!(message.contains(says), "{says}: {message}");
+        }
+        let config = SiteConfig::parse(
+            &format!("{system}packages = [\">=dev-libs/libgreet-1:0/1=[-shout]\", \"@image\"]\n"),
+            Path::new(ORIGIN),
+        )
+        .unwrap();
+        let image = config.systems["slim"].image.as_ref().unwrap();
+        assert_eq!(image.base, None);
+        assert_eq!(image.libraries, ImageLibraries::Copy);
     }
 }
