@@ -16,18 +16,15 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::mountinfo;
-use autogentoo_core::output_file;
 use autogentoo_core::registry::StorageSettings;
+use autogentoo_core::storage::state_dir::{self, RecordedOrigin, StateDir};
 use autogentoo_core::storage::{
     check_property, check_seal, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
-use rustix::fs::{FlockOperation, RenameFlags};
+use rustix::fs::RenameFlags;
 use serde::{Deserialize, Serialize};
 
 mod trees;
@@ -40,7 +37,7 @@ pub const NAME: &str = "dir";
 /// Volumes as directory trees under a workdir, with their metadata beside them. What a tree is
 /// (a plain directory, a btrfs subvolume) and how one is copied is `T`'s business.
 pub struct TreeStore<T> {
-    workdir: PathBuf,
+    state: StateDir,
     capabilities: Capabilities,
     trees: T,
 }
@@ -52,7 +49,7 @@ pub type DirStorage = TreeStore<Copies>;
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Meta {
     created: i64,
-    origin: Option<(String, String, String)>,
+    origin: Option<RecordedOrigin>,
     sealed: Option<String>,
     snapshots: Vec<SnapMeta>,
     properties: BTreeMap<String, String>,
@@ -67,17 +64,6 @@ struct SnapMeta {
 /// Opens the `dir` backend; the registry's factory.
 pub fn open(settings: &StorageSettings) -> Result<Box<dyn Storage>, StorageError> {
     Ok(Box::new(DirStorage::open(&settings.workdir)?))
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn kind_from_str(s: &str) -> Option<VolumeKind> {
-    VolumeKind::ALL.into_iter().find(|k| k.as_str() == s)
 }
 
 impl DirStorage {
@@ -100,52 +86,30 @@ impl<T: Trees> TreeStore<T> {
         trees.check(&workdir)?;
         let capabilities = trees.capabilities();
         let mut storage = Self {
-            workdir,
+            state: StateDir::new(&workdir, ".autogentoo"),
             capabilities,
             trees,
         };
-        if storage.state().is_dir() {
+        if storage.state.is_initialised() {
             storage.capabilities = storage.probe()?;
         }
         Ok(storage)
     }
 
-    fn state(&self) -> PathBuf {
-        self.workdir.join(".autogentoo")
-    }
-
-    fn kind_dir(&self, kind: VolumeKind) -> PathBuf {
-        self.workdir.join(kind.plural())
-    }
-
     fn volume_dir(&self, id: &VolumeId) -> PathBuf {
-        self.kind_dir(id.kind()).join(id.name())
-    }
-
-    fn meta_path(&self, id: &VolumeId) -> PathBuf {
-        self.state()
-            .join("volumes")
-            .join(id.kind().as_str())
-            .join(format!("{}.json", id.name()))
+        self.state.volume_dir(id)
     }
 
     fn snapshots_dir(&self, id: &VolumeId) -> PathBuf {
-        self.state()
-            .join("snapshots")
-            .join(id.kind().as_str())
-            .join(id.name())
+        self.state.volume_area("snapshots", id)
     }
 
     fn pending_dir(&self) -> PathBuf {
-        self.state().join("pending")
+        self.state.pending_dir()
     }
 
-    /// A fresh hidden directory name for work in progress by this process.
     fn pending_name(&self, label: &str) -> PathBuf {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        self.pending_dir()
-            .join(format!("{label}.{}.{n}", std::process::id()))
+        self.state.pending_name(label)
     }
 
     /// Finds out what the filesystem under the workdir can do.
@@ -175,78 +139,30 @@ impl<T: Trees> TreeStore<T> {
 
     /// Holds the workdir's lock until dropped; metadata changes happen under it.
     fn lock(&self) -> Result<File, StorageError> {
-        let path = self.state().join("lock");
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| self.uninitialised_or(e, "open", &path))?;
-        rustix::fs::flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| io_err("lock", &path)(e.into()))?;
-        Ok(file)
+        self.state.lock()
     }
 
     fn uninitialised_or(&self, err: std::io::Error, op: &'static str, path: &Path) -> StorageError {
-        if err.kind() == ErrorKind::NotFound && !self.state().is_dir() {
-            StorageError::MissingPrerequisite {
-                what: format!("an initialised workdir at {}", self.workdir.display()),
-                hint: "run `autogentoo workdir init` first".into(),
-            }
+        if err.kind() == ErrorKind::NotFound && !self.state.is_initialised() {
+            self.state.uninitialised()
         } else {
             io_err(op, path)(err)
         }
     }
 
     fn read_meta(&self, id: &VolumeId) -> Result<Meta, StorageError> {
-        let dir = self.volume_dir(id);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(StorageError::Corrupt(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StorageError::NotFound(id.to_string()))
-            }
-            Err(e) => return Err(io_err("inspect", &dir)(e)),
-        }
-        let path = self.meta_path(id);
-        match bounded_read::read(&path, Limit::STATE) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "{}: {e}; remove it to reset the metadata",
-                    path.display()
-                ))
-            }),
-            // A volume whose metadata was never written (a crash right after its rename) is plain.
-            Err(e) if e.is_not_found() => Ok(Meta::default()),
-            Err(e) => Err(e.into()),
-        }
+        self.state.read_record(id)
     }
 
     fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
-        let path = self.meta_path(id);
-        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-        output_file::write(&path, &bytes)?;
-        Ok(())
+        self.state.write_record(id, meta)
     }
 
     fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
-        let origin = match meta.origin {
-            Some((kind, volume, snapshot)) => {
-                let kind = kind_from_str(&kind).ok_or_else(|| {
-                    StorageError::Corrupt(format!("{id}: unknown origin kind '{kind}'"))
-                })?;
-                Some(SnapshotId::new(VolumeId::new(kind, &volume)?, &snapshot)?)
-            }
-            None => None,
-        };
         Ok(Volume {
             id: id.clone(),
             path: self.volume_dir(id),
-            origin,
+            origin: state_dir::origin(id, meta.origin.as_ref())?,
             sealed: meta.sealed.is_some(),
             created: meta.created,
             properties: meta.properties,
@@ -344,28 +260,11 @@ impl<T: Trees> Storage for TreeStore<T> {
     }
 
     fn init(&self) -> Result<(), StorageError> {
-        let mut dirs = vec![self.pending_dir()];
-        for kind in VolumeKind::ALL {
-            dirs.push(self.kind_dir(kind));
-            dirs.push(self.state().join("volumes").join(kind.as_str()));
-            dirs.push(self.state().join("snapshots").join(kind.as_str()));
-        }
-        for dir in dirs {
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        }
-        Ok(())
+        self.state.create(&["snapshots"])
     }
 
     fn usage(&self) -> Result<Usage, StorageError> {
-        let st = rustix::fs::statvfs(&self.workdir)
-            .map_err(|e| io_err("measure", &self.workdir)(e.into()))?;
-        let total = st.f_blocks * st.f_frsize;
-        let free = st.f_bfree * st.f_frsize;
-        Ok(Usage {
-            total_bytes: total,
-            used_bytes: total - free,
-            available_bytes: st.f_bavail * st.f_frsize,
-        })
+        self.state.usage()
     }
 
     fn create(&self, id: &VolumeId) -> Result<Volume, StorageError> {
@@ -400,7 +299,7 @@ impl<T: Trees> Storage for TreeStore<T> {
 
     fn commit(&self, pending: PendingVolume) -> Result<Volume, StorageError> {
         let meta = Meta {
-            created: now(),
+            created: state_dir::now(),
             ..Meta::default()
         };
         self.new_volume_from(&pending.path, &pending.id, meta)
@@ -423,7 +322,7 @@ impl<T: Trees> Storage for TreeStore<T> {
         // naming the seal. The metadata goes first: without its tree it describes nothing (a
         // volume is its directory), and the next commit of that name replaces it.
         self.trees.set_read_only(&pending.path)?;
-        let created = now();
+        let created = state_dir::now();
         let meta = Meta {
             created,
             sealed: Some(snapshot.to_owned()),
@@ -488,7 +387,7 @@ impl<T: Trees> Storage for TreeStore<T> {
         let parent = self.snapshots_dir(volume);
         fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
         self.publish(&pending, &parent.join(id.name()), || id.to_string())?;
-        let created = now();
+        let created = state_dir::now();
         meta.snapshots.push(SnapMeta {
             name: id.name().to_owned(),
             created,
@@ -508,7 +407,7 @@ impl<T: Trees> Storage for TreeStore<T> {
             return Err(StorageError::AlreadyExists(snap_id.to_string()));
         }
         self.trees.set_read_only(&self.volume_dir(id))?;
-        let created = now();
+        let created = state_dir::now();
         meta.sealed = Some(snapshot.to_owned());
         meta.snapshots.push(SnapMeta {
             name: snapshot.to_owned(),
@@ -545,12 +444,8 @@ impl<T: Trees> Storage for TreeStore<T> {
         let pending =
             self.copy_to_pending(&self.snapshot_dir(from, &origin_meta), "clone", false)?;
         let meta = Meta {
-            created: now(),
-            origin: Some((
-                from.volume().kind().as_str().to_owned(),
-                from.volume().name().to_owned(),
-                from.name().to_owned(),
-            )),
+            created: state_dir::now(),
+            origin: Some(state_dir::record_origin(from)),
             ..Meta::default()
         };
         // The origin may have been destroyed while we copied; the lock makes the check final.
@@ -619,12 +514,7 @@ impl<T: Trees> Storage for TreeStore<T> {
         }
         self.remove_tree(&self.volume_dir(id))?;
         self.remove_tree(&self.snapshots_dir(id))?;
-        match fs::remove_file(self.meta_path(id)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(io_err("remove", self.meta_path(id))(e))
-            }
-            _ => Ok(()),
-        }
+        self.state.remove_record(id)
     }
 
     fn destroy_snapshot(&self, id: &SnapshotId) -> Result<(), StorageError> {
@@ -653,26 +543,15 @@ impl<T: Trees> Storage for TreeStore<T> {
     }
 
     fn list(&self, kind: VolumeKind) -> Result<Vec<Volume>, StorageError> {
-        let dir = self.kind_dir(kind);
-        let entries = fs::read_dir(&dir).map_err(|e| self.uninitialised_or(e, "read", &dir))?;
         let mut volumes = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("read", &dir))?;
-            // Anything else someone put there is not ours to list.
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Ok(id) = VolumeId::new(kind, &name) else {
-                continue;
-            };
+        for id in self.state.volume_ids(kind)? {
             match self.read_meta(&id) {
                 Ok(meta) => volumes.push(self.volume(&id, meta)?),
-                // Removed between read_dir and now.
+                // Removed since the directory was read.
                 Err(StorageError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        volumes.sort_by(|a, b| a.id.name().cmp(b.id.name()));
         Ok(volumes)
     }
 

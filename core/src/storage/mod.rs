@@ -9,6 +9,8 @@
 //! Backends differ in what is cheap and what the filesystem enforces; those differences are the
 //! [`Capabilities`] struct, which callers read instead of the backend's name.
 
+pub mod state_dir;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

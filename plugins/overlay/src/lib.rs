@@ -31,20 +31,17 @@ use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use autogentoo_core::bounded_read::{self, Limit};
 use autogentoo_core::mountinfo;
-use autogentoo_core::output_file;
 use autogentoo_core::registry::StorageSettings;
+use autogentoo_core::storage::state_dir::{self, RecordedOrigin, StateDir};
 use autogentoo_core::storage::{
     check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
 use autogentoo_core::tree_copy::copy_tree;
 use autogentoo_plugin_api::Plugin;
-use rustix::fs::{FlockOperation, RenameFlags};
+use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +64,14 @@ fn open(settings: &StorageSettings) -> Result<Box<dyn Storage>, StorageError> {
 const MOUNT_OPTIONS: &str = "index=off,redirect_dir=off,metacopy=off";
 
 struct OverlayStorage {
-    workdir: PathBuf,
+    state: StateDir,
     capabilities: Capabilities,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Meta {
     created: i64,
-    origin: Option<(String, String, String)>,
+    origin: Option<RecordedOrigin>,
     sealed: Option<String>,
     snapshots: Vec<SnapMeta>,
     properties: BTreeMap<String, String>,
@@ -101,17 +98,6 @@ impl Meta {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn kind_from_str(s: &str) -> Option<VolumeKind> {
-    VolumeKind::ALL.into_iter().find(|k| k.as_str() == s)
-}
-
 impl OverlayStorage {
     fn open(workdir: &Path) -> Result<Self, StorageError> {
         let workdir = std::path::absolute(workdir).map_err(io_err("resolve", workdir))?;
@@ -125,7 +111,7 @@ impl OverlayStorage {
             });
         }
         let mut storage = Self {
-            workdir,
+            state: StateDir::new(&workdir, ".autogentoo-overlay"),
             capabilities: Capabilities {
                 cheap_clone: true,
                 cheap_snapshot: false,
@@ -135,61 +121,38 @@ impl OverlayStorage {
                 shared_blocks: true,
             },
         };
-        if storage.state().is_dir() {
+        if storage.state.is_initialised() {
             storage.capabilities.xattrs = storage.probe_xattrs()?;
         }
         Ok(storage)
     }
 
-    fn state(&self) -> PathBuf {
-        self.workdir.join(".autogentoo-overlay")
-    }
-
-    fn kind_dir(&self, kind: VolumeKind) -> PathBuf {
-        self.workdir.join(kind.plural())
-    }
-
     fn volume_dir(&self, id: &VolumeId) -> PathBuf {
-        self.kind_dir(id.kind()).join(id.name())
-    }
-
-    fn meta_path(&self, id: &VolumeId) -> PathBuf {
-        self.state()
-            .join("volumes")
-            .join(id.kind().as_str())
-            .join(format!("{}.json", id.name()))
+        self.state.volume_dir(id)
     }
 
     fn layers_dir(&self, id: &VolumeId) -> PathBuf {
-        self.state()
-            .join("layers")
-            .join(id.kind().as_str())
-            .join(id.name())
+        self.state.volume_area("layers", id)
     }
 
     /// Holds `upper/` and `work/` of an overlay volume.
     fn upper_dir(&self, id: &VolumeId) -> PathBuf {
-        self.state()
-            .join("upper")
-            .join(id.kind().as_str())
-            .join(id.name())
+        self.state.volume_area("upper", id)
     }
 
     fn pending_dir(&self) -> PathBuf {
-        self.state().join("pending")
+        self.state.pending_dir()
     }
 
-    /// A fresh hidden path for work in progress by this process: `LABEL.PID.N`.
     fn pending_name(&self, label: &str) -> PathBuf {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        self.pending_dir()
-            .join(format!("{label}.{}.{n}", std::process::id()))
+        self.state.pending_name(label)
     }
 
     /// `path` relative to the workdir, as the metadata keeps layers.
     fn relative(&self, path: &Path) -> PathBuf {
-        path.strip_prefix(&self.workdir).unwrap_or(path).to_owned()
+        path.strip_prefix(self.state.workdir())
+            .unwrap_or(path)
+            .to_owned()
     }
 
     fn probe_xattrs(&self) -> Result<bool, StorageError> {
@@ -207,83 +170,27 @@ impl OverlayStorage {
     }
 
     fn uninitialised(&self) -> StorageError {
-        StorageError::MissingPrerequisite {
-            what: format!("an initialised workdir at {}", self.workdir.display()),
-            hint: "run `autogentoo workdir init` first".into(),
-        }
+        self.state.uninitialised()
     }
 
     /// Holds the workdir's lock until dropped; metadata changes happen under it.
     fn lock(&self) -> Result<File, StorageError> {
-        let path = self.state().join("lock");
-        if !self.state().is_dir() {
-            return Err(self.uninitialised());
-        }
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        rustix::fs::flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| io_err("lock", &path)(e.into()))?;
-        Ok(file)
+        self.state.lock()
     }
 
     fn read_meta(&self, id: &VolumeId) -> Result<Meta, StorageError> {
-        let dir = self.volume_dir(id);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(StorageError::Corrupt(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StorageError::NotFound(id.to_string()))
-            }
-            Err(e) => return Err(io_err("inspect", &dir)(e)),
-        }
-        let path = self.meta_path(id);
-        match bounded_read::read(&path, Limit::STATE) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display()))),
-            // A plain volume whose metadata was never written (a crash right after its rename).
-            Err(e) if e.is_not_found() => Ok(Meta::default()),
-            Err(e) => Err(e.into()),
-        }
+        self.state.read_record(id)
     }
 
     fn write_meta(&self, id: &VolumeId, meta: &Meta) -> Result<(), StorageError> {
-        let path = self.meta_path(id);
-        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-        output_file::write(&path, &bytes)?;
-        Ok(())
-    }
-
-    fn remove_meta(&self, id: &VolumeId) -> Result<(), StorageError> {
-        match fs::remove_file(self.meta_path(id)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(io_err("remove", self.meta_path(id))(e))
-            }
-            _ => Ok(()),
-        }
+        self.state.write_record(id, meta)
     }
 
     fn volume(&self, id: &VolumeId, meta: Meta) -> Result<Volume, StorageError> {
-        let origin = match meta.origin {
-            Some((kind, volume, snapshot)) => {
-                let kind = kind_from_str(&kind).ok_or_else(|| {
-                    StorageError::Corrupt(format!("{id}: unknown origin kind '{kind}'"))
-                })?;
-                Some(SnapshotId::new(VolumeId::new(kind, &volume)?, &snapshot)?)
-            }
-            None => None,
-        };
         Ok(Volume {
             id: id.clone(),
             path: self.volume_dir(id),
-            origin,
+            origin: state_dir::origin(id, meta.origin.as_ref())?,
             sealed: meta.sealed.is_some(),
             created: meta.created,
             properties: meta.properties,
@@ -303,7 +210,7 @@ impl OverlayStorage {
         let lower: Vec<String> = meta
             .lower
             .iter()
-            .map(|layer| self.workdir.join(layer).display().to_string())
+            .map(|layer| self.state.workdir().join(layer).display().to_string())
             .collect();
         let upper = self.upper_dir(id);
         let data = format!(
@@ -554,29 +461,11 @@ impl Storage for OverlayStorage {
     }
 
     fn init(&self) -> Result<(), StorageError> {
-        let mut dirs = vec![self.pending_dir()];
-        for kind in VolumeKind::ALL {
-            dirs.push(self.kind_dir(kind));
-            for part in ["volumes", "layers", "upper"] {
-                dirs.push(self.state().join(part).join(kind.as_str()));
-            }
-        }
-        for dir in dirs {
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        }
-        Ok(())
+        self.state.create(&["layers", "upper"])
     }
 
     fn usage(&self) -> Result<Usage, StorageError> {
-        let st = rustix::fs::statvfs(&self.workdir)
-            .map_err(|e| io_err("measure", &self.workdir)(e.into()))?;
-        let total = st.f_blocks * st.f_frsize;
-        let free = st.f_bfree * st.f_frsize;
-        Ok(Usage {
-            total_bytes: total,
-            used_bytes: total - free,
-            available_bytes: st.f_bavail * st.f_frsize,
-        })
+        self.state.usage()
     }
 
     fn create(&self, id: &VolumeId) -> Result<Volume, StorageError> {
@@ -613,7 +502,7 @@ impl Storage for OverlayStorage {
         self.remove_tree(&self.layers_dir(id))?;
         self.remove_tree(&self.upper_dir(id))?;
         let meta = Meta {
-            created: now(),
+            created: state_dir::now(),
             ..Meta::default()
         };
         self.write_meta(id, &meta)?;
@@ -664,7 +553,7 @@ impl Storage for OverlayStorage {
         let _lock = self.lock()?;
         let mut meta = self.read_meta(volume)?;
         let layers = self.new_layer(id, &meta)?;
-        let created = now();
+        let created = state_dir::now();
         meta.snapshots.push(SnapMeta {
             name: id.name().to_owned(),
             created,
@@ -691,7 +580,7 @@ impl Storage for OverlayStorage {
         } else {
             vec![self.relative(&self.volume_dir(id))]
         };
-        let created = now();
+        let created = state_dir::now();
         meta.sealed = Some(snapshot.to_owned());
         meta.snapshots.push(SnapMeta {
             name: snapshot.to_owned(),
@@ -728,7 +617,7 @@ impl Storage for OverlayStorage {
         if self.volume_dir(id).exists() {
             return Err(StorageError::AlreadyExists(id.to_string()));
         }
-        let pending = self.new_upper(&self.workdir.join(&layers[0]), false)?;
+        let pending = self.new_upper(&self.state.workdir().join(&layers[0]), false)?;
         let _lock = self.lock()?;
         let discard = |err: StorageError| {
             let _ = fs::remove_dir_all(&pending);
@@ -749,7 +638,7 @@ impl Storage for OverlayStorage {
             });
         }
         let meta = Meta {
-            created: now(),
+            created: state_dir::now(),
             origin: Some((
                 from.volume().kind().as_str().to_owned(),
                 from.volume().name().to_owned(),
@@ -769,7 +658,7 @@ impl Storage for OverlayStorage {
         if let Err(err) = placed {
             let _ = fs::remove_dir(&target);
             let _ = self.remove_tree(&self.upper_dir(id));
-            let _ = self.remove_meta(id);
+            let _ = self.state.remove_record(id);
             return discard(err);
         }
         self.volume(id, meta)
@@ -801,7 +690,10 @@ impl Storage for OverlayStorage {
             });
         }
         let path = self.volume_dir(volume);
-        let top = self.workdir.join(&meta.snapshots[position].layers[0]);
+        let top = self
+            .state
+            .workdir()
+            .join(&meta.snapshots[position].layers[0]);
         if meta.is_overlay() {
             self.refuse_mounts(&path, false)?;
             let pending = self.new_upper(&top, true)?;
@@ -876,7 +768,7 @@ impl Storage for OverlayStorage {
             self.remove_tree(&path)?;
         }
         self.remove_tree(&self.layers_dir(id))?;
-        self.remove_meta(id)
+        self.state.remove_record(id)
     }
 
     fn destroy_snapshot(&self, id: &SnapshotId) -> Result<(), StorageError> {
@@ -905,37 +797,21 @@ impl Storage for OverlayStorage {
     }
 
     fn list(&self, kind: VolumeKind) -> Result<Vec<Volume>, StorageError> {
-        let dir = self.kind_dir(kind);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound && !self.state().is_dir() => {
-                return Err(self.uninitialised())
-            }
-            Err(e) => return Err(io_err("read", &dir)(e)),
-        };
+        let ids = self.state.volume_ids(kind)?;
         let mounted = Self::mount_points()?;
         let mut volumes = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("read", &dir))?;
-            // Anything else someone put there is not ours to list.
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Ok(id) = VolumeId::new(kind, &name) else {
-                continue;
-            };
+        for id in ids {
             match self.read_meta(&id) {
                 Ok(meta) => {
                     // A volume that cannot be mounted is still listed; `get` says why.
                     let _ = self.ensure_mounted(&id, &meta, &mounted);
                     volumes.push(self.volume(&id, meta)?);
                 }
-                // Removed between read_dir and now.
+                // Removed since the directory was read.
                 Err(StorageError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        volumes.sort_by(|a, b| a.id.name().cmp(b.id.name()));
         Ok(volumes)
     }
 
