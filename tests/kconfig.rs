@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use autogentoo_core::kconfig::{merge, Config, Value};
+use autogentoo_core::kernel::kconfig::{merge, Config, Value};
 use autogentoo_tests::{kernel_make, kernel_source, Run, Workdir};
 
 const INITRAMFS: &str = "/var/lib/autogentoo/out/web/initramfs.cpio.gz";

@@ -18,10 +18,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use autogentoo_core::initramfs::Newc;
-use autogentoo_core::packer::{Layer, PackRequest, Packer};
+use autogentoo_core::pack::initramfs::Newc;
+use autogentoo_core::pack::squashfs_pack::{self, PackSource};
+use autogentoo_core::pack::{Layer, PackRequest, Packer};
 use autogentoo_core::site_config::Compression;
-use autogentoo_core::squashfs_pack::{self, PackSource};
 use autogentoo_core::stage_import::Silent;
 use autogentoo_tests::{loop_devices_on, newc, require_root, wait_until};
 use proptest::collection::vec;

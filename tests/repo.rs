@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use autogentoo_core::root_mounts::newest_repo_image;
+use autogentoo_core::chroot::root_mounts::newest_repo_image;
 use autogentoo_core::testkit::tree::{tree_diff_with, TreeDiffOptions};
 use autogentoo_tests::{build_small_tree, list_dir, noise, wait_until, Spawned, Workdir};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};

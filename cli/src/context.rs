@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::initramfs::Newc;
-use autogentoo_core::kernel_build::Kbuild;
-use autogentoo_core::kernel_builder::KernelBuilder;
-use autogentoo_core::packer::Packer;
+use autogentoo_core::kernel::kernel_build::Kbuild;
+use autogentoo_core::kernel::KernelBuilder;
+use autogentoo_core::pack::initramfs::Newc;
+use autogentoo_core::pack::Packer;
 use autogentoo_core::registry::{Registry, StorageSettings};
 use autogentoo_core::site_config::SiteConfig;
+use autogentoo_core::storage::workdir::Layout;
 use autogentoo_core::storage::Storage;
-use autogentoo_core::workdir::Layout;
 use clap::Args;
 
 use crate::plugins::{self, Plugins};

@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use autogentoo_core::packer::Layer;
+use autogentoo_core::pack::Layer;
 use autogentoo_core::pipeline::Fingerprint;
 use autogentoo_core::registry::Registry;
 use autogentoo_core::site_config::PluginsSection;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bounded_read::{self, Limit, ReadError};
-use crate::output_file::{self, OutputError};
+use crate::files::bounded_read::{self, Limit, ReadError};
+use crate::files::output_file::{self, OutputError};
 use crate::storage::{io_err, StorageError};
 
 /// The fingerprints recorded by the last successful run of each step.
@@ -142,7 +142,7 @@ impl Fingerprint {
     }
 
     pub fn finish(self) -> String {
-        crate::digests::hex(&self.hasher.finalize())
+        crate::files::digests::hex(&self.hasher.finalize())
     }
 }
 

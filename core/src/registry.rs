@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::kernel_builder::{KernelBuilder, KernelError};
-use crate::packer::{PackError, Packer};
+use crate::kernel::{KernelBuilder, KernelError};
+use crate::pack::{PackError, Packer};
 use crate::storage::{Storage, StorageError};
 
 /// What a backend needs to open a store: the settings of the `[storage]` section after the
@@ -149,7 +149,7 @@ mod tests {
             "unknown storage backend 'btrfs'; known storage backends: dir, zfs"
         );
         assert!(registry.storage("dir").is_ok());
-        registry.register_packer("newc", || Ok(Box::new(crate::initramfs::Newc)));
+        registry.register_packer("newc", || Ok(Box::new(crate::pack::initramfs::Newc)));
         let Err(err) = registry.packer("erofs") else {
             panic!("erofs is not registered");
         };

@@ -17,7 +17,7 @@ use serde_path_to_error::Segment;
 use thiserror::Error;
 use toml::de::{DeArray, DeTable};
 
-use crate::bounded_read::{self, FileKind, Limit, ReadError};
+use crate::files::bounded_read::{self, FileKind, Limit, ReadError};
 use crate::names;
 
 /// The architectures Gentoo keywords packages for, as in the repository's `profiles/arch.list`.

@@ -40,11 +40,11 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::digests::{DigestError, Sha512Check};
-use crate::in_root::{InnerPath, RootDir};
-use crate::mountinfo;
+use crate::chroot::mountinfo;
+use crate::files::digests::{DigestError, Sha512Check};
+use crate::files::in_root::{InnerPath, RootDir};
+use crate::files::tree_copy;
 use crate::storage::{PendingGuard, Storage, StorageError, Volume, VolumeId, VolumeKind};
-use crate::tree_copy;
 use quoting::escape;
 use tar_reader::{Member, ReadError, TarReader};
 

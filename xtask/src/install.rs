@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use autogentoo_core::output_file::OutputFile;
+use autogentoo_core::files::output_file::OutputFile;
 
 use crate::host::{self, cargo};
 

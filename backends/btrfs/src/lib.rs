@@ -16,9 +16,9 @@ use std::io::ErrorKind;
 use std::path::Path;
 
 use autogentoo_backend_dir::{TreeStore, Trees};
+use autogentoo_core::files::tree_copy::copy_tree;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{io_err, Capabilities, Storage, StorageError};
-use autogentoo_core::tree_copy::copy_tree;
 use rustix::fs::{RenameFlags, CWD};
 use rustix::io::Errno;
 

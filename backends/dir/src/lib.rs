@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use autogentoo_core::mountinfo;
+use autogentoo_core::chroot::mountinfo;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::state_dir::{self, RecordedOrigin, StateDir};
 use autogentoo_core::storage::{

@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::Path;
 
+use autogentoo_core::files::tree_copy::copy_tree;
 use autogentoo_core::storage::{io_err, Capabilities, StorageError};
-use autogentoo_core::tree_copy::copy_tree;
 use rustix::fs::RenameFlags;
 
 /// How trees are made. Every path given is inside the workdir; `dst` paths do not exist yet.

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use autogentoo_core::mountinfo;
+use autogentoo_core::chroot::mountinfo;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     check_property, check_seal, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,

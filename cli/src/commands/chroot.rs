@@ -5,9 +5,9 @@ use std::ffi::OsString;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::root_lock::{LockKind, RootLock};
-use autogentoo_core::root_mounts::{self, mount_all, MountPlan};
-use autogentoo_core::root_run::{self, clean_environment, InitSpec};
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::root_mounts::{self, mount_all, MountPlan};
+use autogentoo_core::chroot::root_run::{self, clean_environment, InitSpec};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use nix::sys::signal::{signal, SigHandler, Signal};
 

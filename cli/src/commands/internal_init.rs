@@ -1,11 +1,11 @@
 //! `autogentoo internal-init`: not for people. `root run` starts this program again in this role
 //! as PID 1 of the command's PID namespace, and hands it what to run through a pipe; see
-//! `autogentoo_core::root_run`. Run any other way, it refuses before touching anything.
+//! `autogentoo_core::chroot::root_run`. Run any other way, it refuses before touching anything.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use autogentoo_core::root_run::{accept_handshake, init_main};
+use autogentoo_core::chroot::root_run::{accept_handshake, init_main};
 use clap::Args;
 
 use crate::output;

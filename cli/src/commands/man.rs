@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::output_file;
+use autogentoo_core::files::output_file;
 use clap::{Args, Command, CommandFactory};
 use clap_mangen::Man;
 
@@ -78,7 +78,7 @@ fn page_of(command: &Command) -> Man {
 }
 
 /// Writes the page of `command` and of every public command below it into `dir`, each as an
-/// output that appears whole (see `autogentoo_core::output_file`).
+/// output that appears whole (see `autogentoo_core::files::output_file`).
 fn write_all(command: &Command, dir: &Path) -> Result<()> {
     let man = page_of(command);
     let path = dir.join(man.get_filename());

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::mountinfo;
-use autogentoo_core::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::mountinfo;
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
 use autogentoo_core::stage_import::{import_sealed, ImportRequest};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 

@@ -8,8 +8,8 @@
 //!
 //! Backends differ in what is cheap and what the filesystem enforces; those differences are the
 //! [`Capabilities`] struct, which callers read instead of the backend's name.
-
 pub mod state_dir;
+pub mod workdir;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -21,8 +21,8 @@ use rustix::fs::FlockOperation;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::bounded_read::{self, Limit};
-use crate::output_file;
+use crate::files::bounded_read::{self, Limit};
+use crate::files::output_file;
 use crate::storage::{io_err, SnapshotId, StorageError, Usage, VolumeId, VolumeKind};
 
 /// A backend's state directory, `WORKDIR/NAME`.

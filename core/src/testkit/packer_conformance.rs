@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use tempfile::TempDir;
 
-use crate::packer::{Layer, PackError, PackReport, PackRequest, Packer};
+use crate::pack::{Layer, PackError, PackReport, PackRequest, Packer};
 use crate::site_config::Compression;
 use crate::stage_import::Silent;
 use crate::testkit::tree_diff;
@@ -42,7 +42,7 @@ macro_rules! packer_conformance {
         $(
             #[test]
             fn $case() {
-                let packer: Box<dyn $crate::packer::Packer> = ($make)();
+                let packer: Box<dyn $crate::pack::Packer> = ($make)();
                 $crate::testkit::packer_conformance::$case(&*packer);
             }
         )*

@@ -3,7 +3,7 @@
 //! contents, device numbers, symlink targets, xattrs and hardlinks.
 //!
 //! It reads both trees with its own plain code rather than sharing helpers with
-//! [`crate::tree_copy`], so that a bug there cannot hide itself here.
+//! [`crate::files::tree_copy`], so that a bug there cannot hide itself here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};

@@ -14,11 +14,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, PoisonError};
 
 use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
-use autogentoo_core::kernel_builder::{
-    KernelBuilderCapabilities, KernelError, KernelJob, KernelReport,
-};
+use autogentoo_core::kernel::{KernelBuilderCapabilities, KernelError, KernelJob, KernelReport};
 use autogentoo_core::names::NameError;
-use autogentoo_core::packer::{Layer, PackError, PackReport, PackRequest, PackerCapabilities};
+use autogentoo_core::pack::{Layer, PackError, PackReport, PackRequest, PackerCapabilities};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::stage_import::Progress;

@@ -18,8 +18,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RBoxError, RResult, RStr, RString, RVec, Tuple2};
 use std::sync::atomic::AtomicBool;
 
-use autogentoo_core::kernel_builder::{KernelBuilder, KernelError};
-use autogentoo_core::packer::{PackError, Packer};
+use autogentoo_core::kernel::{KernelBuilder, KernelError};
+use autogentoo_core::pack::{PackError, Packer};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::stage_import::Silent;
 use autogentoo_core::storage::{Storage, StorageError};

@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RResult, RStr, RString, Tuple2};
-use autogentoo_core::kernel_builder::{
+use autogentoo_core::kernel::{
     KernelBuilder, KernelBuilderCapabilities, KernelError, KernelJob, KernelReport,
 };
-use autogentoo_core::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
+use autogentoo_core::pack::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{
     Capabilities, PendingVolume, Snapshot, SnapshotId, Storage, StorageError, Usage, Volume,

@@ -4,8 +4,8 @@
 //! A plugin is a `cdylib` that calls [`export_plugin!`] once. Its author writes ordinary Rust
 //! against `autogentoo-core` — a storage backend is an implementation of
 //! [`Storage`](autogentoo_core::storage::Storage), a packer of
-//! [`Packer`](autogentoo_core::packer::Packer), a kernel builder of
-//! [`KernelBuilder`](autogentoo_core::kernel_builder::KernelBuilder), pipeline hooks implement
+//! [`Packer`](autogentoo_core::pack::Packer), a kernel builder of
+//! [`KernelBuilder`](autogentoo_core::kernel::KernelBuilder), pipeline hooks implement
 //! [`PipelineHooks`] — and this crate carries every call across the library boundary. On the
 //! host side, [`host::load`] opens a library, checks it, and hands back factories that return a
 //! `Box<dyn Storage>`, `Box<dyn Packer>` or `Box<dyn KernelBuilder>` like any built-in one's,

@@ -32,14 +32,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use autogentoo_core::mountinfo;
+use autogentoo_core::chroot::mountinfo;
+use autogentoo_core::files::tree_copy::copy_tree;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::state_dir::{self, RecordedOrigin, StateDir};
 use autogentoo_core::storage::{
     check_property, io_err, Capabilities, PendingVolume, Snapshot, SnapshotId, Storage,
     StorageError, Usage, Volume, VolumeId, VolumeKind,
 };
-use autogentoo_core::tree_copy::copy_tree;
 use autogentoo_plugin_api::Plugin;
 use rustix::fs::RenameFlags;
 use rustix::io::Errno;

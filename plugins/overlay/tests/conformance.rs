@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use autogentoo_core::mountinfo;
+use autogentoo_core::chroot::mountinfo;
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{SnapshotId, Storage, VolumeId, VolumeKind};
 use autogentoo_core::testkit::conformance::Fixture;

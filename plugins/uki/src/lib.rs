@@ -16,9 +16,9 @@ mod pe_layout;
 mod tool;
 mod uki;
 
-use autogentoo_core::kernel_build::KernelError;
-use autogentoo_core::kernel_builder::KernelBuilder;
-use autogentoo_core::packer::{PackError, Packer};
+use autogentoo_core::kernel::kernel_build::KernelError;
+use autogentoo_core::kernel::KernelBuilder;
+use autogentoo_core::pack::{PackError, Packer};
 use autogentoo_plugin_api::Plugin;
 
 fn open_packer() -> Result<Box<dyn Packer>, PackError> {

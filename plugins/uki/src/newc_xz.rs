@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use autogentoo_core::bounded_read::{self, Limit};
-use autogentoo_core::initramfs::{self, manifest_path};
-use autogentoo_core::output_file::{self, OutputFile};
-use autogentoo_core::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
+use autogentoo_core::files::bounded_read::{self, Limit};
+use autogentoo_core::files::output_file::{self, OutputFile};
+use autogentoo_core::pack::initramfs::{self, manifest_path};
+use autogentoo_core::pack::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::io_err;
 
@@ -248,8 +248,8 @@ mod tests {
     use std::path::PathBuf;
     use std::process::Command;
 
-    use autogentoo_core::kernel_build::sha256_file;
-    use autogentoo_core::packer::Layer;
+    use autogentoo_core::kernel::kernel_build::sha256_file;
+    use autogentoo_core::pack::Layer;
     use autogentoo_core::stage_import::Silent;
 
     use super::*;

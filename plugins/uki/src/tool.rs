@@ -5,8 +5,8 @@ use std::fmt;
 use std::io;
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-use autogentoo_core::kernel_build::KernelError;
-use autogentoo_core::packer::PackError;
+use autogentoo_core::kernel::kernel_build::KernelError;
+use autogentoo_core::pack::PackError;
 
 /// A program and the Debian package that provides it.
 #[derive(Clone, Copy, Debug)]

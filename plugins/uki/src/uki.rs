@@ -11,13 +11,13 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use autogentoo_core::bounded_read::{self, Limit};
-use autogentoo_core::kconfig::{self, Requirements};
-use autogentoo_core::kernel_build::{
+use autogentoo_core::files::bounded_read::{self, Limit};
+use autogentoo_core::files::output_file::{self, OutputFile};
+use autogentoo_core::kernel::kconfig::{self, Requirements};
+use autogentoo_core::kernel::kernel_build::{
     build, sha256_file, HostMake, KernelBuildRequest, KernelError, KernelReport,
 };
-use autogentoo_core::kernel_builder::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
-use autogentoo_core::output_file::{self, OutputFile};
+use autogentoo_core::kernel::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
 use autogentoo_core::storage::io_err;
 
 use crate::pe_layout::{self, Section};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use autogentoo_core::packer::Packer;
+use autogentoo_core::pack::Packer;
 use autogentoo_core::testkit::cdylib::build_cdylib;
 use autogentoo_plugin_api::host::{self, LoadedPlugin};
 

@@ -8,12 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::image_libraries::{self, LibraryReport};
-use autogentoo_core::in_root::RootDir;
-use autogentoo_core::output_file;
-use autogentoo_core::root_mounts::IMAGE_TARGET;
+use autogentoo_core::chroot::root_mounts::IMAGE_TARGET;
+use autogentoo_core::files::in_root::RootDir;
+use autogentoo_core::files::output_file;
+use autogentoo_core::image::libraries::{self, LibraryReport};
+use autogentoo_core::image::vdb::{self, Installed};
 use autogentoo_core::site_config::ImageConfig;
-use autogentoo_core::vdb::{self, Installed};
 
 use super::step_log::StepLog;
 use crate::context::Context;
@@ -68,7 +68,7 @@ pub fn build(
         .args(&emerge);
     log.run(run, &emerge.join(" "), root_name)?;
 
-    let libraries = image_libraries::complete(&staging, root_path, image.libraries)
+    let libraries = libraries::complete(&staging, root_path, image.libraries)
         .with_context(|| format!("the image of root '{root_name}' is incomplete"))?;
     let packages = vdb::installed(&RootDir::open(&staging)?)?;
     let mut list = String::new();

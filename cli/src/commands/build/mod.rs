@@ -6,14 +6,14 @@ mod step_log;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::packer::Layer;
-use autogentoo_core::packer::PackRequest;
+use autogentoo_core::chroot::root_mounts;
+use autogentoo_core::pack::Layer;
+use autogentoo_core::pack::PackRequest;
 use autogentoo_core::pipeline::{Fingerprint, State};
-use autogentoo_core::root_mounts;
 use autogentoo_core::site_config::NO_KERNEL;
 use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
+use autogentoo_core::storage::workdir;
 use autogentoo_core::storage::{SnapshotId, StorageError, VolumeId, VolumeKind};
-use autogentoo_core::workdir;
 use autogentoo_plugin_api::Values;
 use clap::Args;
 

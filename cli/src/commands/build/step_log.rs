@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::root_run;
+use autogentoo_core::chroot::root_run;
 
 /// How many of a failed command's last lines its error shows.
 const TAIL_LINES: usize = 20;

@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use autogentoo_backend_btrfs::Subvolumes;
 use autogentoo_backend_dir::Trees;
-use autogentoo_core::initramfs::Newc;
-use autogentoo_core::kernel_build::Kbuild;
+use autogentoo_core::kernel::kernel_build::Kbuild;
+use autogentoo_core::pack::initramfs::Newc;
 use autogentoo_plugin_api::host::LoadedPlugin;
 use autogentoo_plugin_api::API_VERSION;
 use clap::Args;
@@ -697,7 +697,7 @@ fn zfs_dataset(ctx: &Context, zfs: &Path) -> Found {
 
 /// The firmware `kernel boot` would use, found as it finds it.
 fn ovmf() -> Found {
-    autogentoo_core::qemu_boot::find_firmware()
+    autogentoo_core::kernel::qemu_boot::find_firmware()
         .map(|(code, _)| code.display().to_string())
         .ok_or_else(|| {
             absent(

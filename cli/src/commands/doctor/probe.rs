@@ -85,7 +85,7 @@ pub fn filesystem(name: &str, module: &str) -> Result<String, String> {
 
 /// Where binfmt_misc is mounted, if it is.
 pub fn binfmt_misc() -> io::Result<Option<PathBuf>> {
-    Ok(autogentoo_core::mountinfo::read()?
+    Ok(autogentoo_core::chroot::mountinfo::read()?
         .into_iter()
         .find(|mount| mount.fstype == "binfmt_misc")
         .map(|mount| mount.point))

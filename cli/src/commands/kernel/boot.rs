@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::qemu_boot::{boot, BootRequest};
+use autogentoo_core::kernel::qemu_boot::{boot, BootRequest};
 use clap::Args;
 
 use crate::context::Context;

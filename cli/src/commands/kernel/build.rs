@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::kernel_build::{self, Kbuild, KernelReport};
-use autogentoo_core::kernel_builder::{KernelBuilder, KernelJob};
-use autogentoo_core::root_mounts::umount_all;
+use autogentoo_core::chroot::root_mounts::umount_all;
+use autogentoo_core::kernel::kernel_build::{self, Kbuild, KernelReport};
+use autogentoo_core::kernel::{KernelBuilder, KernelJob};
 use autogentoo_core::site_config::{Compression, SystemConfig};
 use autogentoo_core::storage::{Storage, StorageError, VolumeId, VolumeKind};
 use clap::Args;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::kconfig::{self, Config, KconfigError, Requirements};
+use autogentoo_core::kernel::kconfig::{self, Config, KconfigError, Requirements};
 use autogentoo_core::site_config::Compression;
 use clap::Args;
 use serde::Serialize;

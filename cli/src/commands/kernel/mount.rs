@@ -1,9 +1,9 @@
 //! `autogentoo kernel mount`
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::kernel_build;
-use autogentoo_core::root_lock::{LockKind, RootLock};
-use autogentoo_core::root_mounts::{self, mount_all};
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::root_mounts::{self, mount_all};
+use autogentoo_core::kernel::kernel_build;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::Args;
 

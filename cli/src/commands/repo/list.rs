@@ -1,7 +1,7 @@
 //! `autogentoo repo list`
 
 use anyhow::Result;
-use autogentoo_core::squashfs_pack::list_images;
+use autogentoo_core::pack::squashfs_pack::list_images;
 use clap::Args;
 
 use crate::context::Context;

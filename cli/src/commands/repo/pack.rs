@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::squashfs_pack::{self, Compression, PackRequest, PackSource};
+use autogentoo_core::pack::squashfs_pack::{self, Compression, PackRequest, PackSource};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;

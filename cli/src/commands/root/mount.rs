@@ -1,8 +1,8 @@
 //! `autogentoo root mount`
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::root_lock::{LockKind, RootLock};
-use autogentoo_core::root_mounts::{self, mount_all};
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::root_mounts::{self, mount_all};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::Args;
 

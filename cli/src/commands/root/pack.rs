@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use autogentoo_core::packer::{Layer, PackRequest};
-use autogentoo_core::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
+use autogentoo_core::pack::{Layer, PackRequest};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::{Args, ValueEnum};

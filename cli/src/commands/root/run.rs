@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use autogentoo_core::root_mounts;
+use autogentoo_core::chroot::root_mounts;
 use clap::Args;
 
 use crate::commands::chroot;

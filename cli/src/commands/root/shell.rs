@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use autogentoo_core::in_root::RootDir;
+use autogentoo_core::files::in_root::RootDir;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::Args;
 use rustix::fs::{Mode, OFlags};

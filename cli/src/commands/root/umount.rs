@@ -1,8 +1,8 @@
 //! `autogentoo root umount`
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::root_lock::{LockKind, RootLock};
-use autogentoo_core::root_mounts::umount_all;
+use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
+use autogentoo_core::chroot::root_mounts::umount_all;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::Args;
 

@@ -1,7 +1,7 @@
 //! `autogentoo workdir init`
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::workdir::{self, Layout};
+use autogentoo_core::storage::workdir::{self, Layout};
 use clap::Args;
 
 use crate::context::Context;

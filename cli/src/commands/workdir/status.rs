@@ -1,8 +1,8 @@
 //! `autogentoo workdir status`
 
 use anyhow::{Context as _, Result};
+use autogentoo_core::storage::workdir::{self, Layout};
 use autogentoo_core::storage::Capabilities;
-use autogentoo_core::workdir::{self, Layout};
 use clap::Args;
 
 use crate::context::Context;

@@ -1,8 +1,12 @@
 //! Kernel builders: what turns a kernel source tree, the site's config fragments and a packed
 //! initramfs into the EFI image a machine boots. The pipeline's kernel step and `kernel build`
 //! call the builder the system names (`kernel_build`); the built-in ones are kbuild in the root
-//! (`root`, its toolchain) and on the host (`host`), see [`crate::kernel_build`], and plugins may
+//! (`root`, its toolchain) and on the host (`host`), see [`crate::kernel::kernel_build`], and plugins may
 //! add others. What a builder does beyond the contract is in its [`KernelBuilderCapabilities`].
+
+pub mod kconfig;
+pub mod kernel_build;
+pub mod qemu_boot;
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +14,7 @@ use serde::Serialize;
 
 use crate::site_config::Compression;
 
-pub use crate::kernel_build::{KernelError, KernelReport};
+pub use crate::kernel::kernel_build::{KernelError, KernelReport};
 
 /// Builds a system's EFI image.
 ///

@@ -29,7 +29,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use crate::bounded_read::FileKind;
+use crate::files::bounded_read::FileKind;
 use crate::storage::{io_err, StorageError};
 
 /// The end of every hidden name; nothing else we write ends so.
@@ -190,7 +190,7 @@ impl OutputFile {
             hasher.update(&buf[..n]);
             size += n as u64;
         }
-        Ok((size, crate::digests::hex(&hasher.finalize())))
+        Ok((size, crate::files::digests::hex(&hasher.finalize())))
     }
 
     /// Makes the file durable and puts it in place, replacing a regular file of that name.

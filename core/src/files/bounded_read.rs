@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::in_root::RootDir;
+use crate::files::in_root::RootDir;
 
 /// What kind of file is read, with the largest size accepted for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

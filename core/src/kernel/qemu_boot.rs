@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::output_file::{self, OutputError, OutputFile};
+use crate::files::output_file::{self, OutputError, OutputFile};
 use crate::storage::{io_err, StorageError};
 
 /// Where Debian's ovmf package puts the firmware: code (read-only) and a variables template,
@@ -170,7 +170,7 @@ fn run_qemu(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // A machine left running after we are killed would hold the image and a core.
-    crate::root_run::tie_to_us(&mut qemu)?;
+    crate::chroot::root_run::tie_to_us(&mut qemu)?;
     let started = Instant::now();
     let mut child = qemu.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => BootError::NoQemu(QEMU.into()),

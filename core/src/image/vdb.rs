@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
-use crate::bounded_read::{self, Limit, ReadError};
-use crate::in_root::RootDir;
+use crate::files::bounded_read::{self, Limit, ReadError};
+use crate::files::in_root::RootDir;
 
 /// Where Portage keeps the database, inside a tree.
 pub const VDB: &str = "var/db/pkg";

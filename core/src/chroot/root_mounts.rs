@@ -19,13 +19,13 @@ use rustix::mount::{
 };
 use serde::Serialize;
 
-use crate::bounded_read::{self, Limit};
-use crate::in_root::{InnerPath, RootDir};
-use crate::loop_device::{self, LoopDevice};
-use crate::mountinfo;
+use crate::chroot::loop_device::{self, LoopDevice};
+use crate::chroot::mountinfo;
+use crate::files::bounded_read::{self, Limit};
+use crate::files::in_root::{InnerPath, RootDir};
 use crate::site_config::MountsSection;
+use crate::storage::workdir::{Layout, CACHES};
 use crate::storage::{io_err, Storage, StorageError, VolumeId, VolumeKind};
-use crate::workdir::{Layout, CACHES};
 
 /// What goes on one mount point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

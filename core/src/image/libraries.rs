@@ -12,7 +12,7 @@
 //! the loader will take exists in the image.
 //!
 //! Both trees are untrusted (emerge and whatever a root's ebuilds ran wrote them): every path is
-//! resolved inside its tree (see [`crate::in_root`]), and nothing is created outside the image.
+//! resolved inside its tree (see [`crate::files::in_root`]), and nothing is created outside the image.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -27,8 +27,8 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use thiserror::Error;
 
-use crate::bounded_read::{self, Limit, ReadError};
-use crate::in_root::RootDir;
+use crate::files::bounded_read::{self, Limit, ReadError};
+use crate::files::in_root::RootDir;
 use crate::site_config::ImageLibraries;
 use crate::storage::{io_err, StorageError};
 

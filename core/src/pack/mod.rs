@@ -1,8 +1,12 @@
 //! Packers: what turns a system's layers — the root, then the site's files — into the archive
 //! the kernel unpacks at boot. The pipeline's pack step and `root pack` call the packer the site
-//! config names (`pack.packer`); the built-in one is [`crate::initramfs::Newc`], and plugins may
+//! config names (`pack.packer`); the built-in one is [`crate::pack::initramfs::Newc`], and plugins may
 //! add others. What a packer can do is in its [`PackerCapabilities`], which the callers read
 //! instead of its name.
+
+pub mod cpio;
+pub mod initramfs;
+pub mod squashfs_pack;
 
 use std::io;
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use crate::output_file::OutputError;
+use crate::files::output_file::OutputError;
 use crate::site_config::Compression;
 use crate::stage_import::Progress;
 use crate::storage::StorageError;

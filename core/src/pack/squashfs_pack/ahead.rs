@@ -339,7 +339,7 @@ mod tests {
     use rustix::fs::{Mode, OFlags};
 
     use super::*;
-    use crate::squashfs_pack::walk::Walker;
+    use crate::pack::squashfs_pack::walk::Walker;
 
     /// A tree with small files sharing fragments, files of several blocks, a hole, a duplicate
     /// and an empty file: every path of backhand's data writer.

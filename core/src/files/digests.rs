@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha512};
 
-use crate::bounded_read::{self, Limit, ReadError};
+use crate::files::bounded_read::{self, Limit, ReadError};
 
 /// A DIGESTS check that did not pass.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, Unmoun
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 use rustix::thread::UnshareFlags;
 
-use crate::root_mounts;
+use crate::chroot::root_mounts;
 use crate::storage::{io_err, StorageError};
 
 /// The PATH inside roots: Gentoo's default for root.
@@ -254,7 +254,8 @@ pub fn accept_handshake(handshake_fd: i32) -> Result<InitSpec, InitError> {
     if mount_namespace()? == caller {
         return Err(refuse("it shares its caller's mount namespace"));
     }
-    let mounts = crate::mountinfo::read().map_err(io_err("read", "/proc/self/mountinfo"))?;
+    let mounts =
+        crate::chroot::mountinfo::read().map_err(io_err("read", "/proc/self/mountinfo"))?;
     if mounts.iter().any(|m| m.point == Path::new("/") && m.shared) {
         return Err(refuse("its mount namespace is not private"));
     }

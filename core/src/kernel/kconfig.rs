@@ -23,9 +23,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
-use crate::bounded_read::{self, Limit, ReadError};
-use crate::in_root::RootDir;
-use crate::output_file::{self, OutputError, OutputFile};
+use crate::files::bounded_read::{self, Limit, ReadError};
+use crate::files::in_root::RootDir;
+use crate::files::output_file::{self, OutputError, OutputFile};
 use crate::site_config::Compression;
 
 /// What every symbol line of a `.config` starts with.

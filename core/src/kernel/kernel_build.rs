@@ -4,7 +4,7 @@
 //!
 //! The config starts from `allnoconfig` with the site's fragments (the system's kernel config,
 //! then the hardware overlays' fragments, in order) and what the pipeline needs (see
-//! [`crate::kconfig`]); after `make olddefconfig` it is checked again, since Kconfig silently
+//! [`crate::kernel::kconfig`]); after `make olddefconfig` it is checked again, since Kconfig silently
 //! drops an option whose dependencies are unmet. `make` runs on the host or inside the root
 //! (its toolchain): [`Kbuild`] is the built-in [`KernelBuilder`] for either place, and
 //! [`build`] with a [`Make`] of one's own is there for builders that plugins write.
@@ -19,12 +19,12 @@ use rustix::fs::{FileType, Mode, OFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::bounded_read::{self, Limit, ReadError};
-use crate::in_root::RootDir;
-use crate::kconfig::{self, Requirements};
-use crate::kernel_builder::{self, KernelBuilder, KernelBuilderCapabilities, KernelJob};
-use crate::output_file::{self, OutputError, OutputFile};
-use crate::root_mounts;
+use crate::chroot::root_mounts;
+use crate::files::bounded_read::{self, Limit, ReadError};
+use crate::files::in_root::RootDir;
+use crate::files::output_file::{self, OutputError, OutputFile};
+use crate::kernel::kconfig::{self, Requirements};
+use crate::kernel::{self, KernelBuilder, KernelBuilderCapabilities, KernelJob};
 use crate::storage::{io_err, StorageError};
 
 /// kbuild, on the host or inside the root: the built-in kernel builders.
@@ -227,7 +227,7 @@ pub fn find_source(volume: &Path) -> Result<PathBuf, KernelError> {
 pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> {
     let build_dir = request.build_dir;
     // An output that cannot be written is refused before minutes of make.
-    for output in kernel_builder::outputs(request.out_dir, request.name) {
+    for output in kernel::outputs(request.out_dir, request.name) {
         output_file::check_target(&output)?;
     }
     fs::create_dir_all(build_dir).map_err(io_err("create", build_dir))?;
@@ -276,8 +276,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     // 4. The results, as outputs; the old manifest goes first and the new one comes last, so
     // that a manifest never describes files that are not the ones beside it.
     fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;
-    let [image, config_out, map_out, manifest_out] =
-        kernel_builder::outputs(request.out_dir, request.name);
+    let [image, config_out, map_out, manifest_out] = kernel::outputs(request.out_dir, request.name);
     output_file::retract(&manifest_out)?;
     let built = PathBuf::from(format!("arch/{}/boot/bzImage", request.arch));
     let sha256 = publish_copy(&tree, &built, &image)?;
@@ -325,7 +324,7 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
     let mut file = fs::File::open(path).map_err(io_err("open", path))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(io_err("read", path))?;
-    Ok(crate::digests::hex(&hasher.finalize()))
+    Ok(crate::files::digests::hex(&hasher.finalize()))
 }
 
 /// `make` on the host, with the host's toolchain, its output appended to `log`; it and every
@@ -404,7 +403,7 @@ fn open_log(log: &Path) -> Result<fs::File, KernelError> {
             let st = rustix::fs::fstat(&located).map_err(fail)?;
             let file_type = FileType::from_raw_mode(st.st_mode);
             if file_type != FileType::RegularFile {
-                let kind = crate::bounded_read::FileKind::of_raw(file_type);
+                let kind = crate::files::bounded_read::FileKind::of_raw(file_type);
                 return Err(io_err("append to", log)(std::io::Error::other(format!(
                     "it is {kind}, not a regular file; remove it"
                 )))
@@ -431,7 +430,7 @@ fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), K
     let err = file.try_clone().map_err(io_err("open", log))?;
     tracing::info!("make {}", args.join(" "));
     // make (or the `root run` around it) must not go on building for a build that was killed.
-    crate::root_run::tie_to_us(&mut command)?;
+    crate::chroot::root_run::tie_to_us(&mut command)?;
     let status = command
         .stdin(Stdio::null())
         .stdout(file)

@@ -41,9 +41,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 
-use crate::in_root::{InnerPath, RootDir};
+use crate::files::in_root::{InnerPath, RootDir};
+use crate::files::output_file::{self, OutputError, OutputFile};
 use crate::names::{self, NameError};
-use crate::output_file::{self, OutputError, OutputFile};
 use crate::storage::{io_err, StorageError};
 
 use image::Image;

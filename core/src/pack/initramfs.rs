@@ -24,10 +24,10 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::cpio::{self, Header};
-use crate::in_root::RootDir;
-use crate::output_file::{self, OutputFile};
-use crate::packer::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
+use crate::files::in_root::RootDir;
+use crate::files::output_file::{self, OutputFile};
+use crate::pack::cpio::{self, Header};
+use crate::pack::{PackError, PackReport, PackRequest, Packer, PackerCapabilities};
 use crate::site_config::Compression;
 use crate::stage_import::Progress;
 use crate::storage::{io_err, StorageError};
@@ -594,7 +594,7 @@ fn write_archive(
         .finish()
         .map_err(write_err)?;
     let archive_bytes = hashing.written;
-    let sha256 = crate::digests::hex(&hashing.hasher.finalize());
+    let sha256 = crate::files::digests::hex(&hashing.hasher.finalize());
     let manifest_path = manifest_path(output);
     let archive_name = output
         .file_name()
@@ -871,5 +871,5 @@ mod tests {
 /// The packer conformance suite on the built-in packer.
 #[cfg(test)]
 mod conformance {
-    crate::packer_conformance!(|| -> Box<dyn crate::packer::Packer> { Box::new(super::Newc) });
+    crate::packer_conformance!(|| -> Box<dyn crate::pack::Packer> { Box::new(super::Newc) });
 }

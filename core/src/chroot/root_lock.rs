@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
-use crate::root_mounts::{holders, Holder};
+use crate::chroot::root_mounts::{holders, Holder};
+use crate::storage::workdir::Layout;
 use crate::storage::{io_err, StorageError};
-use crate::workdir::Layout;
 
 /// What the lock is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
