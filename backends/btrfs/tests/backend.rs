@@ -14,8 +14,9 @@ use std::process::Command;
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_core::registry::StorageSettings;
 use autogentoo_core::storage::{SnapshotId, Storage, StorageError, VolumeId, VolumeKind};
+use autogentoo_tests::{run_tool as run, ScratchBtrfs};
 use rustix::mount::{MountFlags, UnmountFlags};
-use support::{run, store_in, ScratchBtrfs};
+use support::store_in;
 
 /// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of a subvolume's top directory.
 const SUBVOLUME_ROOT_INO: u64 = 256;
@@ -129,7 +130,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_workdir_off_btrfs_is_refused_naming_its_filesystem() -> Result<()> {
-    support::require_root();
+    autogentoo_tests::require_root();
     let tmpfs = Tmpfs::new()?;
     // Not there yet: the filesystem is its nearest existing ancestor's.
     let workdir = tmpfs.path().join("work/deeper");

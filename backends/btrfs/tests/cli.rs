@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context as _, Result};
-use support::{run, ScratchBtrfs};
+use autogentoo_tests::{run_tool as run, ScratchBtrfs};
 
 /// The binary under test: `AUTOGENTOO_BIN`, else the workspace's debug build.
 fn binary() -> PathBuf {

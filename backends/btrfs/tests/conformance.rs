@@ -4,7 +4,8 @@
 mod support;
 
 use autogentoo_core::testkit::conformance::Fixture;
-use support::{store_in, ScratchBtrfs};
+use autogentoo_tests::ScratchBtrfs;
+use support::store_in;
 
 fn fresh_store() -> Fixture {
     let scratch = ScratchBtrfs::new().expect("a scratch btrfs");
