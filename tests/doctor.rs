@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use autogentoo_tests::{binary, plugin_library, require_root, run_tool, Run};
+use autogentoo_tests::{binary, isolated_binary, plugin_library, require_root, run_tool, Run};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -51,7 +51,7 @@ impl Site {
     /// `autogentoo --config SITE --workdir WORK [global…] doctor [--json]`, with no autogentoo
     /// settings or plugins from the environment; `env` is applied last.
     fn doctor(&self, global: &[&str], json: bool, env: &[(&str, &OsStr)]) -> Run {
-        let mut command = Command::new(binary());
+        let mut command = isolated_binary();
         command
             .arg("--config")
             .arg(self.config())
@@ -61,15 +61,6 @@ impl Site {
             .arg("doctor");
         if json {
             command.arg("--json");
-        }
-        for var in [
-            "AUTOGENTOO_BACKEND",
-            "AUTOGENTOO_CONFIG",
-            "AUTOGENTOO_WORKDIR",
-            "AUTOGENTOO_LOG",
-            "AUTOGENTOO_PLUGIN_PATH",
-        ] {
-            command.env_remove(var);
         }
         for (var, value) in env {
             command.env(var, value);

@@ -39,6 +39,36 @@ pub fn require_root() {
     );
 }
 
+/// The binary with no autogentoo settings from the environment and no input, so that
+/// nothing on the host changes what a test sees.
+pub fn isolated_binary() -> Command {
+    let mut command = Command::new(binary());
+    for var in [
+        "AUTOGENTOO_BACKEND",
+        "AUTOGENTOO_CONFIG",
+        "AUTOGENTOO_WORKDIR",
+        "AUTOGENTOO_LOG",
+        "AUTOGENTOO_PLUGIN_PATH",
+    ] {
+        command.env_remove(var);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs `command`, which was given `args` last, and returns what it did, shown as `shown`
+/// followed by the arguments.
+fn run_shown(mut command: Command, shown: &str, args: &[OsString]) -> Run {
+    let shown = std::iter::once(shown.to_owned())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
+    Run::new(shown, output)
+}
+
 /// What one run of the binary did.
 pub struct Run {
     pub command: String,
@@ -148,17 +178,8 @@ impl Workdir {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut command = Command::new(binary());
+        let mut command = isolated_binary();
         command.arg("--workdir").arg(&self.path).args(args);
-        for var in [
-            "AUTOGENTOO_BACKEND",
-            "AUTOGENTOO_CONFIG",
-            "AUTOGENTOO_WORKDIR",
-            "AUTOGENTOO_LOG",
-        ] {
-            command.env_remove(var);
-        }
-        command.stdin(Stdio::null());
         command
     }
 
@@ -169,16 +190,7 @@ impl Workdir {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut command = self.command(&args);
-        let shown = std::iter::once(OsString::from("autogentoo"))
-            .chain(args)
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
-        Run::new(shown, output)
+        run_shown(self.command(&args), "autogentoo", &args)
     }
 
     /// Runs the binary and panics unless it succeeds.
@@ -1379,7 +1391,7 @@ impl BackendCli {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut command = Command::new(binary());
+        let mut command = isolated_binary();
         command
             .arg("--backend")
             .arg(&self.backend)
@@ -1387,24 +1399,12 @@ impl BackendCli {
             .arg(&self.workdir)
             .arg("--config")
             .arg(&self.config)
-            .args(&args)
-            .stdin(Stdio::null());
-        for var in [
-            "AUTOGENTOO_BACKEND",
-            "AUTOGENTOO_CONFIG",
-            "AUTOGENTOO_WORKDIR",
-            "AUTOGENTOO_LOG",
-        ] {
-            command.env_remove(var);
-        }
-        let shown = std::iter::once(format!("autogentoo --backend {}", self.backend))
-            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
-        Run::new(shown, output)
+            .args(&args);
+        run_shown(
+            command,
+            &format!("autogentoo --backend {}", self.backend),
+            &args,
+        )
     }
 
     /// Runs the binary and panics unless it succeeds.

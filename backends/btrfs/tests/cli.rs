@@ -8,24 +8,10 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{ensure, Context as _, Result};
-use autogentoo_tests::{run_tool as run, ScratchBtrfs};
-
-/// The binary under test: `AUTOGENTOO_BIN`, else the workspace's debug build.
-fn binary() -> PathBuf {
-    let path = match std::env::var_os("AUTOGENTOO_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/autogentoo"),
-    };
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first: cargo build -p autogentoo-cli",
-        path.display()
-    );
-    path
-}
+use autogentoo_tests::{isolated_binary, run_tool as run, ScratchBtrfs};
 
 /// Runs the binary on `workdir` with the btrfs backend and an empty site config; it must
 /// succeed. Returns its stdout.
@@ -34,7 +20,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut command = Command::new(binary());
+    let mut command = isolated_binary();
     command
         .arg("--backend")
         .arg("btrfs")
@@ -42,16 +28,7 @@ where
         .arg(workdir)
         .arg("--config")
         .arg(config)
-        .args(args)
-        .stdin(Stdio::null());
-    for var in [
-        "AUTOGENTOO_BACKEND",
-        "AUTOGENTOO_CONFIG",
-        "AUTOGENTOO_WORKDIR",
-        "AUTOGENTOO_LOG",
-    ] {
-        command.env_remove(var);
-    }
+        .args(args);
     run(&mut command)
 }
 
