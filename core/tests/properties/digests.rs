@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use autogentoo_core::digests::expected_sha512;
+use autogentoo_core::files::digests::expected_sha512;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;

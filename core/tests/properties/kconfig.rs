@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use autogentoo_core::kconfig::{apply, check, merge, Config, KconfigError, Requirements, Value};
+use autogentoo_core::kernel::kconfig::{
+    apply, check, merge, Config, KconfigError, Requirements, Value,
+};
 use autogentoo_core::site_config::Compression;
 use proptest::collection::vec;
 use proptest::prelude::*;
