@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::{
     build_busybox_tree, example_repo, is_mount_point, list_dir, mounts_below, portage_stage,
-    run_tool, MountedWorkdir, Run,
+    run_tool, unpack_initramfs, MountedWorkdir, Run,
 };
 
 /// The site config of these tests: the example repository where the stand-in stage's
@@ -384,20 +384,6 @@ commands = ["emerge --oneshot app-misc/hello", "emerge app-misc/no-such-package"
 kernel_build = "none"
 "#;
 
-/// Unpacks a gzip newc archive with GNU cpio into `dest`.
-fn unpack(archive: &Path, dest: &Path) -> Result<()> {
-    fs::create_dir_all(dest)?;
-    run_tool(
-        Command::new("sh")
-            .arg("-c")
-            .arg("gzip -dc \"$1\" | (cd \"$2\" && cpio -idm --quiet)")
-            .arg("sh")
-            .arg(archive)
-            .arg(dest),
-    )?;
-    Ok(())
-}
-
 /// Runs a program of an unpacked image in it (`chroot`), returning what it printed.
 fn in_image(tree: &Path, command: &[&str]) -> Result<String> {
     run_tool(Command::new("chroot").arg(tree).args(command))
@@ -439,7 +425,7 @@ fn build_logs_each_step_and_packs_a_slim_image_from_the_binary_packages() -> Res
         "app-misc/greet-1.0:0 USE=\"-shout\"\ndev-libs/libgreet-1.0:0/1\n"
     );
     let unpacked = site.wd.scratch().join("unpacked");
-    unpack(&archive, &unpacked)?;
+    unpack_initramfs(&archive, &unpacked)?;
     for present in [
         "bin/busybox",
         "usr/bin/greet",
@@ -505,7 +491,7 @@ fn build_logs_each_step_and_packs_a_slim_image_from_the_binary_packages() -> Res
         rebuilt.describe()
     );
     let again = site.wd.scratch().join("unpacked-again");
-    unpack(&archive, &again)?;
+    unpack_initramfs(&archive, &again)?;
     assert_eq!(
         in_image(&again, &["/usr/bin/greet", "now", "loud"])?,
         "NOW: LOUD\n"
@@ -651,7 +637,7 @@ packages = ["app-misc/greet"]
         build.describe()
     );
     let unpacked = site.wd.scratch().join("unpacked");
-    unpack(
+    unpack_initramfs(
         &site.wd.path().join("out/hostile/initramfs.cpio.gz"),
         &unpacked,
     )?;

@@ -522,6 +522,21 @@ pub fn extract_reference(archive: &Path, dest: &Path) -> Result<()> {
     .map(drop)
 }
 
+/// Unpacks a gzip newc archive (an initramfs of ours) with GNU cpio into `dest`.
+pub fn unpack_initramfs(archive: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest)?;
+    run_tool(
+        Command::new("sh")
+            .arg("-c")
+            .arg("gzip -dc \"$1\" | (cd \"$2\" && cpio -idm --quiet)")
+            .arg("sh")
+            .arg(archive)
+            .arg(dest),
+    )
+    .context("cannot unpack the initramfs (apt-get install cpio gzip)")?;
+    Ok(())
+}
+
 /// GNU tar's verbose listing, with every xattr name shown.
 pub fn archive_listing(archive: &Path) -> Result<String> {
     gnu_tar([

@@ -1,7 +1,8 @@
 //! What every command needs: the site configuration, the global options laid over it, the
 //! plugins, and the storage backend they select.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context as _, Result};
 use autogentoo_core::kernel::kernel_build::Kbuild;
@@ -12,6 +13,7 @@ use autogentoo_core::registry::{Registry, StorageSettings};
 use autogentoo_core::site_config::SiteConfig;
 use autogentoo_core::storage::workdir::Layout;
 use autogentoo_core::storage::Storage;
+use autogentoo_pipeline::RootRunner;
 use clap::Args;
 
 use crate::plugins::{self, Plugins};
@@ -129,8 +131,8 @@ impl Context {
 
     /// This program again, with the same backend, workdir and site config: for steps that must
     /// run in a process of their own (`root run` enters namespaces it never leaves).
-    pub fn reinvoke(&self) -> std::process::Command {
-        let mut command = std::process::Command::new("/proc/self/exe");
+    pub fn reinvoke(&self) -> Command {
+        let mut command = Command::new("/proc/self/exe");
         command.arg("--backend").arg(&self.backend);
         command.arg("--workdir").arg(&self.settings.workdir);
         if let Some(path) = &self.config_path {
@@ -158,5 +160,19 @@ impl Context {
     pub fn storage(&self) -> Result<Box<dyn Storage>> {
         let factory = self.registry.storage(&self.backend)?;
         Ok(factory(&self.settings)?)
+    }
+}
+
+/// The pipeline runs commands in roots as `root run ROOT [--image DIR] -- ARGV…` of this
+/// program.
+impl RootRunner for Context {
+    fn command(&self, root: &str, image: Option<&Path>, argv: &[String]) -> Command {
+        let mut command = self.reinvoke();
+        command.args(["root", "run", root]);
+        if let Some(image) = image {
+            command.arg("--image").arg(image);
+        }
+        command.arg("--").args(argv);
+        command
     }
 }

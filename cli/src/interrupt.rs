@@ -14,3 +14,39 @@ pub fn cancel_flag() -> Result<Arc<AtomicBool>> {
         .context("cannot install the interrupt handler")?;
     Ok(cancel)
 }
+
+/// Interrupts during a build. The steps that poll a cancel flag (the pack) stop cleanly when it
+/// is set; during any other step an interrupt ends the process at once, as the signal would
+/// have, and the commands we started die with us (they are tied to us).
+pub struct BuildInterrupt {
+    cancel: Arc<AtomicBool>,
+    polled: Arc<AtomicBool>,
+}
+
+impl BuildInterrupt {
+    pub fn install() -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let polled = Arc::new(AtomicBool::new(false));
+        let (flag, polling) = (Arc::clone(&cancel), Arc::clone(&polled));
+        ctrlc::set_handler(move || {
+            if polling.load(Ordering::SeqCst) {
+                flag.store(true, Ordering::SeqCst);
+            } else {
+                eprintln!("interrupted");
+                std::process::exit(130);
+            }
+        })
+        .context("cannot install the interrupt handler")?;
+        Ok(Self { cancel, polled })
+    }
+
+    /// The flag for the steps that poll it.
+    pub fn cancel(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    /// Whether the step under way polls the flag.
+    pub fn set_polled(&self, polled: bool) {
+        self.polled.store(polled, Ordering::SeqCst);
+    }
+}

@@ -16,12 +16,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use autogentoo_core::pack::Layer;
-use autogentoo_core::pipeline::Fingerprint;
 use autogentoo_core::registry::Registry;
 use autogentoo_core::site_config::PluginsSection;
+use autogentoo_pipeline::state::Fingerprint;
+use autogentoo_pipeline::{Hooks, PluginOutcome, StepName};
 use autogentoo_plugin_api::host::{self, LoadedPlugin, PluginHooks};
-use autogentoo_plugin_api::{ExtraLayer, HookPoint, Step, Values, SETTING_PREFIX};
+use autogentoo_plugin_api::{HookError, HookPoint, Step, Values, SETTING_PREFIX};
 
 use trust::{Distrust, Library, PluginDir};
 
@@ -186,8 +186,8 @@ impl Plugins {
         Ok(())
     }
 
-    /// The hooks of the pipeline for one build.
-    pub fn step_hooks(&self, system: &str, common: Values, quiet: bool) -> StepHooks {
+    /// The hooks of the pipeline for one build of `system`.
+    pub fn step_hooks(&self, system: &str) -> StepHooks {
         let mut hooks = Vec::new();
         let mut plugins = Vec::new();
         for plugin in &self.loaded {
@@ -206,8 +206,6 @@ impl Plugins {
             hooks,
             plugins,
             system: system.to_owned(),
-            common,
-            quiet,
         }
     }
 }
@@ -219,16 +217,13 @@ pub struct StepHooks {
     /// The plugins with hooks: name, version and settings, for the steps' fingerprints.
     plugins: Vec<String>,
     system: String,
-    /// Inputs every step has: `workdir`, `backend`, `out_dir`.
-    common: Values,
-    quiet: bool,
 }
 
-impl StepHooks {
+impl Hooks for StepHooks {
     /// Adds the plugins that hook the steps, their versions and settings, to a step's
     /// fingerprint, so that a new, upgraded or reconfigured plugin makes the step run again.
     /// Without any, adds nothing.
-    pub fn mark(&self, fingerprint: Fingerprint) -> Fingerprint {
+    fn mark(&self, fingerprint: Fingerprint) -> Fingerprint {
         if self.plugins.is_empty() {
             fingerprint
         } else {
@@ -236,62 +231,32 @@ impl StepHooks {
         }
     }
 
-    /// Runs the `before` hooks of `step`; returns the extra layers they ask to pack.
-    pub fn before(&self, step: &str, inputs: &Values) -> Result<Vec<Layer>> {
-        let mut layers = Vec::new();
-        for extra in self.run(HookPoint::Before, step, inputs, &Values::default())? {
-            layers.push(Layer {
-                name: extra.name,
-                path: extra.path,
-                site: true,
-            });
-        }
-        Ok(layers)
-    }
-
-    /// Runs the `after` hooks of `step`.
-    pub fn after(&self, step: &str, inputs: &Values, outputs: &Values) -> Result<()> {
-        self.run(HookPoint::After, step, inputs, outputs).map(drop)
-    }
-
+    /// Runs each plugin's hooks with the step's inputs and the plugin's settings.
     fn run(
         &self,
         point: HookPoint,
-        step: &str,
+        step: StepName,
         inputs: &Values,
         outputs: &Values,
-    ) -> Result<Vec<ExtraLayer>> {
-        let mut all = self.common.clone();
-        for (key, value) in inputs.iter() {
-            all.set(key, value);
-        }
-        let mut layers = Vec::new();
+    ) -> Result<Vec<PluginOutcome>, HookError> {
+        let mut outcomes = Vec::new();
         for (hooks, settings) in &self.hooks {
-            let mut inputs = all.clone();
+            let mut inputs = inputs.clone();
             for (key, value) in settings.iter() {
                 inputs.set(key, value);
             }
             let seen = Step {
                 system: self.system.clone(),
-                name: step.to_owned(),
+                name: step.as_str().to_owned(),
                 inputs,
                 outputs: outputs.clone(),
             };
             let outcome = hooks.run(point, &seen)?;
-            if !self.quiet {
-                for note in &outcome.notes {
-                    eprintln!("note {step:<8} {}: {note}", hooks.plugin());
-                }
-            }
-            if !outcome.layers.is_empty() && (point, step) != (HookPoint::Before, "pack") {
-                tracing::warn!(
-                    "plugin '{}' asked to pack extra layers {point} {step}; only before pack counts",
-                    hooks.plugin()
-                );
-                continue;
-            }
-            layers.extend(outcome.layers);
+            outcomes.push(PluginOutcome {
+                plugin: hooks.plugin().to_owned(),
+                outcome,
+            });
         }
-        Ok(layers)
+        Ok(outcomes)
     }
 }

@@ -473,6 +473,25 @@ impl SiteConfig {
         }
     }
 
+    /// The kernel config fragments of a system, in order: its `kernel_config`, then a
+    /// `NAME.kconfig` beside each overlay directory that has one
+    /// (`overlays/hardware/qemu-x86_64.kconfig`).
+    pub fn kernel_fragments(&self, system: &SystemConfig) -> Result<Vec<PathBuf>, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(path) = &system.kernel_config {
+            out.push(path.clone());
+        }
+        for overlay in &system.overlays {
+            let mut fragment = self.overlay_dir(overlay)?.into_os_string();
+            fragment.push(".kconfig");
+            let fragment = PathBuf::from(fragment);
+            if fragment.is_file() {
+                out.push(fragment);
+            }
+        }
+        Ok(out)
+    }
+
     /// The system called `name`.
     pub fn system(&self, name: &str) -> Result<&SystemConfig, ConfigError> {
         self.systems

@@ -19,6 +19,8 @@ pub enum LockKind {
     Use,
     /// Held exclusive while mounting or unmounting.
     Mounts,
+    /// Held exclusive by the build of a system (the name is the system's, not a root's).
+    Build,
 }
 
 /// A held lock; dropping it lets go.
@@ -33,6 +35,11 @@ pub enum LockError {
     Storage(#[from] StorageError),
     #[error("root '{root}' is in use by {}; wait for it or stop it", describe(.holders))]
     Busy { root: String, holders: Vec<Holder> },
+    #[error("system '{system}' is being built by {}; wait for it or stop it", describe(.holders))]
+    Building {
+        system: String,
+        holders: Vec<Holder>,
+    },
 }
 
 fn describe(holders: &[Holder]) -> String {
@@ -50,6 +57,7 @@ fn lock_path(layout: &Layout, root: &str, kind: LockKind) -> PathBuf {
     let suffix = match kind {
         LockKind::Use => "use",
         LockKind::Mounts => "mounts",
+        LockKind::Build => return layout.locks().join(format!("system.{root}.build")),
     };
     layout.locks().join(format!("root.{root}.{suffix}"))
 }
@@ -88,6 +96,10 @@ impl RootLock {
         let (file, path) = open(layout, root, kind)?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Self { _file: file }),
+            Err(Errno::WOULDBLOCK) if kind == LockKind::Build => Err(LockError::Building {
+                system: root.to_owned(),
+                holders: holders(&path),
+            }),
             Err(Errno::WOULDBLOCK) => Err(LockError::Busy {
                 root: root.to_owned(),
                 holders: holders(&path),

@@ -9,13 +9,13 @@ pub mod initramfs;
 pub mod squashfs_pack;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
 use crate::files::output_file::OutputError;
-use crate::site_config::Compression;
+use crate::site_config::{Compression, ConfigError, SiteConfig};
 use crate::stage_import::Progress;
 use crate::storage::StorageError;
 
@@ -63,7 +63,7 @@ pub struct PackerCapabilities {
     pub manifest: bool,
 }
 
-impl dyn Packer {
+impl dyn Packer + '_ {
     /// Refuses a compression the packer does not write, before anything is read or written.
     pub fn check(&self, compression: Compression) -> Result<(), PackError> {
         let capabilities = self.capabilities();
@@ -86,6 +86,36 @@ pub struct Layer {
     pub path: PathBuf,
     /// Site files are packed as owned by root unless `keep_site_owners`.
     pub site: bool,
+}
+
+/// The layers of a root's initramfs: the root, the site's `common/`, then the overlays in
+/// order (`KIND/NAME` under the site's overlays/).
+pub fn site_layers(
+    config: &SiteConfig,
+    root_name: &str,
+    root_path: &Path,
+    overlays: &[String],
+) -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = vec![Layer {
+        name: format!("root:{root_name}"),
+        path: root_path.to_owned(),
+        site: false,
+    }];
+    if let Some(common) = config.common_dir() {
+        layers.push(Layer {
+            name: "common".into(),
+            path: common,
+            site: true,
+        });
+    }
+    for overlay in overlays {
+        layers.push(Layer {
+            name: overlay.clone(),
+            path: config.overlay_dir(overlay)?,
+            site: true,
+        });
+    }
+    Ok(layers)
 }
 
 /// What to pack and how.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::site_config::Compression;
 use crate::storage::{io_err, Capabilities, Storage, StorageError, Usage, VolumeId, VolumeKind};
 
 /// The cache volumes every workdir has, mounted into roots.
@@ -44,6 +45,18 @@ impl Layout {
     /// Lock files, one set per root.
     pub fn locks(&self) -> PathBuf {
         self.workdir.join(".locks")
+    }
+
+    /// Where `root pack` and the pipeline put a root's initramfs: `out/ROOT/initramfs.cpio`
+    /// with the compression's suffix.
+    pub fn initramfs(&self, root: &str, compression: Compression) -> PathBuf {
+        let file = match compression {
+            Compression::Gzip => "initramfs.cpio.gz",
+            Compression::Zstd => "initramfs.cpio.zst",
+            Compression::Xz => "initramfs.cpio.xz",
+            Compression::None => "initramfs.cpio",
+        };
+        self.out().join(root).join(file)
     }
 }
 

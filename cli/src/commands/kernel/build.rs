@@ -1,13 +1,11 @@
-//! `autogentoo kernel build`, and the kernel step of `build SYSTEM`.
+//! `autogentoo kernel build`: the pipeline's kernel step on its own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _, Result};
-use autogentoo_core::chroot::root_mounts::umount_all;
-use autogentoo_core::kernel::kernel_build::{self, Kbuild, KernelReport};
-use autogentoo_core::kernel::{KernelBuilder, KernelJob};
-use autogentoo_core::site_config::{Compression, SystemConfig};
-use autogentoo_core::storage::{Storage, StorageError, VolumeId, VolumeKind};
+use anyhow::{bail, Result};
+use autogentoo_core::kernel::kernel_build::Kbuild;
+use autogentoo_core::site_config::SystemConfig;
+use autogentoo_pipeline::kernel::{self, KernelStep};
 use clap::Args;
 
 use crate::context::Context;
@@ -51,15 +49,20 @@ pub struct BuildArgs {
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let (name, system) = system_of_root(ctx, args.system.as_deref(), &args.root)?;
     let compression = ctx.config.pack.compression;
+    let layout = ctx.layout();
     let initramfs = args
         .initramfs
-        .unwrap_or_else(|| default_initramfs(ctx, &args.root, compression));
+        .unwrap_or_else(|| layout.initramfs(&args.root, compression));
     let builder = ctx.kernel_builder(match (&args.builder, args.host) {
         (Some(name), _) => name.as_str(),
         (None, true) => Kbuild::HOST,
         (None, false) => system.kernel_build.as_str(),
     })?;
-    let job = KernelStep {
+    let storage = ctx.storage()?;
+    let report = kernel::build(&KernelStep {
+        config: &ctx.config,
+        storage: &*storage,
+        layout: &layout,
         system_name: &name,
         system: &system,
         root: &args.root,
@@ -68,25 +71,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         initramfs: &initramfs,
         compression,
         unmount_after: false,
-    };
-    let report = build_kernel(ctx, &job)?;
+    })?;
     if ctx.json {
         output::json(&report);
     } else {
         println!("{}", report.image.display());
     }
     Ok(())
-}
-
-/// Where `root pack` puts a root's initramfs by default.
-pub fn default_initramfs(ctx: &Context, root: &str, compression: Compression) -> PathBuf {
-    let file = match compression {
-        Compression::Gzip => "initramfs.cpio.gz",
-        Compression::Zstd => "initramfs.cpio.zst",
-        Compression::Xz => "initramfs.cpio.xz",
-        Compression::None => "initramfs.cpio",
-    };
-    ctx.layout().out().join(root).join(file)
 }
 
 /// The system a root belongs to: named, or the only system of the site config using that root.
@@ -109,120 +100,4 @@ fn system_of_root(
         [] => bail!("no system of the site config uses root '{root}'; pass --system or --config"),
         _ => bail!("several systems use root '{root}'; pass --system"),
     }
-}
-
-/// One kernel build: for `kernel build` and for the pipeline.
-pub struct KernelStep<'a> {
-    pub system_name: &'a str,
-    pub system: &'a SystemConfig,
-    pub root: &'a str,
-    pub kernel: Option<&'a str>,
-    pub builder: &'a dyn KernelBuilder,
-    pub initramfs: &'a Path,
-    pub compression: Compression,
-    /// Unmount the root after a builder that used it (the pipeline does; `kernel build` leaves
-    /// the root as `kernel mount` would).
-    pub unmount_after: bool,
-}
-
-/// The kernel volume: named, the system's, or the only one there is; it must exist.
-pub fn kernel_volume(storage: &dyn Storage, named: Option<&str>) -> Result<VolumeId> {
-    if let Some(name) = named {
-        let id = VolumeId::new(VolumeKind::Kernel, name)?;
-        return match storage.get(&id) {
-            Ok(_) => Ok(id),
-            Err(StorageError::NotFound(_)) => bail!(
-                "kernel sources '{name}' are not imported; run `autogentoo kernel import SOURCE --name {name}` \
-                 (`autogentoo kernel list` shows those that are)"
-            ),
-            Err(other) => Err(other.into()),
-        };
-    }
-    let kernels = storage.list(VolumeKind::Kernel)?;
-    match kernels.as_slice() {
-        [only] => Ok(only.id.clone()),
-        [] => {
-            bail!("no kernel sources imported; run `autogentoo kernel import SOURCE --name NAME`")
-        }
-        _ => bail!("several kernel volumes; name one with --kernel or the system's `kernel`"),
-    }
-}
-
-/// The config fragments of a system, in order: its kernel config, then a `NAME.kconfig` beside
-/// each overlay directory that has one (`overlays/hardware/qemu-x86_64.kconfig`).
-pub fn fragments(ctx: &Context, system: &SystemConfig) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if let Some(path) = &system.kernel_config {
-        out.push(path.clone());
-    }
-    for overlay in &system.overlays {
-        let dir = ctx.config.overlay_dir(overlay)?;
-        let mut fragment = dir.clone().into_os_string();
-        fragment.push(".kconfig");
-        let fragment = PathBuf::from(fragment);
-        if fragment.is_file() {
-            out.push(fragment);
-        }
-    }
-    Ok(out)
-}
-
-/// Builds a system's kernel with the job's builder.
-pub fn build_kernel(ctx: &Context, job: &KernelStep) -> Result<KernelReport> {
-    let storage = ctx.storage()?;
-    let layout = ctx.layout();
-    let builder = job.builder;
-    let kernel = kernel_volume(&*storage, job.kernel.or(job.system.kernel.as_deref()))?;
-    let volume = storage.get(&kernel)?;
-    let source = kernel_build::find_source(&volume.path)?;
-    let root_path = storage.path(&VolumeId::new(VolumeKind::Root, job.root)?)?;
-    if !job.initramfs.is_file() {
-        bail!(
-            "{} does not exist; pack the root first (`autogentoo root pack {}`)",
-            job.initramfs.display(),
-            job.root
-        );
-    }
-    let inputs = vec![
-        (
-            "initramfs_sha256".to_owned(),
-            kernel_build::sha256_file(job.initramfs)?,
-        ),
-        (
-            "kernel".to_owned(),
-            format!("{} (created {})", kernel.name(), volume.created),
-        ),
-        ("builder".to_owned(), builder.name().to_owned()),
-    ];
-    let fragments = fragments(ctx, job.system)?;
-    let build_dir = layout.kernel_builds().join(job.system_name);
-    let out_dir = layout.out().join(job.system_name);
-    let request = KernelJob {
-        system: job.system_name,
-        root: job.root,
-        root_path: &root_path,
-        source: &source,
-        build_dir: &build_dir,
-        fragments: &fragments,
-        initramfs: job.initramfs,
-        compression: job.compression,
-        cmdline: job.system.cmdline.as_deref(),
-        arch: "x86",
-        jobs: ctx.config.build.jobs,
-        out_dir: &out_dir,
-        inputs: &inputs,
-    };
-    let built = builder.build(&request);
-    // A builder that used the root leaves its kernel mounts there; so does a failed one.
-    if builder.capabilities().uses_root && job.unmount_after {
-        umount_all(&root_path, false)
-            .with_context(|| format!("cannot unmount root '{}'", job.root))?;
-    }
-    built.with_context(|| {
-        format!(
-            "cannot build the kernel of system '{}' ({} builder)",
-            job.system_name,
-            builder.name()
-        )
-    })
 }

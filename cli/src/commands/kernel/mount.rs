@@ -5,9 +5,9 @@ use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
 use autogentoo_core::chroot::root_mounts::{self, mount_all};
 use autogentoo_core::kernel::kernel_build;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
+use autogentoo_pipeline::kernel::kernel_volume;
 use clap::Args;
 
-use super::build::{default_initramfs, kernel_volume};
 use crate::context::Context;
 use crate::output;
 
@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, args: MountArgs) -> Result<()> {
     let layout = ctx.layout();
     let system = args.system.as_deref().unwrap_or(&args.root);
     let build_dir = layout.kernel_builds().join(system);
-    let initramfs = default_initramfs(ctx, &args.root, ctx.config.pack.compression);
+    let initramfs = layout.initramfs(&args.root, ctx.config.pack.compression);
     let initramfs_dir = initramfs
         .parent()
         .expect("a file has a directory")

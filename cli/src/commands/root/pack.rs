@@ -1,10 +1,10 @@
 //! `autogentoo root pack`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
-use autogentoo_core::pack::{Layer, PackRequest};
+use autogentoo_core::pack::{self, PackRequest};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 use clap::{Args, ValueEnum};
@@ -99,10 +99,10 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
         None => args.overlay.clone(),
     };
     let root_path = storage.path(&VolumeId::new(VolumeKind::Root, &args.name)?)?;
-    let layers = layers(ctx, &args.name, &root_path, &overlays)?;
-    let output = args.output.unwrap_or_else(|| {
-        crate::commands::kernel::build::default_initramfs(ctx, &args.name, compression)
-    });
+    let layers = pack::site_layers(config, &args.name, &root_path, &overlays)?;
+    let output = args
+        .output
+        .unwrap_or_else(|| ctx.layout().initramfs(&args.name, compression));
     let source_date_epoch =
         match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(value) => Some(value.trim().parse::<u64>().with_context(|| {
@@ -142,34 +142,4 @@ pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
         println!("{}", report.archive.display());
     }
     Ok(())
-}
-
-/// The layers of an initramfs: the root, the site's `common/`, the overlays in order.
-pub fn layers(
-    ctx: &Context,
-    root_name: &str,
-    root_path: &Path,
-    overlays: &[String],
-) -> Result<Vec<Layer>> {
-    let config = &ctx.config;
-    let mut layers = vec![Layer {
-        name: format!("root:{root_name}"),
-        path: root_path.to_owned(),
-        site: false,
-    }];
-    if let Some(common) = config.common_dir() {
-        layers.push(Layer {
-            name: "common".into(),
-            path: common,
-            site: true,
-        });
-    }
-    for overlay in overlays {
-        layers.push(Layer {
-            name: overlay.clone(),
-            path: config.overlay_dir(overlay)?,
-            site: true,
-        });
-    }
-    Ok(layers)
 }

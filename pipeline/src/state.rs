@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::files::bounded_read::{self, Limit, ReadError};
-use crate::files::output_file::{self, OutputError};
-use crate::storage::{io_err, StorageError};
+use autogentoo_core::files::bounded_read::{self, Limit, ReadError};
+use autogentoo_core::files::output_file::{self, OutputError};
+use autogentoo_core::storage::{io_err, StorageError};
 
 /// The fingerprints recorded by the last successful run of each step.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ impl Fingerprint {
     }
 
     pub fn finish(self) -> String {
-        crate::files::digests::hex(&self.hasher.finalize())
+        autogentoo_core::files::digests::hex(&self.hasher.finalize())
     }
 }
 
