@@ -16,6 +16,9 @@ use anyhow::{bail, ensure, Context as _, Result};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
 use tempfile::TempDir;
 
+#[path = "support/postgres.rs"]
+pub mod postgres;
+
 /// The binary under test: `AUTOGENTOO_BIN`, else the workspace's debug build.
 pub fn binary() -> PathBuf {
     let path = match std::env::var_os("AUTOGENTOO_BIN") {
@@ -49,6 +52,7 @@ pub fn isolated_binary() -> Command {
         "AUTOGENTOO_WORKDIR",
         "AUTOGENTOO_LOG",
         "AUTOGENTOO_PLUGIN_PATH",
+        "AUTOGENTOO_DATABASE_URL",
     ] {
         command.env_remove(var);
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result};
-use autogentoo_core::kernel::kernel_build::Kbuild;
+use autogentoo_core::kernel::kernel_build::{sha256_file, Kbuild};
 use autogentoo_core::kernel::KernelBuilder;
 use autogentoo_core::pack::initramfs::Newc;
 use autogentoo_core::pack::Packer;
@@ -13,6 +13,7 @@ use autogentoo_core::registry::{Registry, StorageSettings};
 use autogentoo_core::site_config::SiteConfig;
 use autogentoo_core::storage::workdir::Layout;
 use autogentoo_core::storage::Storage;
+use autogentoo_db::{Database, Location, URL_VAR};
 use autogentoo_pipeline::RootRunner;
 use clap::Args;
 
@@ -156,6 +157,25 @@ impl Context {
         Ok(factory()?)
     }
 
+    /// Opens the build database: `AUTOGENTOO_DATABASE_URL`, else the site config's
+    /// `[database]`, else SQLite in the workdir.
+    pub fn database(&self) -> Result<Database> {
+        let location = Location::resolve(
+            std::env::var(URL_VAR).ok(),
+            &self.config.database,
+            &self.settings.workdir,
+        )?;
+        Ok(Database::open(&location)?)
+    }
+
+    /// The SHA-256 of the site config file, empty for the built-in defaults.
+    pub fn config_hash(&self) -> Result<String> {
+        match &self.config_path {
+            Some(path) => Ok(sha256_file(path)?),
+            None => Ok(String::new()),
+        }
+    }
+
     /// Opens the selected backend over the workdir.
     pub fn storage(&self) -> Result<Box<dyn Storage>> {
         let factory = self.registry.storage(&self.backend)?;
@@ -175,4 +195,14 @@ impl RootRunner for Context {
         command.arg("--").args(argv);
         command
     }
+}
+
+/// Who started the build (or a publication), and through what: the user (the one behind
+/// sudo, when there is one) and this program.
+pub fn started_by() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    format!("{user} (autogentoo)")
 }

@@ -94,6 +94,10 @@ pub struct SiteConfig {
     pub systems: BTreeMap<String, SystemConfig>,
     /// Where plugins are loaded from.
     pub plugins: PluginsSection,
+    /// Where builds are recorded.
+    pub database: DatabaseSection,
+    /// Which recorded builds `builds purge` removes.
+    pub retention: RetentionSection,
     /// The directory holding the file, which its relative paths were resolved against; `None`
     /// for the built-in defaults.
     #[serde(skip)]
@@ -119,6 +123,44 @@ impl Default for StorageSection {
             backend: "dir".to_owned(),
             workdir: PathBuf::from("/var/lib/autogentoo"),
             zfs_dataset: None,
+        }
+    }
+}
+
+/// `[database]`: where builds are recorded. Without a URL, in SQLite at
+/// `WORKDIR/autogentoo.db`; `AUTOGENTOO_DATABASE_URL` in the environment overrides both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// A PostgreSQL URL (`postgres://autogentoo@db.example/autogentoo`), for a farm. It never
+    /// holds the password: that goes in `password_file`.
+    pub url: Option<String>,
+    /// A file holding the database password, relative to the site directory unless absolute.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[retention]`: which builds `builds purge` removes, in buckets as Gentoo Build Publisher
+/// keeps them. Kept and published builds, and a system's newest successful one, never go.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Every build of this many last days stays.
+    pub all_days: u32,
+    /// Then the newest build of each day, for this many days.
+    pub daily_days: u32,
+    /// Then the newest of each week, for this many days.
+    pub weekly_days: u32,
+    /// Then the newest of each month (30 days), for this many days; nothing older stays.
+    pub monthly_days: u32,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            all_days: 1,
+            daily_days: 7,
+            weekly_days: 31,
+            monthly_days: 365,
         }
     }
 }
@@ -432,6 +474,9 @@ impl SiteConfig {
         for dir in &mut config.plugins.dirs {
             *dir = site_dir.join(&*dir);
         }
+        if let Some(file) = &mut config.database.password_file {
+            *file = site_dir.join(&*file);
+        }
         for (name, table) in &config.plugins.tables {
             let settings = table
                 .as_table()
@@ -514,6 +559,30 @@ impl SiteConfig {
                         format!("`{dataset}` is not a dataset like tank/autogentoo: {error}"),
                     )
                 })?;
+            }
+        }
+
+        if let Some(url) = &self.database.url {
+            let key = [Field("database"), Field("url")];
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(c.error(
+                    &key,
+                    "not a PostgreSQL URL (postgres://USER@HOST/DB); without a URL builds are \
+                     recorded in WORKDIR/autogentoo.db",
+                ));
+            }
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            let has_password = authority
+                .rsplit_once('@')
+                .is_some_and(|(user, _)| user.contains(':'))
+                || rest.contains("password=");
+            if has_password {
+                return Err(c.error(
+                    &key,
+                    "the URL holds a password; put it in `database.password_file` (or the whole \
+                     URL in AUTOGENTOO_DATABASE_URL), never in the site config",
+                ));
             }
         }
 
@@ -978,6 +1047,29 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_with_a_password_or_of_another_kind_is_refused() {
+        let refused = error("[database]\nurl = \"postgres://farm:s3cret@db.example/farm\"\n");
+        assert!(
+            refused.starts_with("config/autogentoo.toml:2: database.url: the URL holds a password"),
+            "{refused}"
+        );
+        assert!(!refused.contains("s3cret"), "{refused}");
+        let refused = error("[database]\nurl = \"postgres://db.example/farm?password=x\"\n");
+        assert!(refused.contains("holds a password"), "{refused}");
+        let refused = error("[database]\nurl = \"mysql://db.example/farm\"\n");
+        assert!(refused.contains("not a PostgreSQL URL"), "{refused}");
+        let config = SiteConfig::parse(
+            "[database]\nurl = \"postgres://farm@db.example/farm\"\npassword_file = \"db.pass\"\n",
+            Path::new(ORIGIN),
+        )
+        .unwrap();
+        assert_eq!(
+            config.database.password_file,
+            Some(PathBuf::from("config/db.pass"))
+        );
+    }
+
+    #[test]
     fn the_shipped_example_loads_and_its_files_exist() {
         let config = SiteConfig::load(&example_path()).unwrap();
         let site_dir = config.site_dir.clone().unwrap();
@@ -1116,7 +1208,8 @@ mod tests {
         assert_eq!(
             error("backend = \"dir\"\n"),
             "config/autogentoo.toml:1: unknown field `backend`, \
-             expected one of `storage`, `build`, `mounts`, `pack`, `systems`, `plugins`"
+             expected one of `storage`, `build`, `mounts`, `pack`, `systems`, `plugins`, \
+             `database`, `retention`"
         );
         assert_eq!(
             error("# site\n\n[storage]\nbakend = \"zfs\"\n"),

@@ -13,7 +13,8 @@ use crate::host::{self, cargo};
 /// What the real tier drives: GNU tar, cpio and the compressors, xattr and capability tools,
 /// busybox for test roots, SquashFS tools, btrfs and ZFS, kernel sources with what building
 /// them takes, QEMU and OVMF to boot the result, debootstrap for a root with a toolchain, and
-/// the shells and man that load the completion scripts and render the manual pages.
+/// the shells and man that load the completion scripts and render the manual pages, and
+/// PostgreSQL (its programs: the build database's tests run private clusters).
 const PACKAGES: &[&str] = &[
     "tar",
     "cpio",
@@ -48,6 +49,7 @@ const PACKAGES: &[&str] = &[
     "fish",
     "man-db",
     "groff-base",
+    "postgresql",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use autogentoo_core::site_config::NO_KERNEL;
+use autogentoo_db::Recorder;
 use autogentoo_pipeline::{Event, Observer, Request, StepName};
 use clap::Args;
 
@@ -63,8 +64,36 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         pretend: args.pretend,
         interrupt: &interrupt,
     };
-    let mut shown = shown;
-    let outcome = autogentoo_pipeline::run(&request, &mut shown)?;
+    // Every build that runs is recorded; a pretend one changes nothing, the database neither.
+    let database = if args.pretend {
+        None
+    } else {
+        Some(ctx.database()?)
+    };
+    let recorder = match &database {
+        Some(db) => Some(Recorder::new(
+            db,
+            &args.system,
+            &crate::context::started_by(),
+            &ctx.config_hash()?,
+            &ctx.layout().out(),
+        )),
+        None => None,
+    };
+    let mut observers = (shown, recorder);
+    let result = autogentoo_pipeline::run(&request, &mut observers);
+    let (_, recorder) = observers;
+    let recorded = match recorder {
+        Some(recorder) => recorder.finish(result.as_ref().map(drop))?,
+        None => None,
+    };
+    let outcome = result?;
+    if let (Some(number), false) = (recorded, ctx.quiet || ctx.json) {
+        eprintln!(
+            "recorded as build {number} of '{}' (`autogentoo builds show {} {number}`)",
+            args.system, args.system
+        );
+    }
     if !ctx.json && !args.pretend {
         println!("{}", outcome.path.display());
     }

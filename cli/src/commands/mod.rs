@@ -2,6 +2,7 @@
 //! the help text) and one `run` function, dispatched from the single `match` in [`run`].
 
 mod build;
+mod builds;
 mod chroot;
 mod completions;
 mod doctor;
@@ -9,6 +10,7 @@ mod internal_init;
 mod kernel;
 mod man;
 mod plugin;
+mod publish;
 mod repo;
 mod root;
 mod stage;
@@ -54,6 +56,11 @@ pub enum Command {
     Repo(repo::RepoCommand),
     /// The standard pipeline for a system of the site config, each step skipped when unchanged
     Build(build::BuildArgs),
+    /// The builds the database recorded: list, show, logs, diff, keep, purge
+    #[command(subcommand)]
+    Builds(builds::BuildsCommand),
+    /// Point published/SYSTEM at a recorded build's results
+    Publish(publish::PublishArgs),
     /// Kernel sources, configs, builds and boots
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
@@ -107,6 +114,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::List(args)) => builds::list::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Show(args)) => builds::show::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Log(args)) => builds::log::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Diff(args)) => builds::diff::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Keep(args)) => builds::keep::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Purge(args)) => builds::purge::run(&ctx, args),
+        Command::Publish(args) => publish::run(&ctx, args),
         Command::Plugin(plugin::PluginCommand::List(args)) => plugin::list::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::InternalInit(_) | Command::Completions(_) | Command::Man(_) => {

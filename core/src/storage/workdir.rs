@@ -42,6 +42,11 @@ impl Layout {
         self.workdir.join("kbuild")
     }
 
+    /// Links to published builds' results (`autogentoo publish`).
+    pub fn published(&self) -> PathBuf {
+        self.workdir.join("published")
+    }
+
     /// Lock files, one set per root.
     pub fn locks(&self) -> PathBuf {
         self.workdir.join(".locks")

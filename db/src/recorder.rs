@@ -1,0 +1,362 @@
+//! The recorder: an observer of the pipeline that writes a build into the database as it runs
+//! (the build when its plan comes, each step as it ends, with what its commands printed), and
+//! keeps its results in `out/SYSTEM/N/`: each file hard-linked, so a file no step changed is
+//! one inode shared with the build before, and last week's image is still there after this
+//! week's builds replaced it in `out/SYSTEM/`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use autogentoo_pipeline::{ArtifactKind, Event, Observer, PipelineError, StepName};
+use sha2::{Digest, Sha256};
+
+use crate::{Artifact, Database, DbError, Outcome, Step};
+
+/// How hard the logs are compressed: zstd's default, a fraction of a second for a long emerge.
+const LOG_LEVEL: i32 = 3;
+
+/// Records one build of one system.
+pub struct Recorder<'d> {
+    db: &'d Database,
+    system: String,
+    started_by: String,
+    config_hash: String,
+    out_root: PathBuf,
+    /// The build's number and results directory, once its plan came.
+    begun: Option<(i64, PathBuf)>,
+    finished: bool,
+    position: i64,
+    /// Why each step under way runs.
+    running: BTreeMap<StepName, String>,
+    /// What the commands of each step under way printed.
+    logs: BTreeMap<StepName, (i64, String)>,
+    artifacts: Vec<(StepName, ArtifactKind, PathBuf, bool)>,
+    /// The first error; recording stops there, and [`Recorder::finish`] returns it.
+    error: Option<DbError>,
+}
+
+impl<'d> Recorder<'d> {
+    /// A recorder for a build of `system` started by `started_by` (who and through what), from
+    /// a site config whose SHA-256 is `config_hash`; results are kept under `out_root`
+    /// (WORKDIR/out).
+    pub fn new(
+        db: &'d Database,
+        system: &str,
+        started_by: &str,
+        config_hash: &str,
+        out_root: &Path,
+    ) -> Self {
+        Self {
+            db,
+            system: system.to_owned(),
+            started_by: started_by.to_owned(),
+            config_hash: config_hash.to_owned(),
+            out_root: out_root.to_owned(),
+            begun: None,
+            finished: false,
+            position: 0,
+            running: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            artifacts: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Records how the pipeline ended (a failure with its error), and returns the build's
+    /// number, or the first error met while recording.
+    pub fn finish(mut self, result: Result<(), &PipelineError>) -> Result<Option<i64>, DbError> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        let Some((number, _)) = &self.begun else {
+            return Ok(None);
+        };
+        if let (Err(error), false) = (result, self.finished) {
+            self.db.finish(
+                &self.system,
+                *number,
+                Outcome::Failed,
+                Some(&describe(error)),
+                None,
+            )?;
+        }
+        Ok(Some(*number))
+    }
+
+    fn record(&mut self, event: &Event) -> Result<(), DbError> {
+        if let Event::Plan {
+            pretend, inputs, ..
+        } = event
+        {
+            if !pretend {
+                let mut hash = Sha256::new();
+                for part in [&self.config_hash, &inputs.stage, &inputs.repo] {
+                    hash.update(part.as_bytes());
+                    hash.update([0]);
+                }
+                hash.update(inputs.packages.join("\n").as_bytes());
+                let fingerprint = autogentoo_core::files::digests::hex(&hash.finalize());
+                let system_out = self.out_root.join(&self.system);
+                remove_partial_dirs(&system_out).map_err(|source| DbError::Leftovers {
+                    dir: system_out.clone(),
+                    source,
+                })?;
+                self.begun = Some(self.db.begin(
+                    &self.system,
+                    &self.started_by,
+                    &self.config_hash,
+                    inputs,
+                    &fingerprint,
+                    &self.out_root,
+                )?);
+            }
+            return Ok(());
+        }
+        let Some((number, out_dir)) = self.begun.clone() else {
+            return Ok(());
+        };
+        match event {
+            Event::StepStarted { step, why } => {
+                self.running.insert(*step, why.clone());
+            }
+            Event::StepSkipped { step, why } => {
+                self.step(number, *step, "skipped", why.clone(), None, None, None)?
+            }
+            Event::Log { step, line } => {
+                let (lines, text) = self.logs.entry(*step).or_default();
+                *lines += 1;
+                text.push_str(line);
+                text.push('\n');
+            }
+            Event::StepFinished {
+                step,
+                duration,
+                summary,
+            } => {
+                let why = self.running.remove(step).unwrap_or_default();
+                let millis = duration.as_millis().try_into().unwrap_or(i64::MAX);
+                self.step(
+                    number,
+                    *step,
+                    "ran",
+                    why,
+                    Some(millis),
+                    Some(summary.clone()),
+                    None,
+                )?;
+            }
+            Event::StepFailed { step, error } => {
+                let why = self.running.remove(step).unwrap_or_default();
+                self.step(
+                    number,
+                    *step,
+                    "failed",
+                    why,
+                    None,
+                    None,
+                    Some(error.clone()),
+                )?;
+            }
+            Event::Artifact {
+                step,
+                kind,
+                path,
+                made,
+            } => self.artifacts.push((*step, *kind, path.clone(), *made)),
+            Event::Finished { .. } => {
+                let contents = self.keep(number, &out_dir)?;
+                self.db.finish(
+                    &self.system,
+                    number,
+                    Outcome::Succeeded,
+                    None,
+                    contents.as_deref(),
+                )?;
+                self.finished = true;
+            }
+            Event::Plan { .. } | Event::StepWouldRun { .. } | Event::Note { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Records a step that ended, with the log of what its commands printed.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        number: i64,
+        step: StepName,
+        outcome: &str,
+        why: String,
+        duration_ms: Option<i64>,
+        summary: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), DbError> {
+        self.position += 1;
+        let record = Step {
+            step: step.to_string(),
+            outcome: outcome.to_owned(),
+            why,
+            duration_ms,
+            summary,
+            error,
+        };
+        self.db
+            .record_step(&self.system, number, self.position, &record)?;
+        if let Some((lines, text)) = self.logs.remove(&step) {
+            let compressed =
+                zstd::encode_all(text.as_bytes(), LOG_LEVEL).map_err(|source| DbError::Keep {
+                    system: self.system.clone(),
+                    number,
+                    dir: PathBuf::from(format!("(the log of step {step})")),
+                    source,
+                })?;
+            self.db
+                .record_log(&self.system, number, step.as_str(), lines, compressed)?;
+        }
+        Ok(())
+    }
+
+    /// Hard-links the build's results into `out_dir` and records each with its size and
+    /// SHA-256 (read from the link, so from what is kept); returns the image's package list.
+    /// The directory appears whole: it is filled as a hidden one beside it, then renamed.
+    fn keep(&mut self, number: i64, out_dir: &Path) -> Result<Option<String>, DbError> {
+        let failed = |source| DbError::Keep {
+            system: self.system.clone(),
+            number,
+            dir: out_dir.to_owned(),
+            source,
+        };
+        let staging = partial_dir(out_dir);
+        remove_dir_if_there(&staging).map_err(failed)?;
+        fs::create_dir_all(&staging).map_err(failed)?;
+        let mut contents = None;
+        let mut records = Vec::new();
+        for (step, kind, path, made) in std::mem::take(&mut self.artifacts) {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            let kept = staging.join(name);
+            link_or_copy(&path, &kept).map_err(failed)?;
+            let (size, sha256) = size_and_sha256(&kept).map_err(failed)?;
+            if kind == ArtifactKind::PackageList {
+                contents = fs::read_to_string(&kept).ok();
+            }
+            let kind = serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            records.push(Artifact {
+                name: name.to_string_lossy().into_owned(),
+                kind,
+                step: step.to_string(),
+                made,
+                size,
+                sha256,
+                path: out_dir.join(name),
+            });
+        }
+        remove_dir_if_there(out_dir).map_err(failed)?;
+        fs::rename(&staging, out_dir).map_err(failed)?;
+        for artifact in &records {
+            self.db.record_artifact(&self.system, number, artifact)?;
+        }
+        Ok(contents)
+    }
+}
+
+/// Where a build's results are gathered before they appear: `out/SYSTEM/.N.partial`.
+fn partial_dir(out_dir: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(out_dir.file_name().unwrap_or_default());
+    name.push(".partial");
+    out_dir.with_file_name(name)
+}
+
+/// Removes what a build killed while keeping its results left: hidden `.N.partial`
+/// directories of the system (no other build of it runs: the pipeline holds its lock).
+fn remove_partial_dirs(system_out: &Path) -> std::io::Result<()> {
+    let entries = match fs::read_dir(system_out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".partial") {
+            remove_dir_if_there(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir_if_there(dir: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(dir),
+        Ok(_) => fs::remove_file(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Observer for Recorder<'_> {
+    fn event(&mut self, event: &Event) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(error) = self.record(event) {
+            tracing::warn!("the build is no longer recorded: {error}");
+            self.error = Some(error);
+        }
+    }
+}
+
+/// Links `from` at `to` (replacing what is there); copies when a link cannot be made (another
+/// filesystem).
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs::remove_file(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            fs::copy(from, to).map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn size_and_sha256(path: &Path) -> std::io::Result<(i64, String)> {
+    let mut file = fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    let mut size: i64 = 0;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hash.update(&buffer[..read]);
+        size += read as i64;
+    }
+    Ok((size, autogentoo_core::files::digests::hex(&hash.finalize())))
+}
+
+/// An error and its causes on one line.
+fn describe(error: &PipelineError) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        let line = next.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = next.source();
+    }
+    text
+}
