@@ -14,25 +14,17 @@ use std::time::Duration;
 use anyhow::Result;
 use autogentoo_tests::postgres::PrivatePostgres;
 use autogentoo_tests::{
-    build_busybox_stage, processes_rooted_in, run_tool, wait_until, Run, Spawned, Workdir,
+    busybox_workdir, processes_rooted_in, run_tool, wait_until, Run, Spawned, Workdir,
+    QUICK_SYSTEMS,
 };
 
-const SYSTEMS: &str = r#"
-[systems.quick]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built > /etc/built", "echo a line for the log"]
-
-[systems.fails]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo about to fail; exit 3"]
-
-[systems.slow]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo sleeping; sleep 600"]
-"#;
+/// The quick systems, and one whose commands sleep until the test kills its build.
+fn systems() -> String {
+    format!(
+        "{QUICK_SYSTEMS}\n[systems.slow]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
+         commands = [\"echo sleeping; sleep 600\"]\n"
+    )
+}
 
 /// Which database a test runs on.
 enum Database {
@@ -49,17 +41,14 @@ struct Site {
 
 impl Site {
     fn new(database: Database) -> Result<Self> {
-        let workdir = Workdir::new();
-        let stage = workdir.scratch().join("stage");
-        build_busybox_stage(&stage, false)?;
-        workdir.import(&stage, "busybox");
+        let workdir = busybox_workdir()?;
         let config = workdir.scratch().join("autogentoo.toml");
         let site = Self {
             workdir,
             config,
             database,
         };
-        site.write_config(SYSTEMS)?;
+        site.write_config(&systems())?;
         Ok(site)
     }
 
@@ -246,7 +235,7 @@ fn records_each_build_and_keeps_its_results(site: &Site) -> Result<()> {
     );
 
     // A changed command: build 3 packs anew; build 1's archive is still its own.
-    site.write_config(&SYSTEMS.replace("echo built >", "echo rebuilt >"))?;
+    site.write_config(&systems().replace("echo built >", "echo rebuilt >"))?;
     site.ok(&["build", "quick"]);
     let three = site.json(&["builds", "show", "quick", "3"]);
     let new_archive = artifact(&three, "initramfs.cpio.gz");
@@ -298,7 +287,7 @@ fn records_failed_interrupted_and_concurrent_builds(site: &Site) -> Result<()> {
     assert_eq!(shown["steps"][2]["outcome"], "failed", "{shown:#}");
     assert_eq!(
         site.ok(&["builds", "log", "fails", "1"]).stdout,
-        "about to fail\n"
+        "ran first\nabout to fail\n"
     );
 
     // A slow build, under way.
@@ -368,7 +357,7 @@ fn records_failed_interrupted_and_concurrent_builds(site: &Site) -> Result<()> {
 /// by the retention policy, which spares the kept, the published and the newest.
 fn compares_publishes_keeps_and_purges(site: &Site) -> Result<()> {
     site.ok(&["build", "quick"]);
-    site.write_config(&SYSTEMS.replace("echo built >", "echo rebuilt >"))?;
+    site.write_config(&systems().replace("echo built >", "echo rebuilt >"))?;
     for _ in 2..=5 {
         site.ok(&["build", "quick"]);
     }

@@ -19,28 +19,15 @@ use autogentoo_core::storage::workdir::Layout;
 use autogentoo_pipeline::{
     ArtifactKind, Event, NoHooks, PipelineError, Request, RootRunner, StepName,
 };
-use autogentoo_tests::{build_busybox_stage, isolated_binary, unpack_initramfs, Workdir};
+use autogentoo_tests::{
+    busybox_workdir, isolated_binary, unpack_initramfs, Workdir, QUICK_SYSTEMS,
+};
 
-const SYSTEMS: &str = r#"
-[systems.quick]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built > /etc/built", "echo a line for the log"]
-
-[systems.fails]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo ran first", "echo about to fail; exit 3"]
-"#;
-
-/// A workdir with the busybox stage imported, and the site config above.
+/// A workdir with the busybox stage imported, and a site config of quick systems.
 fn site() -> Result<(Workdir, PathBuf)> {
-    let workdir = Workdir::new();
-    let stage = workdir.scratch().join("stage");
-    build_busybox_stage(&stage, false)?;
-    workdir.import(&stage, "busybox");
+    let workdir = busybox_workdir()?;
     let config = workdir.scratch().join("autogentoo.toml");
-    fs::write(&config, SYSTEMS)?;
+    fs::write(&config, QUICK_SYSTEMS)?;
     Ok((workdir, config))
 }
 

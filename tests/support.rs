@@ -1908,6 +1908,30 @@ pub fn build_busybox_stage(root: &Path, file_capability: bool) -> Result<()> {
     Ok(())
 }
 
+/// Systems of the busybox stage that stop at their initramfs, quick to build: `quick`, whose
+/// second command prints a line for the log, and `fails`, whose second command prints and
+/// fails.
+pub const QUICK_SYSTEMS: &str = r#"
+[systems.quick]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built > /etc/built", "echo a line for the log"]
+
+[systems.fails]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo ran first", "echo about to fail; exit 3"]
+"#;
+
+/// An initialised workdir with the busybox stage imported as `busybox`.
+pub fn busybox_workdir() -> Result<Workdir> {
+    let workdir = Workdir::new();
+    let stage = workdir.scratch().join("stage");
+    build_busybox_stage(&stage, false)?;
+    workdir.import(&stage, "busybox");
+    Ok(workdir)
+}
+
 /// `setcap CAPS PATH` (after every chown and chmod of the file: they clear capabilities).
 pub fn setcap(caps: &str, path: &Path) -> Result<()> {
     run_tool(Command::new("setcap").arg(caps).arg(path))

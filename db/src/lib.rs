@@ -316,17 +316,14 @@ impl Database {
     /// Marks the running builds of this host whose process is gone as interrupted.
     fn mark_interrupted(&self) -> Result<(), DbError> {
         let host = process::host_name();
-        let rows = self
-            .runtime
-            .block_on(
-                sqlx::query(
-                    "SELECT system, number, pid, pid_start, boot_id FROM builds \
-                     WHERE outcome = 'running' AND host = $1",
-                )
-                .bind(&host)
-                .fetch_all(&self.pool),
+        let rows = self.fetch_all(
+            "look for running builds",
+            sqlx::query(
+                "SELECT system, number, pid, pid_start, boot_id FROM builds \
+                 WHERE outcome = 'running' AND host = $1",
             )
-            .map_err(self.query_error("look for running builds"))?;
+            .bind(&host),
+        )?;
         for row in rows {
             let system: String = row.try_get(0).map_err(self.query_error("read a build"))?;
             let number: i64 = row.try_get(1).map_err(self.query_error("read a build"))?;
@@ -338,22 +335,20 @@ impl Database {
             };
             if process.is_alive() == Some(false) {
                 tracing::info!("build {number} of system '{system}' was interrupted");
-                self.runtime
-                    .block_on(
-                        sqlx::query(
-                            "UPDATE builds SET outcome = 'interrupted', ended_at = $1, \
-                             error = $2 WHERE system = $3 AND number = $4 AND outcome = 'running'",
-                        )
-                        .bind(now_ms())
-                        .bind(format!(
-                            "its process (PID {} on {}) ended before the build did",
-                            process.pid, process.host
-                        ))
-                        .bind(&system)
-                        .bind(number)
-                        .execute(&self.pool),
+                self.execute(
+                    "mark a build interrupted",
+                    sqlx::query(
+                        "UPDATE builds SET outcome = 'interrupted', ended_at = $1, error = $2 \
+                         WHERE system = $3 AND number = $4 AND outcome = 'running'",
                     )
-                    .map_err(self.query_error("mark a build interrupted"))?;
+                    .bind(now_ms())
+                    .bind(format!(
+                        "its process (PID {} on {}) ended before the build did",
+                        process.pid, process.host
+                    ))
+                    .bind(&system)
+                    .bind(number),
+                )?;
             }
         }
         Ok(())
@@ -410,6 +405,17 @@ impl Database {
                 .bind(number),
         )?;
         Ok((number, out_dir))
+    }
+
+    /// Runs a query for its rows; `what` names it in errors.
+    fn fetch_all<'q>(
+        &self,
+        what: &str,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<AnyRow>, DbError> {
+        self.runtime
+            .block_on(query.fetch_all(&self.pool))
+            .map_err(self.query_error(what))
     }
 
     fn execute<'q>(
@@ -518,28 +524,22 @@ impl Database {
 
     /// The builds recorded, newest first: of one system, or of all; at most `limit`.
     pub fn list(&self, system: Option<&str>, limit: i64) -> Result<Vec<Build>, DbError> {
-        let rows = match system {
-            Some(system) => self.runtime.block_on(
-                sqlx::query(concat!(
-                    "SELECT ",
-                    build_columns!(),
-                    " FROM builds WHERE system = $1 ORDER BY number DESC LIMIT $2"
-                ))
-                .bind(system)
-                .bind(limit)
-                .fetch_all(&self.pool),
-            ),
-            None => self.runtime.block_on(
-                sqlx::query(concat!(
-                    "SELECT ",
-                    build_columns!(),
-                    " FROM builds ORDER BY started_at DESC, system, number DESC LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(&self.pool),
-            ),
-        }
-        .map_err(self.query_error("list the builds"))?;
+        let query = match system {
+            Some(system) => sqlx::query(concat!(
+                "SELECT ",
+                build_columns!(),
+                " FROM builds WHERE system = $1 ORDER BY number DESC LIMIT $2"
+            ))
+            .bind(system)
+            .bind(limit),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                build_columns!(),
+                " FROM builds ORDER BY started_at DESC, system, number DESC LIMIT $1"
+            ))
+            .bind(limit),
+        };
+        let rows = self.fetch_all("list the builds", query)?;
         rows.iter()
             .map(|row| build_of(row).map_err(self.query_error("read a build")))
             .collect()
@@ -568,17 +568,15 @@ impl Database {
         let build = build_of(&row).map_err(self.query_error(read))?;
         let contents: Option<String> = row.try_get(16).map_err(self.query_error(read))?;
         let steps = self
-            .runtime
-            .block_on(
+            .fetch_all(
+                read,
                 sqlx::query(
                     "SELECT step, outcome, why, duration_ms, summary, error FROM build_steps \
                      WHERE system = $1 AND number = $2 ORDER BY position",
                 )
                 .bind(system)
-                .bind(number)
-                .fetch_all(&self.pool),
-            )
-            .map_err(self.query_error(read))?
+                .bind(number),
+            )?
             .iter()
             .map(|row| {
                 Ok(Step {
@@ -593,17 +591,15 @@ impl Database {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(self.query_error(read))?;
         let artifacts = self
-            .runtime
-            .block_on(
+            .fetch_all(
+                read,
                 sqlx::query(
                     "SELECT name, kind, step, made, size, sha256 FROM build_artifacts \
                      WHERE system = $1 AND number = $2 ORDER BY name",
                 )
                 .bind(system)
-                .bind(number)
-                .fetch_all(&self.pool),
-            )
-            .map_err(self.query_error(read))?
+                .bind(number),
+            )?
             .iter()
             .map(|row| {
                 let name: String = row.try_get(0)?;
@@ -636,19 +632,16 @@ impl Database {
     ) -> Result<Vec<(String, String)>, DbError> {
         self.get(system, number)?;
         let read = "read a build's logs";
-        let rows = self
-            .runtime
-            .block_on(
-                sqlx::query(
-                    "SELECT l.step, l.compressed FROM build_logs l JOIN build_steps s \
-                     ON s.system = l.system AND s.number = l.number AND s.step = l.step \
-                     WHERE l.system = $1 AND l.number = $2 ORDER BY s.position",
-                )
-                .bind(system)
-                .bind(number)
-                .fetch_all(&self.pool),
+        let rows = self.fetch_all(
+            read,
+            sqlx::query(
+                "SELECT l.step, l.compressed FROM build_logs l JOIN build_steps s \
+                 ON s.system = l.system AND s.number = l.number AND s.step = l.step \
+                 WHERE l.system = $1 AND l.number = $2 ORDER BY s.position",
             )
-            .map_err(self.query_error(read))?;
+            .bind(system)
+            .bind(number),
+        )?;
         let mut logs = Vec::new();
         for row in rows {
             let name: String = row.try_get(0).map_err(self.query_error(read))?;
@@ -817,18 +810,15 @@ impl Database {
         pretend: bool,
     ) -> Result<Vec<Build>, DbError> {
         let read = "read the builds to purge";
-        let rows = self
-            .runtime
-            .block_on(
-                sqlx::query(
-                    "SELECT b.system, b.number, b.started_at, b.kept, b.outcome, \
-                     (SELECT COUNT(*) FROM published p \
-                      WHERE p.system = b.system AND p.number = b.number) \
-                     FROM builds b",
-                )
-                .fetch_all(&self.pool),
-            )
-            .map_err(self.query_error(read))?;
+        let rows = self.fetch_all(
+            read,
+            sqlx::query(
+                "SELECT b.system, b.number, b.started_at, b.kept, b.outcome, \
+                 (SELECT COUNT(*) FROM published p \
+                  WHERE p.system = b.system AND p.number = b.number) \
+                 FROM builds b",
+            ),
+        )?;
         let mut by_system: std::collections::BTreeMap<String, Vec<retention::Candidate>> =
             std::collections::BTreeMap::new();
         for row in rows {

@@ -78,7 +78,7 @@ impl<'d> Recorder<'d> {
                 &self.system,
                 *number,
                 Outcome::Failed,
-                Some(&describe(error)),
+                Some(&error.one_line()),
                 None,
             )?;
         }
@@ -344,19 +344,4 @@ fn size_and_sha256(path: &Path) -> std::io::Result<(i64, String)> {
         size += read as i64;
     }
     Ok((size, autogentoo_core::files::digests::hex(&hash.finalize())))
-}
-
-/// An error and its causes on one line.
-fn describe(error: &PipelineError) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(next) = cause {
-        let line = next.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        cause = next.source();
-    }
-    text
 }

@@ -5,7 +5,6 @@
 //! observer); a failing command fails the build with the last lines of its log, and leaves the
 //! root as it was, for a look inside with `root shell`.
 
-use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -268,7 +267,7 @@ impl<'r, 'o> Build<'r, 'o> {
             Err(error) => {
                 self.observer.event(&Event::StepFailed {
                     step,
-                    error: describe(&error),
+                    error: error.one_line(),
                 });
                 Err(error)
             }
@@ -807,19 +806,4 @@ fn newest_repo(layout: &Layout) -> Result<String, PipelineError> {
         })?
         .map(|p| p.display().to_string())
         .unwrap_or_default())
-}
-
-/// An error and its causes on one line, each cause once.
-fn describe(error: &PipelineError) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let line = next.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        cause = next.source();
-    }
-    text
 }

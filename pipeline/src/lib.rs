@@ -117,6 +117,24 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// The error and its causes on one line, each cause once: for an event, a record, a
+    /// server's answer.
+    pub fn one_line(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(next) = cause {
+            let line = next.to_string();
+            if !text.contains(&line) {
+                text.push_str(": ");
+                text.push_str(&line);
+            }
+            cause = next.source();
+        }
+        text
+    }
+}
+
 /// Says what we were doing when an error of the layers below happened.
 pub(crate) trait ResultExt<T> {
     fn what(self, what: impl FnOnce() -> String) -> Result<T, PipelineError>;
