@@ -499,6 +499,37 @@ impl Database {
         )
     }
 
+    /// The newest recorded artifact `name` of a system: where it is kept, its size and hash.
+    pub(crate) fn last_artifact(
+        &self,
+        system: &str,
+        name: &str,
+    ) -> Result<Option<(PathBuf, i64, String)>, DbError> {
+        let what = "look up an earlier artifact";
+        let rows = self.fetch_all(
+            what,
+            sqlx::query(
+                "SELECT b.out_dir, a.size, a.sha256 FROM build_artifacts a JOIN builds b \
+                 ON b.system = a.system AND b.number = a.number \
+                 WHERE a.system = $1 AND a.name = $2 ORDER BY a.number DESC LIMIT 1",
+            )
+            .bind(system)
+            .bind(name),
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let read = |row: &AnyRow| -> Result<(PathBuf, i64, String), sqlx::Error> {
+            let out_dir: String = row.try_get(0)?;
+            Ok((
+                PathBuf::from(out_dir).join(name),
+                row.try_get(1)?,
+                row.try_get(2)?,
+            ))
+        };
+        read(row).map(Some).map_err(self.query_error(what))
+    }
+
     pub(crate) fn finish(
         &self,
         system: &str,

@@ -239,7 +239,20 @@ impl<'d> Recorder<'d> {
             };
             let kept = staging.join(name);
             link_or_copy(&path, &kept).map_err(failed)?;
-            let (size, sha256) = size_and_sha256(&kept).map_err(failed)?;
+            // A file an earlier build kept is the same inode here: its hash is known, and a
+            // build that changed nothing does not read its initramfs again.
+            let name_text = name.to_string_lossy();
+            let known = if made {
+                None
+            } else {
+                self.db
+                    .last_artifact(&self.system, &name_text)?
+                    .filter(|(earlier, _, _)| same_file(earlier, &kept))
+            };
+            let (size, sha256) = match known {
+                Some((_, size, sha256)) => (size, sha256),
+                None => size_and_sha256(&kept).map_err(failed)?,
+            };
             if kind == ArtifactKind::PackageList {
                 contents = fs::read_to_string(&kept).ok();
             }
@@ -263,6 +276,18 @@ impl<'d> Recorder<'d> {
             self.db.record_artifact(&self.system, number, artifact)?;
         }
         Ok(contents)
+    }
+}
+
+/// Whether two paths are one file, unchanged: the same inode, size and modification time.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => {
+            (a.dev(), a.ino(), a.size(), a.mtime(), a.mtime_nsec())
+                == (b.dev(), b.ino(), b.size(), b.mtime(), b.mtime_nsec())
+        }
+        _ => false,
     }
 }
 
