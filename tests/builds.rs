@@ -218,7 +218,10 @@ fn records_each_build_and_keeps_its_results(site: &Site) -> Result<()> {
 
     // The log of its commands, from the database.
     let log = site.ok(&["builds", "log", "quick", "1", "--step", "commands"]);
-    assert_eq!(log.stdout, "a line for the log\n");
+    assert_eq!(
+        log.stdout,
+        "$ echo built > /etc/built\n$ echo a line for the log\na line for the log\n"
+    );
 
     // The second build made nothing: its results are the first's, the same files.
     let two = site.json(&["builds", "show", "quick", "2"]);
@@ -287,7 +290,7 @@ fn records_failed_interrupted_and_concurrent_builds(site: &Site) -> Result<()> {
     assert_eq!(shown["steps"][2]["outcome"], "failed", "{shown:#}");
     assert_eq!(
         site.ok(&["builds", "log", "fails", "1"]).stdout,
-        "ran first\nabout to fail\n"
+        "$ echo ran first\nran first\n$ echo about to fail; exit 3\nabout to fail\n"
     );
 
     // A slow build, under way.
@@ -304,6 +307,14 @@ fn records_failed_interrupted_and_concurrent_builds(site: &Site) -> Result<()> {
     }
     let running = site.builds("slow");
     assert_eq!(running[0]["outcome"], "running", "{running:#?}");
+    // Its log, followed while it runs.
+    let mut follow = Spawned::start(site.command(&["builds", "log", "slow", "1", "--follow"]));
+    let mut followed = BufReader::new(follow.take_stdout());
+    let mut first = String::new();
+    followed.read_line(&mut first)?;
+    followed.read_line(&mut first)?;
+    assert_eq!(first, "$ echo sleeping; sleep 600\nsleeping\n");
+    assert!(!follow.has_exited(), "--follow waits for the build to end");
 
     // The same system again is refused, naming the build that holds it; nothing is recorded.
     let again = site.run(&["build", "slow"]);
@@ -329,6 +340,14 @@ fn records_failed_interrupted_and_concurrent_builds(site: &Site) -> Result<()> {
         "nothing runs in the killed build's root",
         Duration::from_secs(30),
         || processes_rooted_in(&root).is_empty(),
+    );
+    // The follower sees it end, and says how.
+    let ended = follow.wait(Duration::from_secs(30));
+    assert_eq!(ended.code(), Some(1), "{}", ended.describe());
+    assert!(
+        ended.stderr.contains("build 1 of 'slow' interrupted"),
+        "{}",
+        ended.describe()
     );
     let interrupted = site.builds("slow");
     assert_eq!(interrupted[0]["outcome"], "interrupted", "{interrupted:#?}");

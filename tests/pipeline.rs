@@ -322,6 +322,8 @@ fn build_json_prints_each_event_as_one_json_object_per_line() -> Result<()> {
             "step_finished root",
             "step_started commands",
             "log commands",
+            "log commands",
+            "log commands",
             "artifact commands",
             "step_finished commands",
             "step_started pack",
@@ -337,11 +339,12 @@ fn build_json_prints_each_event_as_one_json_object_per_line() -> Result<()> {
         built[0]["steps"],
         serde_json::json!(["workdir", "root", "commands", "pack"])
     );
-    assert_eq!(built[5]["line"], "a line for the log");
-    assert_eq!(built[9]["kind"], "initramfs");
-    assert_eq!(built[9]["path"], archive.to_str().unwrap());
-    assert!(built[11]["duration"].is_u64(), "{}", built[11]);
-    assert_eq!(built[13]["path"], archive.to_str().unwrap());
+    assert_eq!(built[5]["line"], "$ echo built > /etc/built");
+    assert_eq!(built[7]["line"], "a line for the log");
+    assert_eq!(built[11]["kind"], "initramfs");
+    assert_eq!(built[11]["path"], archive.to_str().unwrap());
+    assert!(built[13]["duration"].is_u64(), "{}", built[13]);
+    assert_eq!(built[15]["path"], archive.to_str().unwrap());
     assert!(archive.is_file());
     Ok(())
 }

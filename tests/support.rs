@@ -379,6 +379,14 @@ impl Spawned {
             .expect("stderr is piped and not taken yet")
     }
 
+    /// Its stdout, for a caller that reads it while it runs (`wait` then returns none).
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout is piped and not taken yet")
+    }
+
     pub fn pid(&self) -> rustix::process::Pid {
         let id = self.child.as_ref().expect("running").id();
         rustix::process::Pid::from_raw(id as i32).expect("a valid PID")

@@ -313,8 +313,9 @@ impl Database {
         }
     }
 
-    /// Marks the running builds of this host whose process is gone as interrupted.
-    fn mark_interrupted(&self) -> Result<(), DbError> {
+    /// Marks the running builds of this host whose process is gone as interrupted (done on
+    /// open; again by whoever waits for a build to end).
+    pub fn mark_interrupted(&self) -> Result<(), DbError> {
         let host = process::host_name();
         let rows = self.fetch_all(
             "look for running builds",

@@ -64,6 +64,10 @@ impl StepLog {
         observer: &mut dyn Observer,
     ) -> Result<(), PipelineError> {
         writeln!(self.file, "$ {shown}").what(|| "cannot write the step log".into())?;
+        observer.event(&Event::Log {
+            step: self.step,
+            line: format!("$ {shown}"),
+        });
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .what(|| "cannot make a pipe for the step log".into())?;
         command
