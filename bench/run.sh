@@ -14,7 +14,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary build_record builds_list)
 # The backends `--backend all` means, in the order they run.
 readonly ALL_BACKENDS=(dir btrfs zfs)
 # The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
@@ -118,6 +118,12 @@ require_tools() {
     fi
     if [[ " ${BENCHES[*]} " == *" emerge_binary "* ]]; then
         package_of+=([zstd]=zstd [pip3]=python3-pip)
+    fi
+    if [[ " ${BENCHES[*]} " == *" builds_list "* ]]; then
+        package_of+=([psql]=postgresql [pg_isready]=postgresql [python3]=python3 [setpriv]=util-linux)
+    fi
+    if [[ " ${BENCHES[*]} " == *" build_record "* ]]; then
+        package_of+=([cargo]=cargo [git]=git)
     fi
     local cmd missing=("${missing_files[@]}")
     for cmd in "${!package_of[@]}"; do
@@ -449,7 +455,10 @@ remove_workdir() {
 # main calls it too, to time it; then the trap finds nothing left to do. Its messages go to the
 # stderr the script started with (ERR_FD): a signal can arrive while a timed command's output
 # goes to a log.
-cleanup() { undo_all 2>&"$ERR_FD"; }
+cleanup() {
+    stop_postgres 2>&"$ERR_FD"
+    undo_all 2>&"$ERR_FD"
+}
 undo_all() {
     # On our own ext4 they go with the filesystem; in a --scratch directory one by one.
     if [[ -n ${SCRATCH:-} && -d $SCRATCH && -z $EXT4_MNT ]]; then
@@ -849,6 +858,131 @@ bench_emerge_binary() {
 }
 
 # ---------------------------------------------------------------------------------------------
+
+# build_record: a build that changes nothing (every step skipped), recorded in the build
+# database (SQLite in the workdir: open, the build, five steps, the kept results linked into
+# out/noop/N with their hashes) against the same build by the binary of the commit before the
+# database, which records nothing. The goal is at most 2% more.
+BASELINE_BIN=""
+find_baseline() {
+    [[ -n $BASELINE_BIN ]] && return
+    if [[ -n ${AUTOGENTOO_BASELINE_BIN:-} ]]; then
+        BASELINE_BIN=$AUTOGENTOO_BASELINE_BIN
+        return
+    fi
+    local added base src
+    added=$(git -C "$REPO" log --diff-filter=A --format=%H -- db/Cargo.toml | tail -n 1)
+    [[ -n $added ]] || die "cannot find the commit that added the build database"
+    base=$(git -C "$REPO" rev-parse "$added^")
+    BASELINE_BIN=$CACHE/baseline-${base:0:12}/release/autogentoo
+    [[ -x $BASELINE_BIN ]] && return
+    say "  building the binary of ${base:0:12}, before the build database (once, then cached)"
+    src=$(mktemp -d "$CACHE/baseline-src.XXXXXX")
+    git -C "$REPO" archive "$base" | tar -x -C "$src"
+    (cd "$src" && CARGO_TARGET_DIR=$CACHE/baseline-${base:0:12} cargo build --release -q -p autogentoo-cli) >&2
+    rm -rf "$src"
+}
+# A workdir with the fixture as stage `minbase` and a system whose one command gives it an
+# /init; built once, untimed, so that the timed builds find nothing to do.
+noop_site() {
+    local bin=$1 wd
+    wd=$(mktemp -d "$SCRATCH/workdir.XXXXXX")
+    NOOP_CONFIG=$SCRATCH/noop.toml
+    printf '[systems.noop]\nstage = "minbase"\nkernel_build = "none"\ncommands = ["printf %s > /init && chmod 755 /init"]\n' \
+        "'#!/bin/sh\\n'" >"$NOOP_CONFIG"
+    "$bin" -q --backend dir --workdir "$wd" workdir init >/dev/null
+    "$bin" -q --backend dir --workdir "$wd" stage import "$TARBALL" --name minbase >/dev/null
+    "$bin" -q --backend dir --workdir "$wd" --config "$NOOP_CONFIG" build noop >/dev/null
+    echo "$wd"
+}
+build_record_ours_run() { "$AUTOGENTOO_BIN" -q --backend dir --workdir "$WD_RECORDED" --config "$NOOP_CONFIG" build noop; }
+build_record_base_run() { "$BASELINE_BIN" -q --backend dir --workdir "$WD_BASELINE" --config "$NOOP_CONFIG" build noop; }
+bench_build_record() {
+    use_backend dir
+    find_baseline
+    WD_RECORDED=$(noop_site "$AUTOGENTOO_BIN")
+    WD_BASELINE=$(noop_site "$BASELINE_BIN")
+    # A no-op build takes a fraction of a second: more rounds, so 2% is above the noise.
+    local runs=$RUNS
+    ((RUNS >= 21)) || RUNS=21
+    CMP_GOAL=" (goal: at most 1.02x)"
+    compare build_record "no-op build, recorded" "the same build unrecorded" \
+        build_record_ours build_record_base
+    RUNS=$runs
+    unset CMP_GOAL
+    local builds
+    builds=$("$AUTOGENTOO_BIN" -q --backend dir --workdir "$WD_RECORDED" builds list noop --limit 1000 | wc -l)
+    say "  $builds builds of noop recorded"
+}
+
+# builds_list: `autogentoo builds list` (the newest 50 of all systems) over 100,000 recorded
+# builds, on SQLite and on PostgreSQL (a private cluster the script starts and stops by PID),
+# against the same query through the database's own client (Python's sqlite3, psql). The goal
+# is under 100 ms.
+readonly LIST_QUERY="SELECT system, number, host, started_by, pid, started_at, ended_at, outcome, error, config_hash, stage, repo, packages, inputs, out_dir, kept FROM builds ORDER BY started_at DESC, system, number DESC LIMIT 50"
+# 100,000 builds of 100 systems, a minute apart; the SELECT both databases take.
+readonly FILL_BUILDS="INSERT INTO builds (system, number, host, started_by, pid, pid_start, boot_id, started_at, ended_at, outcome, config_hash, stage, repo, packages, inputs, out_dir) SELECT 'system' || (i % 100), i, 'bench', 'bench', 1, 1, 'bench', 1700000000000 + i * 60000, 1700000000000 + i * 60000 + 1000, 'succeeded', 'h', 'minbase', '', '', 'f', '/nonexistent' FROM"
+PG_PID=""
+PG_DIR=""
+start_postgres() {
+    local bin port
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    PG_DIR=$(mktemp -d "$CACHE/pg.XXXXXX")
+    chown postgres: "$PG_DIR"
+    chmod 700 "$PG_DIR"
+    printf 'bench-%s\n' "$RANDOM$RANDOM" >"$PG_DIR/password"
+    chown postgres: "$PG_DIR/password"
+    setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/initdb" -D "$PG_DIR/data" \
+        -U autogentoo --auth=scram-sha-256 --pwfile="$PG_DIR/password" --no-sync >"$PG_DIR/initdb.log" 2>&1 ||
+        { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/postgres" -D "$PG_DIR/data" \
+        -p "$port" -k "$PG_DIR" -c listen_addresses=127.0.0.1 -c fsync=off >"$PG_DIR/server.log" 2>&1 &
+    PG_PID=$!
+    local tries=0
+    until pg_isready -q -h 127.0.0.1 -p "$port"; do
+        ((++tries < 300)) || die "the private PostgreSQL did not start; see $PG_DIR/server.log"
+        sleep 0.2
+    done
+    PG_URL="postgres://autogentoo:$(cat "$PG_DIR/password")@127.0.0.1:$port/postgres"
+    PG_PORT=$port
+}
+stop_postgres() {
+    [[ -n $PG_PID ]] || return 0
+    kill -INT "$PG_PID" 2>/dev/null || true
+    wait "$PG_PID" 2>/dev/null || true
+    PG_PID=""
+    rm -rf "$PG_DIR"
+}
+pg_client() {
+    PGPASSWORD=$(cat "$PG_DIR/password") psql -q -At -h 127.0.0.1 -p "$PG_PORT" -U autogentoo -d postgres "$@"
+}
+builds_list_sqlite_ours_run() { "$AUTOGENTOO_BIN" -q --workdir "$LIST_WD" builds list; }
+builds_list_sqlite_client_run() {
+    python3 -c 'import sqlite3, sys; print(len(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall()))' \
+        "$LIST_WD/autogentoo.db" "$LIST_QUERY"
+}
+builds_list_pg_ours_run() { AUTOGENTOO_DATABASE_URL=$PG_URL "$AUTOGENTOO_BIN" -q --workdir "$LIST_WD" builds list; }
+builds_list_pg_client_run() { pg_client -c "$LIST_QUERY"; }
+bench_builds_list() {
+    use_backend dir
+    LIST_WD=$(mktemp -d "$SCRATCH/workdir.XXXXXX")
+    "$AUTOGENTOO_BIN" -q --workdir "$LIST_WD" builds list >/dev/null # creates and migrates it
+    python3 -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()' \
+        "$LIST_WD/autogentoo.db" \
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) $FILL_BUILDS n"
+    CMP_GOAL=" (goal: under 0.10 s)"
+    compare builds_list_sqlite "builds list, 100,000 builds, SQLite" "python3 sqlite3, the same query" \
+        builds_list_sqlite_ours builds_list_sqlite_client
+    start_postgres
+    AUTOGENTOO_DATABASE_URL=$PG_URL "$AUTOGENTOO_BIN" -q --workdir "$LIST_WD" builds list >/dev/null
+    pg_client -c "$FILL_BUILDS generate_series(1, 100000) AS n(i)" >/dev/null
+    pg_client -c "ANALYZE builds" >/dev/null
+    compare builds_list_pg "builds list, 100,000 builds, PostgreSQL" "psql, the same query" \
+        builds_list_pg_ours builds_list_pg_client
+    unset CMP_GOAL
+    stop_postgres
+}
 
 main() {
     parse_args "$@"

@@ -3,6 +3,7 @@
 //! chains and become one line per cause and exit code 1 (usage errors exit 2, from clap) — or,
 //! under `--json`, one JSON object on stderr.
 
+mod args;
 mod commands;
 mod context;
 mod interrupt;

@@ -8,7 +8,7 @@ use autogentoo_core::site_config::Compression;
 use clap::Args;
 use serde::Serialize;
 
-use crate::commands::root::pack::CompressionArg;
+use crate::args::CompressionArg;
 use crate::context::Context;
 use crate::output;
 

@@ -7,8 +7,9 @@ use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
 use autogentoo_core::pack::{self, PackRequest};
 use autogentoo_core::site_config::Compression;
 use autogentoo_core::storage::{VolumeId, VolumeKind};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use crate::args::CompressionArg;
 use crate::context::Context;
 use crate::output;
 use crate::progress::Bar;
@@ -48,25 +49,6 @@ pub struct PackArgs {
     /// Compression level: 1-9 for gzip, 1-19 for zstd [default: pack.level, or the compressor's]
     #[arg(long)]
     pub level: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
-    Xz,
-    None,
-}
-
-impl From<CompressionArg> for Compression {
-    fn from(arg: CompressionArg) -> Self {
-        match arg {
-            CompressionArg::Gzip => Compression::Gzip,
-            CompressionArg::Zstd => Compression::Zstd,
-            CompressionArg::Xz => Compression::Xz,
-            CompressionArg::None => Compression::None,
-        }
-    }
 }
 
 pub fn run(ctx: &Context, args: PackArgs) -> Result<()> {
