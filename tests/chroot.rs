@@ -528,30 +528,35 @@ fn assert_bind_stayed_inside(c: &Chroot, host: &Path, cache: &str) {
     );
 }
 
-#[test]
-fn hostile_distfiles_symlink_to_a_host_dir_stays_inside() -> Result<()> {
+/// A root whose cache directory `cache` (`distfiles`, `binpkgs`) is a symlink made by `link`
+/// from the host directory it points at: mounting binds the shared cache inside the root, what
+/// is written there through the link (`written`) lands in the cache, and the host directory
+/// stays empty and unmounted.
+fn hostile_cache_link_stays_inside(
+    cache: &str,
+    link: impl Fn(&Path) -> Result<PathBuf>,
+    written: &str,
+) -> Result<()> {
     let _serial = one_at_a_time();
     let c = Chroot::new()?;
     let wd = &c.workdir;
-    let host = wd.scratch().join("host-distfiles");
+    let host = wd.scratch().join(format!("host-{cache}"));
     fs::create_dir(&host)?;
-    replace_with_symlink(&c.root, "var/cache/distfiles", &host)?;
-    assert_eq!(fs::canonicalize(c.root.join("var/cache/distfiles"))?, host);
+    replace_with_symlink(&c.root, &format!("var/cache/{cache}"), &link(&host)?)?;
+    assert_eq!(
+        fs::canonicalize(c.root.join("var/cache").join(cache))?,
+        host,
+        "on the host, the link leads to the host dir"
+    );
     let outside = mounts_outside(&c.root);
 
     wd.ok(["root", "mount", ROOT]);
-    assert_bind_stayed_inside(&c, &host, "distfiles");
+    assert_bind_stayed_inside(&c, &host, cache);
     assert_eq!(mounts_outside(&c.root), outside, "nothing mounted outside");
-    // Inside, the symlink leads to the cache: what emerge fetches there is shared, not the host's.
-    wd.ok([
-        "root",
-        "run",
-        ROOT,
-        "--",
-        "touch",
-        "/var/cache/distfiles/fetched",
-    ]);
-    assert!(c.cache("distfiles").join("fetched").is_file());
+    // Inside, the symlink leads to the cache: what emerge writes there is shared, not the host's.
+    let inside = format!("/var/cache/{cache}/{written}");
+    wd.ok(["root", "run", ROOT, "--", "touch", &inside]);
+    assert!(c.cache(cache).join(written).is_file());
     assert_eq!(
         list_dir(&host),
         Vec::<PathBuf>::new(),
@@ -565,43 +570,17 @@ fn hostile_distfiles_symlink_to_a_host_dir_stays_inside() -> Result<()> {
 }
 
 #[test]
+fn hostile_distfiles_symlink_to_a_host_dir_stays_inside() -> Result<()> {
+    hostile_cache_link_stays_inside("distfiles", |host| Ok(host.to_owned()), "fetched")
+}
+
+#[test]
 fn hostile_binpkgs_climbing_with_dotdot_stays_inside() -> Result<()> {
-    let _serial = one_at_a_time();
-    let c = Chroot::new()?;
-    let wd = &c.workdir;
-    let host = wd.scratch().join("host-binpkgs");
-    fs::create_dir(&host)?;
-    let climb = Path::new(&"../".repeat(9)).join(host.strip_prefix("/")?);
-    replace_with_symlink(&c.root, "var/cache/binpkgs", &climb)?;
-    assert_eq!(
-        fs::canonicalize(c.root.join("var/cache/binpkgs"))?,
-        host,
-        "on the host, the link climbs out to the host dir"
-    );
-    let outside = mounts_outside(&c.root);
-
-    wd.ok(["root", "mount", ROOT]);
-    assert_bind_stayed_inside(&c, &host, "binpkgs");
-    assert_eq!(mounts_outside(&c.root), outside, "nothing mounted outside");
-    wd.ok([
-        "root",
-        "run",
-        ROOT,
-        "--",
-        "touch",
-        "/var/cache/binpkgs/built.gpkg.tar",
-    ]);
-    assert!(c.cache("binpkgs").join("built.gpkg.tar").is_file());
-    assert_eq!(
-        list_dir(&host),
-        Vec::<PathBuf>::new(),
-        "the host dir stays empty"
-    );
-
-    wd.ok(["root", "umount", ROOT]);
-    assert!(!is_mount_point(&host));
-    c.assert_nothing_left("umount of a hostile root");
-    c.workdir.close()
+    hostile_cache_link_stays_inside(
+        "binpkgs",
+        |host| Ok(Path::new(&"../".repeat(9)).join(host.strip_prefix("/")?)),
+        "built.gpkg.tar",
+    )
 }
 
 /// Panics unless the root's `etc/resolv.conf`, reached through `dir` (its `etc` as the host
