@@ -882,44 +882,54 @@ find_baseline() {
     (cd "$src" && CARGO_TARGET_DIR=$CACHE/baseline-${base:0:12} cargo build --release -q -p autogentoo-cli) >&2
     rm -rf "$src"
 }
-# A workdir with the fixture as stage `minbase` and a system whose one command gives it an
-# /init; built once, untimed, so that the timed builds find nothing to do.
+# A workdir with SOURCE (a stage tarball or tree) as stage `minbase` and the system of
+# NOOP_CONFIG, built once, untimed, so that the timed builds find nothing to do. Prints the
+# workdir.
 noop_site() {
-    local bin=$1 wd
+    local bin=$1 source=$2 wd
     wd=$(mktemp -d "$SCRATCH/workdir.XXXXXX")
-    NOOP_CONFIG=$SCRATCH/noop.toml
-    printf '[systems.noop]\nstage = "minbase"\nkernel_build = "none"\ncommands = ["printf %s > /init && chmod 755 /init"]\n' \
-        "'#!/bin/sh\\n'" >"$NOOP_CONFIG"
     "$bin" -q --backend dir --workdir "$wd" workdir init >/dev/null
-    "$bin" -q --backend dir --workdir "$wd" stage import "$TARBALL" --name minbase >/dev/null
+    "$bin" -q --backend dir --workdir "$wd" stage import "$source" --name minbase >/dev/null
+    # The root, with the /init a pack wants (the generated tree has no shell to make it with).
+    "$bin" -q --backend dir --workdir "$wd" root create noop --stage minbase >/dev/null
+    printf '#!/bin/sh\n' >"$wd/roots/noop/init"
+    chmod 755 "$wd/roots/noop/init"
     "$bin" -q --backend dir --workdir "$wd" --config "$NOOP_CONFIG" build noop >/dev/null
     echo "$wd"
 }
 build_record_ours_run() { "$AUTOGENTOO_BIN" -q --backend dir --workdir "$WD_RECORDED" --config "$NOOP_CONFIG" build noop; }
 build_record_base_run() { "$BASELINE_BIN" -q --backend dir --workdir "$WD_BASELINE" --config "$NOOP_CONFIG" build noop; }
+# Twice: on the minbase fixture (a small root: the build itself takes milliseconds) and on the
+# generated 100,000-file stage (the size of a Gentoo stage3's root, whose fingerprint walk is
+# most of a no-op build).
 bench_build_record() {
     use_backend dir
     find_baseline
-    WD_RECORDED=$(noop_site "$AUTOGENTOO_BIN")
-    WD_BASELINE=$(noop_site "$BASELINE_BIN")
+    build_trees
+    NOOP_CONFIG=$SCRATCH/noop.toml
+    printf '[systems.noop]\nstage = "minbase"\nkernel_build = "none"\n' >"$NOOP_CONFIG"
     # A no-op build takes a fraction of a second: more rounds, so 2% is above the noise.
     local runs=$RUNS
     ((RUNS >= 21)) || RUNS=21
     CMP_GOAL=" (goal: at most 1.02x)"
-    compare build_record "no-op build, recorded" "the same build unrecorded" \
-        build_record_ours build_record_base
+    WD_RECORDED=$(noop_site "$AUTOGENTOO_BIN" "$TARBALL")
+    WD_BASELINE=$(noop_site "$BASELINE_BIN" "$TARBALL")
+    compare build_record_minbase "no-op build of the minbase root, recorded" \
+        "the same build unrecorded" build_record_ours build_record_base
+    WD_RECORDED=$(noop_site "$AUTOGENTOO_BIN" "${TREE_OF[100k]}")
+    WD_BASELINE=$(noop_site "$BASELINE_BIN" "${TREE_OF[100k]}")
+    CMP_TREE_BYTES=${TREE_BYTES_OF[100k]} CMP_TREE_FILES=100000 \
+        compare build_record_100k "no-op build of a 100,000-file root, recorded" \
+        "the same build unrecorded" build_record_ours build_record_base
     RUNS=$runs
     unset CMP_GOAL
-    local builds
-    builds=$("$AUTOGENTOO_BIN" -q --backend dir --workdir "$WD_RECORDED" builds list noop --limit 1000 | wc -l)
-    say "  $builds builds of noop recorded"
 }
 
 # builds_list: `autogentoo builds list` (the newest 50 of all systems) over 100,000 recorded
 # builds, on SQLite and on PostgreSQL (a private cluster the script starts and stops by PID),
 # against the same query through the database's own client (Python's sqlite3, psql). The goal
 # is under 100 ms.
-readonly LIST_QUERY="SELECT system, number, host, started_by, pid, started_at, ended_at, outcome, error, config_hash, stage, repo, packages, inputs, out_dir, kept FROM builds ORDER BY started_at DESC, system, number DESC LIMIT 50"
+readonly LIST_QUERY="SELECT system, number, host, started_by, pid, started_at, ended_at, outcome, error, config_hash, stage, repo, packages, inputs, out_dir, kept FROM builds ORDER BY started_at DESC LIMIT 50"
 # 100,000 builds of 100 systems, a minute apart; the SELECT both databases take.
 readonly FILL_BUILDS="INSERT INTO builds (system, number, host, started_by, pid, pid_start, boot_id, started_at, ended_at, outcome, config_hash, stage, repo, packages, inputs, out_dir) SELECT 'system' || (i % 100), i, 'bench', 'bench', 1, 1, 'bench', 1700000000000 + i * 60000, 1700000000000 + i * 60000 + 1000, 'succeeded', 'h', 'minbase', '', '', 'f', '/nonexistent' FROM"
 PG_PID=""
@@ -976,7 +986,7 @@ bench_builds_list() {
         builds_list_sqlite_ours builds_list_sqlite_client
     start_postgres
     AUTOGENTOO_DATABASE_URL=$PG_URL "$AUTOGENTOO_BIN" -q --workdir "$LIST_WD" builds list >/dev/null
-    pg_client -c "$FILL_BUILDS generate_series(1, 100000) AS n(i)" >/dev/null
+    pg_client -c "$FILL_BUILDS generate_series(1::bigint, 100000::bigint) AS n(i)" >/dev/null
     pg_client -c "ANALYZE builds" >/dev/null
     compare builds_list_pg "builds list, 100,000 builds, PostgreSQL" "psql, the same query" \
         builds_list_pg_ours builds_list_pg_client

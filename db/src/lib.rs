@@ -13,6 +13,7 @@ mod process;
 mod recorder;
 mod retention;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -203,6 +204,23 @@ pub struct Artifact {
     pub path: PathBuf,
 }
 
+/// What the recorder writes together, in one transaction: the steps ended since the last
+/// write (in order, with their positions), their logs, the artifacts, and the build's end.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub steps: Vec<(i64, Step)>,
+    pub logs: Vec<(String, i64, Vec<u8>)>,
+    pub artifacts: Vec<Artifact>,
+    pub end: Option<End>,
+}
+
+/// How a build ended, for its record.
+pub(crate) struct End {
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub contents: Option<String>,
+}
+
 /// A recorded build with its steps and artifacts.
 #[derive(Clone, Debug, Serialize)]
 pub struct BuildDetail {
@@ -251,13 +269,21 @@ impl Database {
         let pool = runtime
             .block_on(
                 AnyPoolOptions::new()
-                    .max_connections(4)
+                    // One process records one build at a time: a connection of SQLite's is
+                    // enough, and opening a second costs more than waiting for the first.
+                    .max_connections(if sqlite { 1 } else { 4 })
                     .after_connect(move |connection, _| {
                         Box::pin(async move {
                             if sqlite {
                                 // Two builds at once (of different systems) both write: WAL lets
-                                // readers go on, and the busy timeout makes writers wait.
+                                // readers go on, and the busy timeout makes writers wait. In WAL
+                                // mode `synchronous = NORMAL` syncs at checkpoints rather than at
+                                // every commit: a power cut can lose the last records, never
+                                // corrupt the file.
                                 sqlx::query("PRAGMA journal_mode = WAL")
+                                    .execute(&mut *connection)
+                                    .await?;
+                                sqlx::query("PRAGMA synchronous = NORMAL")
                                     .execute(&mut *connection)
                                     .await?;
                                 sqlx::query("PRAGMA foreign_keys = ON")
@@ -367,6 +393,7 @@ impl Database {
         out_root: &Path,
     ) -> Result<(i64, PathBuf), DbError> {
         let process = Process::this();
+        let system_out = out_root.join(system).display().to_string();
         let row = self
             .runtime
             .block_on(
@@ -375,8 +402,9 @@ impl Database {
                      boot_id, started_at, outcome, config_hash, stage, repo, packages, inputs, \
                      out_dir) \
                      SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, $5, $6, $7, 'running', \
-                     $8, $9, $10, $11, $12, '' FROM builds WHERE system = $13 \
-                     RETURNING number",
+                     $8, $9, $10, $11, $12, $13 || '/' || CAST(COALESCE(MAX(number), 0) + 1 AS TEXT) \
+                     FROM builds WHERE system = $14 \
+                     RETURNING number, out_dir",
                 )
                 .bind(system)
                 .bind(&process.host)
@@ -390,22 +418,16 @@ impl Database {
                 .bind(&inputs.repo)
                 .bind(inputs.packages.join("\n"))
                 .bind(fingerprint)
+                .bind(system_out)
                 .bind(system)
                 .fetch_one(&self.pool),
             )
             .map_err(self.query_error("record a new build"))?;
-        let number: i64 = row
-            .try_get(0)
-            .map_err(self.query_error("record a new build"))?;
-        let out_dir = out_root.join(system).join(number.to_string());
-        self.execute(
-            "record where a build's results go",
-            sqlx::query("UPDATE builds SET out_dir = $1 WHERE system = $2 AND number = $3")
-                .bind(out_dir.display().to_string())
-                .bind(system)
-                .bind(number),
-        )?;
-        Ok((number, out_dir))
+        let read = |row: &AnyRow| -> Result<(i64, String), sqlx::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        };
+        let (number, out_dir) = read(&row).map_err(self.query_error("record a new build"))?;
+        Ok((number, PathBuf::from(out_dir)))
     }
 
     /// Runs a query for its rows; `what` names it in errors.
@@ -430,128 +452,110 @@ impl Database {
             .map_err(self.query_error(what))
     }
 
-    pub(crate) fn record_step(
-        &self,
-        system: &str,
-        number: i64,
-        position: i64,
-        step: &Step,
-    ) -> Result<(), DbError> {
-        self.execute(
-            "record a step",
-            sqlx::query(
-                "INSERT INTO build_steps (system, number, position, step, outcome, why, \
-                 duration_ms, summary, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(system)
-            .bind(number)
-            .bind(position)
-            .bind(&step.step)
-            .bind(&step.outcome)
-            .bind(&step.why)
-            .bind(step.duration_ms)
-            .bind(step.summary.clone())
-            .bind(step.error.clone()),
-        )
+    /// Writes `batch` for build `number` of `system`, in one transaction.
+    pub(crate) fn write(&self, system: &str, number: i64, batch: Batch) -> Result<(), DbError> {
+        let what = "record a build's steps and results";
+        self.runtime
+            .block_on(async {
+                let mut tx = self.pool.begin().await?;
+                for (position, step) in &batch.steps {
+                    sqlx::query(
+                        "INSERT INTO build_steps (system, number, position, step, outcome, why, \
+                         duration_ms, summary, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(system)
+                    .bind(number)
+                    .bind(*position)
+                    .bind(&step.step)
+                    .bind(&step.outcome)
+                    .bind(&step.why)
+                    .bind(step.duration_ms)
+                    .bind(step.summary.clone())
+                    .bind(step.error.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (step, lines, compressed) in batch.logs {
+                    sqlx::query(
+                        "INSERT INTO build_logs (system, number, step, lines, compressed) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(system)
+                    .bind(number)
+                    .bind(step)
+                    .bind(lines)
+                    .bind(compressed)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for artifact in &batch.artifacts {
+                    sqlx::query(
+                        "INSERT INTO build_artifacts (system, number, name, kind, step, made, \
+                         size, sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(system)
+                    .bind(number)
+                    .bind(&artifact.name)
+                    .bind(&artifact.kind)
+                    .bind(&artifact.step)
+                    .bind(i64::from(artifact.made))
+                    .bind(artifact.size)
+                    .bind(&artifact.sha256)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(end) = batch.end {
+                    sqlx::query(
+                        "UPDATE builds SET outcome = $1, ended_at = $2, error = $3, \
+                         contents = $4 WHERE system = $5 AND number = $6",
+                    )
+                    .bind(end.outcome.as_str())
+                    .bind(now_ms())
+                    .bind(end.error)
+                    .bind(end.contents)
+                    .bind(system)
+                    .bind(number)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            })
+            .map_err(self.query_error(what))
     }
 
-    pub(crate) fn record_log(
+    /// The artifacts of the newest build of a system that kept any: by name, where each is
+    /// kept, its size and hash.
+    pub(crate) fn last_artifacts(
         &self,
         system: &str,
-        number: i64,
-        step: &str,
-        lines: i64,
-        compressed: Vec<u8>,
-    ) -> Result<(), DbError> {
-        self.execute(
-            "record a step's log",
-            sqlx::query(
-                "INSERT INTO build_logs (system, number, step, lines, compressed) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(system)
-            .bind(number)
-            .bind(step)
-            .bind(lines)
-            .bind(compressed),
-        )
-    }
-
-    pub(crate) fn record_artifact(
-        &self,
-        system: &str,
-        number: i64,
-        artifact: &Artifact,
-    ) -> Result<(), DbError> {
-        self.execute(
-            "record an artifact",
-            sqlx::query(
-                "INSERT INTO build_artifacts (system, number, name, kind, step, made, size, \
-                 sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(system)
-            .bind(number)
-            .bind(&artifact.name)
-            .bind(&artifact.kind)
-            .bind(&artifact.step)
-            .bind(i64::from(artifact.made))
-            .bind(artifact.size)
-            .bind(&artifact.sha256),
-        )
-    }
-
-    /// The newest recorded artifact `name` of a system: where it is kept, its size and hash.
-    pub(crate) fn last_artifact(
-        &self,
-        system: &str,
-        name: &str,
-    ) -> Result<Option<(PathBuf, i64, String)>, DbError> {
-        let what = "look up an earlier artifact";
+    ) -> Result<BTreeMap<String, (PathBuf, i64, String)>, DbError> {
+        let what = "look up the artifacts of the build before";
         let rows = self.fetch_all(
             what,
             sqlx::query(
-                "SELECT b.out_dir, a.size, a.sha256 FROM build_artifacts a JOIN builds b \
-                 ON b.system = a.system AND b.number = a.number \
-                 WHERE a.system = $1 AND a.name = $2 ORDER BY a.number DESC LIMIT 1",
+                "SELECT a.name, b.out_dir, a.size, a.sha256 FROM build_artifacts a JOIN builds b \
+                 ON b.system = a.system AND b.number = a.number WHERE a.system = $1 AND \
+                 a.number = (SELECT MAX(number) FROM build_artifacts WHERE system = $2)",
             )
             .bind(system)
-            .bind(name),
+            .bind(system),
         )?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let read = |row: &AnyRow| -> Result<(PathBuf, i64, String), sqlx::Error> {
-            let out_dir: String = row.try_get(0)?;
+        let read = |row: &AnyRow| -> Result<(String, (PathBuf, i64, String)), sqlx::Error> {
+            let name: String = row.try_get(0)?;
+            let out_dir: String = row.try_get(1)?;
             Ok((
-                PathBuf::from(out_dir).join(name),
-                row.try_get(1)?,
-                row.try_get(2)?,
+                name.clone(),
+                (
+                    PathBuf::from(out_dir).join(name),
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ),
             ))
         };
-        read(row).map(Some).map_err(self.query_error(what))
-    }
-
-    pub(crate) fn finish(
-        &self,
-        system: &str,
-        number: i64,
-        outcome: Outcome,
-        error: Option<&str>,
-        contents: Option<&str>,
-    ) -> Result<(), DbError> {
-        self.execute(
-            "record the end of a build",
-            sqlx::query(
-                "UPDATE builds SET outcome = $1, ended_at = $2, error = $3, contents = $4 \
-                 WHERE system = $5 AND number = $6",
-            )
-            .bind(outcome.as_str())
-            .bind(now_ms())
-            .bind(error.map(str::to_owned))
-            .bind(contents.map(str::to_owned))
-            .bind(system)
-            .bind(number),
-        )
+        rows.iter()
+            .map(read)
+            .collect::<Result<_, _>>()
+            .map_err(self.query_error(what))
     }
 
     /// The builds recorded, newest first: of one system, or of all; at most `limit`.
@@ -567,7 +571,7 @@ impl Database {
             None => sqlx::query(concat!(
                 "SELECT ",
                 build_columns!(),
-                " FROM builds ORDER BY started_at DESC, system, number DESC LIMIT $1"
+                " FROM builds ORDER BY started_at DESC LIMIT $1"
             ))
             .bind(limit),
         };

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use autogentoo_pipeline::{ArtifactKind, Event, Observer, PipelineError, StepName};
 use sha2::{Digest, Sha256};
 
-use crate::{Artifact, Database, DbError, Outcome, Step};
+use crate::{Artifact, Batch, Database, DbError, End, Outcome, Step};
 
 /// How hard the logs are compressed: zstd's default, a fraction of a second for a long emerge.
 const LOG_LEVEL: i32 = 3;
@@ -33,6 +33,9 @@ pub struct Recorder<'d> {
     /// What the commands of each step under way printed.
     logs: BTreeMap<StepName, (i64, String)>,
     artifacts: Vec<(StepName, ArtifactKind, PathBuf, bool)>,
+    /// What is recorded but not written yet: skipped steps wait for the next write, so that a
+    /// build that changes nothing writes once at its start and once at its end.
+    pending: Batch,
     /// The first error; recording stops there, and [`Recorder::finish`] returns it.
     error: Option<DbError>,
 }
@@ -60,8 +63,16 @@ impl<'d> Recorder<'d> {
             running: BTreeMap::new(),
             logs: BTreeMap::new(),
             artifacts: Vec::new(),
+            pending: Batch::default(),
             error: None,
         }
+    }
+
+    /// Writes what is pending, with `end` when the build ended.
+    fn write(&mut self, number: i64, end: Option<End>) -> Result<(), DbError> {
+        let mut batch = std::mem::take(&mut self.pending);
+        batch.end = end;
+        self.db.write(&self.system, number, batch)
     }
 
     /// Records how the pipeline ended (a failure with its error), and returns the build's
@@ -73,16 +84,16 @@ impl<'d> Recorder<'d> {
         let Some((number, _)) = &self.begun else {
             return Ok(None);
         };
+        let number = *number;
         if let (Err(error), false) = (result, self.finished) {
-            self.db.finish(
-                &self.system,
-                *number,
-                Outcome::Failed,
-                Some(&error.one_line()),
-                None,
-            )?;
+            let end = End {
+                outcome: Outcome::Failed,
+                error: Some(error.one_line()),
+                contents: None,
+            };
+            self.write(number, Some(end))?;
         }
-        Ok(Some(*number))
+        Ok(Some(number))
     }
 
     fn record(&mut self, event: &Event) -> Result<(), DbError> {
@@ -167,13 +178,12 @@ impl<'d> Recorder<'d> {
             } => self.artifacts.push((*step, *kind, path.clone(), *made)),
             Event::Finished { .. } => {
                 let contents = self.keep(number, &out_dir)?;
-                self.db.finish(
-                    &self.system,
-                    number,
-                    Outcome::Succeeded,
-                    None,
-                    contents.as_deref(),
-                )?;
+                let end = End {
+                    outcome: Outcome::Succeeded,
+                    error: None,
+                    contents,
+                };
+                self.write(number, Some(end))?;
                 self.finished = true;
             }
             Event::Plan { .. } | Event::StepWouldRun { .. } | Event::Note { .. } => {}
@@ -202,8 +212,7 @@ impl<'d> Recorder<'d> {
             summary,
             error,
         };
-        self.db
-            .record_step(&self.system, number, self.position, &record)?;
+        self.pending.steps.push((self.position, record));
         if let Some((lines, text)) = self.logs.remove(&step) {
             let compressed =
                 zstd::encode_all(text.as_bytes(), LOG_LEVEL).map_err(|source| DbError::Keep {
@@ -212,8 +221,14 @@ impl<'d> Recorder<'d> {
                     dir: PathBuf::from(format!("(the log of step {step})")),
                     source,
                 })?;
-            self.db
-                .record_log(&self.system, number, step.as_str(), lines, compressed)?;
+            self.pending
+                .logs
+                .push((step.as_str().to_owned(), lines, compressed));
+        }
+        // A step that ran is written at once (with the skipped ones before it): a build killed
+        // later still shows how far it came.
+        if outcome != "skipped" {
+            self.write(number, None)?;
         }
         Ok(())
     }
@@ -233,6 +248,7 @@ impl<'d> Recorder<'d> {
         fs::create_dir_all(&staging).map_err(failed)?;
         let mut contents = None;
         let mut records = Vec::new();
+        let earlier = self.db.last_artifacts(&self.system)?;
         for (step, kind, path, made) in std::mem::take(&mut self.artifacts) {
             let Some(name) = path.file_name() else {
                 continue;
@@ -242,15 +258,11 @@ impl<'d> Recorder<'d> {
             // A file an earlier build kept is the same inode here: its hash is known, and a
             // build that changed nothing does not read its initramfs again.
             let name_text = name.to_string_lossy();
-            let known = if made {
-                None
-            } else {
-                self.db
-                    .last_artifact(&self.system, &name_text)?
-                    .filter(|(earlier, _, _)| same_file(earlier, &kept))
-            };
+            let known = earlier
+                .get(name_text.as_ref())
+                .filter(|(earlier, _, _)| !made && same_file(earlier, &kept));
             let (size, sha256) = match known {
-                Some((_, size, sha256)) => (size, sha256),
+                Some((_, size, sha256)) => (*size, sha256.clone()),
                 None => size_and_sha256(&kept).map_err(failed)?,
             };
             if kind == ArtifactKind::PackageList {
@@ -272,9 +284,7 @@ impl<'d> Recorder<'d> {
         }
         remove_dir_if_there(out_dir).map_err(failed)?;
         fs::rename(&staging, out_dir).map_err(failed)?;
-        for artifact in &records {
-            self.db.record_artifact(&self.system, number, artifact)?;
-        }
+        self.pending.artifacts.extend(records);
         Ok(contents)
     }
 }
