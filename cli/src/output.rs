@@ -194,6 +194,17 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// For commands that only print what they read (`builds list`, `builds log`, …): a reader that
+/// closes our stdout early (`| head`) ends us quietly, as it does `cat`, instead of the
+/// broken-pipe panic Rust's default gives. Not for commands that change things: a closed
+/// stdout must not stop a build half-way.
+pub fn end_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: the default action has no handler to run; nothing else in this process sets
+    // SIGPIPE's disposition.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

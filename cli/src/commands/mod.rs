@@ -23,6 +23,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::context::{Context, GlobalArgs};
+use crate::output;
 
 /// Gentoo stages, build roots and EFI-stub images with the root inside the initramfs.
 #[derive(Parser, Debug)]
@@ -114,10 +115,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
-        Command::Builds(builds::BuildsCommand::List(args)) => builds::list::run(&ctx, args),
-        Command::Builds(builds::BuildsCommand::Show(args)) => builds::show::run(&ctx, args),
-        Command::Builds(builds::BuildsCommand::Log(args)) => builds::log::run(&ctx, args),
-        Command::Builds(builds::BuildsCommand::Diff(args)) => builds::diff::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::List(args)) => {
+            output::end_on_closed_stdout();
+            builds::list::run(&ctx, args)
+        }
+        Command::Builds(builds::BuildsCommand::Show(args)) => {
+            output::end_on_closed_stdout();
+            builds::show::run(&ctx, args)
+        }
+        Command::Builds(builds::BuildsCommand::Log(args)) => {
+            output::end_on_closed_stdout();
+            builds::log::run(&ctx, args)
+        }
+        Command::Builds(builds::BuildsCommand::Diff(args)) => {
+            output::end_on_closed_stdout();
+            builds::diff::run(&ctx, args)
+        }
         Command::Builds(builds::BuildsCommand::Keep(args)) => builds::keep::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Purge(args)) => builds::purge::run(&ctx, args),
         Command::Publish(args) => publish::run(&ctx, args),
