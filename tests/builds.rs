@@ -520,6 +520,18 @@ fn a_newer_schema_is_refused_on_both_databases() -> Result<()> {
         "{}",
         refused.describe()
     );
+    // A build refused by its database stops before its first step does anything: no root.
+    let refused = site.run(&["build", "quick"]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr
+            .contains("newer than this autogentoo knows (2)"),
+        "{}",
+        refused.describe()
+    );
+    let roots = site.ok(&["root", "list"]);
+    assert!(!roots.stdout.contains("quick"), "{}", roots.describe());
 
     // PostgreSQL, with psql; the message names the server, never the password.
     let cluster = PrivatePostgres::start()?;
@@ -581,5 +593,29 @@ fn the_environment_names_the_database_and_a_wrong_password_is_not_shown() -> Res
         "{}",
         refused.describe()
     );
+    Ok(())
+}
+
+/// A reader that closes the listing early (`builds list | head -0`) ends it quietly: killed by
+/// SIGPIPE, as `cat` would be, with no panic on stderr.
+#[test]
+fn a_listing_whose_reader_went_away_ends_quietly() -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let site = Site::new(Database::Sqlite)?;
+    site.ok(&["build", "quick"]);
+    let (reader, writer) = rustix::pipe::pipe()?;
+    drop(reader);
+    for query in [&["builds", "list"][..], &["builds", "show", "quick", "1"]] {
+        let mut command = site.command(query);
+        command.stdout(std::process::Stdio::from(writer.try_clone()?));
+        let run = Run::of(command);
+        assert_eq!(
+            run.status.signal(),
+            Some(rustix::process::Signal::PIPE.as_raw()),
+            "{}",
+            run.describe()
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    }
     Ok(())
 }

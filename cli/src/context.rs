@@ -157,15 +157,19 @@ impl Context {
         Ok(factory()?)
     }
 
-    /// Opens the build database: `AUTOGENTOO_DATABASE_URL`, else the site config's
+    /// Where the build database is: `AUTOGENTOO_DATABASE_URL`, else the site config's
     /// `[database]`, else SQLite in the workdir.
-    pub fn database(&self) -> Result<Database> {
-        let location = Location::resolve(
+    pub fn database_location(&self) -> Result<Location> {
+        Ok(Location::resolve(
             std::env::var(URL_VAR).ok(),
             &self.config.database,
             &self.settings.workdir,
-        )?;
-        Ok(Database::open(&location)?)
+        )?)
+    }
+
+    /// Opens the build database (see [`Context::database_location`]).
+    pub fn database(&self) -> Result<Database> {
+        Ok(Database::open(&self.database_location()?)?)
     }
 
     /// The SHA-256 of the site config file, empty for the built-in defaults.

@@ -45,6 +45,11 @@ impl BuildInterrupt {
         &self.cancel
     }
 
+    /// The flag, for whoever else may stop the build (its recorder).
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancel)
+    }
+
     /// Whether the step under way polls the flag.
     pub fn set_polled(&self, polled: bool) {
         self.polled.store(polled, Ordering::SeqCst);

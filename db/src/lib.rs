@@ -24,7 +24,7 @@ use sqlx::{AnyPool, Row};
 pub use diff::{Changed, Diff, InputChange};
 pub use location::{Location, SQLITE_FILE, URL_VAR};
 pub use process::Process;
-pub use recorder::Recorder;
+pub use recorder::{BuildInfo, Recorder};
 
 /// The schema, versioned; `migrations/` in this crate.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -237,6 +237,15 @@ pub struct Database {
     runtime: tokio::runtime::Runtime,
     pool: AnyPool,
     location: Location,
+}
+
+/// Closing waits for the connections to close: SQLite's last one folds its write-ahead log
+/// into the file and removes it, so the next process opens a small database, not one that must
+/// read back every record since the last checkpoint.
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.pool.close());
+    }
 }
 
 /// The columns [`build_of`] reads, in its order.

@@ -3,22 +3,130 @@
 //! keeps its results in `out/SYSTEM/N/`: each file hard-linked, so a file no step changed is
 //! one inode shared with the build before, and last week's image is still there after this
 //! week's builds replaced it in `out/SYSTEM/`.
+//!
+//! The database is opened and written on a thread of the recorder's own, so that a build does
+//! not wait for it: the opening, the migration check and the build's first record happen while
+//! the pipeline looks at the root. The build waits for it twice: as its first step that runs
+//! starts (so that a database that cannot record stops the build before it does any work), and
+//! at its end, while its results are kept (under the build lock, which the pipeline holds until
+//! it returns).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
 use autogentoo_pipeline::{ArtifactKind, Event, Observer, PipelineError, StepName};
 use sha2::{Digest, Sha256};
 
+use crate::location::Location;
 use crate::{Artifact, Batch, Database, DbError, End, Outcome, Step};
 
 /// How hard the logs are compressed: zstd's default, a fraction of a second for a long emerge.
 const LOG_LEVEL: i32 = 3;
 
+/// What a build is, besides its events: for its record.
+#[derive(Clone, Debug)]
+pub struct BuildInfo {
+    pub system: String,
+    /// Who started it, and through what.
+    pub started_by: String,
+    /// The SHA-256 of the site config.
+    pub config_hash: String,
+    /// Where results are kept: WORKDIR/out.
+    pub out_root: PathBuf,
+}
+
+/// What the pipeline's thread hands the recorder's.
+enum Message {
+    Event(Event),
+    /// Answered once everything sent before it is written.
+    Barrier(mpsc::SyncSender<()>),
+    /// The pipeline returned, with its error on one line if it failed.
+    End(Option<String>),
+}
+
+/// Records one build of one system, on a thread of its own.
+pub struct Recorder {
+    sender: mpsc::Sender<Message>,
+    worker: JoinHandle<Result<Option<i64>, DbError>>,
+    /// Whether a step has started: the first waits until the build is recorded.
+    step_started: bool,
+}
+
+impl Recorder {
+    /// Starts recording a build into the database at `location` (opened on the recorder's
+    /// thread). When recording fails, it sets `stop`, the pipeline's cancel flag: a build that
+    /// cannot be recorded stops before its next step, and [`Recorder::finish`] says why.
+    pub fn start(location: Location, build: BuildInfo, stop: Arc<AtomicBool>) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || {
+                let result = Database::open(&location)
+                    .and_then(|db| Writer::new(&db, build).serve(&receiver));
+                if result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                result
+            })
+            .expect("the recorder's thread starts");
+        Self {
+            sender,
+            worker,
+            step_started: false,
+        }
+    }
+
+    /// Records how the pipeline ended (a failure with its error), waits until all is written,
+    /// and returns the build's number (`None` when it ended before its plan), or the first
+    /// error met while recording.
+    pub fn finish(self, result: Result<(), &PipelineError>) -> Result<Option<i64>, DbError> {
+        let error = result.err().map(PipelineError::one_line);
+        // A recorder that failed has stopped reading; its error is what the join returns.
+        let _ = self.sender.send(Message::End(error));
+        drop(self.sender);
+        match self.worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Waits until the recorder's thread has written everything sent so far (or has failed).
+    fn barrier(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+impl Observer for Recorder {
+    fn event(&mut self, event: &Event) {
+        // A failed recorder has stopped reading; its error comes with `finish`.
+        let _ = self.sender.send(Message::Event(event.clone()));
+        match event {
+            // The first step that runs waits until the database is open and the build is in
+            // it: a database that cannot record stops the build before it does any work, not
+            // hours later. A build that changes nothing never waits here.
+            Event::StepStarted { .. } if !self.step_started => {
+                self.step_started = true;
+                self.barrier();
+            }
+            // The results are kept while the build still holds its lock: no other build of the
+            // system can replace them under the links.
+            Event::Finished { .. } => self.barrier(),
+            _ => {}
+        }
+    }
+}
+
+/// The recorder's thread: writes one build.
 /// Records one build of one system.
-pub struct Recorder<'d> {
+struct Writer<'d> {
     db: &'d Database,
     system: String,
     started_by: String,
@@ -36,27 +144,16 @@ pub struct Recorder<'d> {
     /// What is recorded but not written yet: skipped steps wait for the next write, so that a
     /// build that changes nothing writes once at its start and once at its end.
     pending: Batch,
-    /// The first error; recording stops there, and [`Recorder::finish`] returns it.
-    error: Option<DbError>,
 }
 
-impl<'d> Recorder<'d> {
-    /// A recorder for a build of `system` started by `started_by` (who and through what), from
-    /// a site config whose SHA-256 is `config_hash`; results are kept under `out_root`
-    /// (WORKDIR/out).
-    pub fn new(
-        db: &'d Database,
-        system: &str,
-        started_by: &str,
-        config_hash: &str,
-        out_root: &Path,
-    ) -> Self {
+impl<'d> Writer<'d> {
+    fn new(db: &'d Database, build: BuildInfo) -> Self {
         Self {
             db,
-            system: system.to_owned(),
-            started_by: started_by.to_owned(),
-            config_hash: config_hash.to_owned(),
-            out_root: out_root.to_owned(),
+            system: build.system,
+            started_by: build.started_by,
+            config_hash: build.config_hash,
+            out_root: build.out_root,
             begun: None,
             finished: false,
             position: 0,
@@ -64,8 +161,22 @@ impl<'d> Recorder<'d> {
             logs: BTreeMap::new(),
             artifacts: Vec::new(),
             pending: Batch::default(),
-            error: None,
         }
+    }
+
+    /// Writes what `messages` bring until the pipeline's end; returns the build's number.
+    fn serve(mut self, messages: &mpsc::Receiver<Message>) -> Result<Option<i64>, DbError> {
+        for message in messages {
+            match message {
+                Message::Event(event) => self.record(&event)?,
+                Message::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Message::End(error) => return self.finish(error),
+            }
+        }
+        // The pipeline's side went away without an end: it panicked.
+        Ok(self.begun.map(|(number, _)| number))
     }
 
     /// Writes what is pending, with `end` when the build ended.
@@ -76,19 +187,16 @@ impl<'d> Recorder<'d> {
     }
 
     /// Records how the pipeline ended (a failure with its error), and returns the build's
-    /// number, or the first error met while recording.
-    pub fn finish(mut self, result: Result<(), &PipelineError>) -> Result<Option<i64>, DbError> {
-        if let Some(error) = self.error.take() {
-            return Err(error);
-        }
+    /// number.
+    fn finish(mut self, error: Option<String>) -> Result<Option<i64>, DbError> {
         let Some((number, _)) = &self.begun else {
             return Ok(None);
         };
         let number = *number;
-        if let (Err(error), false) = (result, self.finished) {
+        if let (Some(error), false) = (error, self.finished) {
             let end = End {
                 outcome: Outcome::Failed,
-                error: Some(error.one_line()),
+                error: Some(error),
                 contents: None,
             };
             self.write(number, Some(end))?;
@@ -109,11 +217,6 @@ impl<'d> Recorder<'d> {
                 }
                 hash.update(inputs.packages.join("\n").as_bytes());
                 let fingerprint = autogentoo_core::files::digests::hex(&hash.finalize());
-                let system_out = self.out_root.join(&self.system);
-                remove_partial_dirs(&system_out).map_err(|source| DbError::Leftovers {
-                    dir: system_out.clone(),
-                    source,
-                })?;
                 self.begun = Some(self.db.begin(
                     &self.system,
                     &self.started_by,
@@ -243,8 +346,12 @@ impl<'d> Recorder<'d> {
             dir: out_dir.to_owned(),
             source,
         };
+        let system_out = self.out_root.join(&self.system);
+        remove_partial_dirs(&system_out).map_err(|source| DbError::Leftovers {
+            dir: system_out.clone(),
+            source,
+        })?;
         let staging = partial_dir(out_dir);
-        remove_dir_if_there(&staging).map_err(failed)?;
         fs::create_dir_all(&staging).map_err(failed)?;
         let mut contents = None;
         let mut records = Vec::new();
@@ -310,7 +417,8 @@ fn partial_dir(out_dir: &Path) -> PathBuf {
 }
 
 /// Removes what a build killed while keeping its results left: hidden `.N.partial`
-/// directories of the system (no other build of it runs: the pipeline holds its lock).
+/// directories of the system (no other build of it runs: the pipeline holds its lock while
+/// its results are kept).
 fn remove_partial_dirs(system_out: &Path) -> std::io::Result<()> {
     let entries = match fs::read_dir(system_out) {
         Ok(entries) => entries,
@@ -334,18 +442,6 @@ fn remove_dir_if_there(dir: &Path) -> std::io::Result<()> {
         Ok(_) => fs::remove_file(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-impl Observer for Recorder<'_> {
-    fn event(&mut self, event: &Event) {
-        if self.error.is_some() {
-            return;
-        }
-        if let Err(error) = self.record(event) {
-            tracing::warn!("the build is no longer recorded: {error}");
-            self.error = Some(error);
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! root as it was, for a look inside with `root shell`.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use autogentoo_core::chroot::root_lock::{LockError, LockKind, RootLock};
@@ -206,15 +207,29 @@ impl<'r, 'o> Build<'r, 'o> {
         })
     }
 
-    /// Says whether `step` runs; true when it is to run now (not with pretend).
-    fn decide(&mut self, step: StepName, run: bool, why: String) -> bool {
+    /// Says whether `step` runs; true when it is to run now (not with pretend). When the
+    /// caller has set the cancel flag (an observer may set it as the step starts), the step
+    /// fails before it does anything, and the build stops.
+    fn decide(&mut self, step: StepName, run: bool, why: String) -> Result<bool, PipelineError> {
         let event = match (run, self.req.pretend) {
             (false, _) => Event::StepSkipped { step, why },
             (true, true) => Event::StepWouldRun { step, why },
             (true, false) => Event::StepStarted { step, why },
         };
         self.observer.event(&event);
-        run && !self.req.pretend
+        let runs = run && !self.req.pretend;
+        if runs && self.req.cancel.load(Ordering::SeqCst) {
+            let error = PipelineError::Stopped {
+                system: self.req.system.to_owned(),
+                step,
+            };
+            self.observer.event(&Event::StepFailed {
+                step,
+                error: error.one_line(),
+            });
+            return Err(error);
+        }
+        Ok(runs)
     }
 
     /// Reports the results a skipped step made in an earlier build, those that are there.
@@ -328,7 +343,7 @@ impl<'r, 'o> Build<'r, 'o> {
             layout.workdir.display(),
             self.req.storage.backend_name()
         );
-        if self.decide(StepName::Workdir, !initialised, why) {
+        if self.decide(StepName::Workdir, !initialised, why)? {
             self.execute(StepName::Workdir, Values::default(), |build, _| {
                 let layout = &build.req.layout;
                 workdir::init(build.req.storage, layout)
@@ -358,7 +373,7 @@ impl<'r, 'o> Build<'r, 'o> {
                 self.root_name, self.system.stage
             )
         };
-        if self.decide(StepName::Root, !exists, why) {
+        if self.decide(StepName::Root, !exists, why)? {
             let inputs = Values::default()
                 .with("stage", &self.system.stage)
                 .with("root", &self.root_name);
@@ -420,7 +435,7 @@ impl<'r, 'o> Build<'r, 'o> {
             (n, true) => format!("{n} command(s) in '{}'", self.root_name),
             (n, false) => format!("{n} command(s), unchanged since they last ran"),
         };
-        if !self.decide(StepName::Commands, run, why) {
+        if !self.decide(StepName::Commands, run, why)? {
             if !self.req.pretend {
                 let log = self.out_dir.join("commands.log");
                 self.kept(StepName::Commands, vec![(ArtifactKind::StepLog, log)]);
@@ -494,7 +509,7 @@ impl<'r, 'o> Build<'r, 'o> {
         } else {
             "packages, binary packages and root unchanged".into()
         };
-        if !self.decide(StepName::Image, run, why) {
+        if !self.decide(StepName::Image, run, why)? {
             if !self.req.pretend {
                 let kept = self.image_artifacts();
                 self.kept(StepName::Image, kept);
@@ -616,7 +631,7 @@ impl<'r, 'o> Build<'r, 'o> {
         } else {
             "root and site files unchanged".into()
         };
-        if !self.decide(StepName::Pack, run, why) {
+        if !self.decide(StepName::Pack, run, why)? {
             if !req.pretend {
                 let manifest = initramfs::manifest_path(&archive);
                 self.kept(
@@ -693,7 +708,7 @@ impl<'r, 'o> Build<'r, 'o> {
                 StepName::Kernel,
                 false,
                 format!("kernel_build = \"{NO_KERNEL}\": the system ends with its initramfs"),
-            );
+            )?;
             return Ok(None);
         };
         let compression = req.config.pack.compression;
@@ -730,7 +745,7 @@ impl<'r, 'o> Build<'r, 'o> {
         } else {
             "initramfs, config and sources unchanged".into()
         };
-        if !self.decide(StepName::Kernel, run, why) {
+        if !self.decide(StepName::Kernel, run, why)? {
             if !req.pretend {
                 let [efi, config, map, manifest] = kernel_outputs(&self.out_dir, req.system);
                 self.kept(

@@ -50,7 +50,8 @@ pub struct Request<'a> {
     pub runner: &'a dyn RootRunner,
     /// Report the plan (each step and whether it would run) and change nothing.
     pub pretend: bool,
-    /// Set when the user interrupts; a pack in progress stops and leaves nothing.
+    /// Set to stop the build: by an interrupt, or by a recorder that cannot record. The build
+    /// stops as its next step that runs starts; a pack in progress stops and leaves nothing.
     pub cancel: &'a AtomicBool,
 }
 
@@ -102,6 +103,9 @@ pub enum PipelineError {
         log: PathBuf,
         tail: String,
     },
+    /// The cancel flag was set: the build stopped as `step` was to start.
+    #[error("the build of system '{system}' stopped as its {step} step was to start")]
+    Stopped { system: String, step: StepName },
     /// Another process builds the same system.
     #[error(transparent)]
     Busy(autogentoo_core::chroot::root_lock::LockError),

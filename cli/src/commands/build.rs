@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use autogentoo_core::site_config::NO_KERNEL;
-use autogentoo_db::Recorder;
+use autogentoo_db::{BuildInfo, Recorder};
 use autogentoo_pipeline::{Event, Observer, Request, StepName};
 use clap::Args;
 
@@ -65,24 +65,25 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
         interrupt: &interrupt,
     };
     // Every build that runs is recorded; a pretend one changes nothing, the database neither.
-    let database = if args.pretend {
+    let recorder = if args.pretend {
         None
     } else {
-        Some(ctx.database()?)
+        let build = BuildInfo {
+            system: args.system.clone(),
+            started_by: crate::context::started_by(),
+            config_hash: ctx.config_hash()?,
+            out_root: ctx.layout().out(),
+        };
+        Some(Recorder::start(
+            ctx.database_location()?,
+            build,
+            interrupt.cancel_handle(),
+        ))
     };
-    let recorder = match &database {
-        Some(db) => Some(Recorder::new(
-            db,
-            &args.system,
-            &crate::context::started_by(),
-            &ctx.config_hash()?,
-            &ctx.layout().out(),
-        )),
-        None => None,
-    };
-    let mut observers = (shown, recorder);
+    // The recorder sees each event first: a step is shown as started once it is recorded.
+    let mut observers = (recorder, shown);
     let result = autogentoo_pipeline::run(&request, &mut observers);
-    let (_, recorder) = observers;
+    let (recorder, _) = observers;
     let recorded = match recorder {
         Some(recorder) => recorder.finish(result.as_ref().map(drop))?,
         None => None,
