@@ -1225,6 +1225,44 @@ pub fn build_busybox_tree(root: &Path) -> Result<()> {
         "{} is missing: apt-get install busybox-static",
         busybox.display()
     );
+    build_busybox_tree_of(root, busybox)
+}
+
+/// Debian's static busybox for arm64 (`busybox-static:arm64`), fetched once with `apt-get
+/// download` (the arm64 architecture added to dpkg, as `cargo xtask test` does) and kept in
+/// `target/test-cache/`.
+pub fn arm64_busybox() -> Result<PathBuf> {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache");
+    let busybox = cache.join("busybox-arm64");
+    if busybox.is_file() {
+        return Ok(busybox);
+    }
+    fs::create_dir_all(&cache)?;
+    let scratch = tempfile::tempdir_in(&cache)?;
+    run_tool(
+        Command::new("apt-get")
+            .args(["download", "busybox-static:arm64"])
+            .current_dir(scratch.path()),
+    )
+    .context("dpkg --add-architecture arm64 && apt-get update")?;
+    let deb = fs::read_dir(scratch.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run_tool(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(scratch.path().join("x")),
+    )?;
+    // Renamed into place whole: a test that waits for it never sees half a file.
+    fs::rename(scratch.path().join("x/bin/busybox"), &busybox)?;
+    Ok(busybox)
+}
+
+/// [`build_busybox_tree`] with the `busybox` binary given (another architecture's).
+pub fn build_busybox_tree_of(root: &Path, busybox: &Path) -> Result<()> {
     for dir in [
         "bin",
         "proc",
@@ -1240,7 +1278,8 @@ pub fn build_busybox_tree(root: &Path) -> Result<()> {
         mkdir(&root.join(dir), 0o755)?;
     }
     mkdir(&root.join("tmp"), 0o1777)?;
-    fs::copy(busybox, root.join("bin/busybox")).context("copy /bin/busybox")?;
+    fs::copy(busybox, root.join("bin/busybox"))
+        .with_context(|| format!("copy {}", busybox.display()))?;
     set_mode(&root.join("bin/busybox"), 0o755)?;
     for applet in BUSYBOX_APPLETS {
         symlink("busybox", &root.join("bin").join(applet))?;

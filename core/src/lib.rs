@@ -11,6 +11,7 @@
 //! The command-line program and the backends build on this crate; it never prints and never
 //! exits, it returns typed errors that carry the path and the operation.
 
+pub mod arch;
 pub mod chroot;
 pub mod civil_time;
 pub mod files;

@@ -17,6 +17,7 @@ use serde_path_to_error::Segment;
 use thiserror::Error;
 use toml::de::{DeArray, DeTable};
 
+use crate::chroot::binfmt::BinfmtPolicy;
 use crate::files::bounded_read::{self, FileKind, Limit, ReadError};
 use crate::names;
 
@@ -177,6 +178,10 @@ pub struct BuildSection {
     pub arch: String,
     /// Environment for every command run inside a root, like `FEATURES` or `EMERGE_DEFAULT_OPTS`.
     pub env: BTreeMap<String, String>,
+    /// A root of another architecture runs its programs through qemu-user: `check` (the
+    /// default) makes sure binfmt_misc has a handler for it and says what to run if not;
+    /// `register` registers qemu-user-static's.
+    pub binfmt: BinfmtPolicy,
 }
 
 impl BuildSection {
@@ -197,6 +202,7 @@ impl Default for BuildSection {
             makeopts: None,
             arch: "amd64".to_owned(),
             env: BTreeMap::new(),
+            binfmt: BinfmtPolicy::default(),
         }
     }
 }
@@ -321,6 +327,9 @@ pub struct SystemConfig {
     pub stage: String,
     /// The root volume the system is built in; unset means the system's own name.
     pub root: Option<String>,
+    /// The Gentoo architecture of the system (its stage's programs, its kernel); unset means
+    /// `build.arch`.
+    pub arch: Option<String>,
     /// Overlays packed over the root after `common/`, in order, each `KIND/NAME` under the
     /// site's `overlays/`, like `hardware/qemu-x86_64`.
     #[serde(default)]
@@ -386,6 +395,11 @@ impl SystemConfig {
     /// The root volume of the system called `system`.
     pub fn root_name<'a>(&'a self, system: &'a str) -> &'a str {
         self.root.as_deref().unwrap_or(system)
+    }
+
+    /// The system's Gentoo architecture: its own `arch`, else `build.arch`.
+    pub fn arch<'a>(&'a self, build: &'a BuildSection) -> &'a str {
+        self.arch.as_deref().unwrap_or(&build.arch)
     }
 }
 
@@ -689,6 +703,17 @@ impl SiteConfig {
                     format!("`{name}` is not a system name: {error}"),
                 )
             })?;
+            if let Some(arch) = &system.arch {
+                if !GENTOO_ARCHES.contains(&arch.as_str()) {
+                    return Err(c.error(
+                        &[Field("systems"), Field(name), Field("arch")],
+                        format!(
+                            "unknown arch `{arch}`; Gentoo's are {}",
+                            GENTOO_ARCHES.join(", ")
+                        ),
+                    ));
+                }
+            }
             let volumes = [
                 ("stage", Some(&system.stage)),
                 ("root", system.root.as_ref()),

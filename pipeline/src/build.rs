@@ -14,7 +14,7 @@ use autogentoo_core::chroot::root_mounts;
 use autogentoo_core::kernel::outputs as kernel_outputs;
 use autogentoo_core::pack::{self, initramfs, Layer, PackRequest};
 use autogentoo_core::site_config::{SystemConfig, NO_KERNEL};
-use autogentoo_core::stage_import::{Silent, SEAL_SNAPSHOT};
+use autogentoo_core::stage_import::{Silent, ARCH_PROPERTY, SEAL_SNAPSHOT};
 use autogentoo_core::storage::workdir::Layout;
 use autogentoo_core::storage::{workdir, SnapshotId, StorageError, VolumeId, VolumeKind};
 use autogentoo_plugin_api::{HookPoint, Values};
@@ -109,11 +109,22 @@ impl<'r, 'o> Build<'r, 'o> {
         }
         let storage = req.storage;
         let stage = VolumeId::new(VolumeKind::Stage, &system.stage).what(cannot)?;
-        if storage.get(&stage).is_err() {
+        let Ok(stage_volume) = storage.get(&stage) else {
             return Err(PipelineError::MissingStage {
                 system: name.to_owned(),
                 stage: system.stage.clone(),
             });
+        };
+        let arch = system.arch(&config.build);
+        if let Some(stage_arch) = stage_volume.properties.get(ARCH_PROPERTY) {
+            if stage_arch != arch {
+                return Err(PipelineError::StageArch {
+                    system: name.to_owned(),
+                    arch: arch.to_owned(),
+                    stage: system.stage.clone(),
+                    stage_arch: stage_arch.clone(),
+                });
+            }
         }
         let image_base = match system.image.as_ref().and_then(|i| i.base.as_deref()) {
             Some(base) => {

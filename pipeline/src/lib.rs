@@ -72,6 +72,16 @@ pub enum PipelineError {
     )]
     MissingStage { system: String, stage: String },
     #[error(
+        "system '{system}' is {arch}, but the programs of its stage '{stage}' are {stage_arch}; \
+         import a stage of {arch}, or set `arch = \"{stage_arch}\"` in [systems.{system}]"
+    )]
+    StageArch {
+        system: String,
+        arch: String,
+        stage: String,
+        stage_arch: String,
+    },
+    #[error(
         "the image of system '{system}' starts from stage '{stage}', which is not imported; \
          run `autogentoo stage import SOURCE --name {stage}`"
     )]

@@ -63,6 +63,26 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Adds `arch` to dpkg's foreign architectures (and updates apt's lists) unless it is there:
+/// the tests fetch another architecture's packages (Debian's arm64 busybox) with `apt-get
+/// download`.
+pub fn ensure_foreign_arch(arch: &str) -> Result<()> {
+    let out = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|a| a == arch)
+    {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the tests need dpkg's {arch} architecture: run this as root so it can add it");
+    }
+    run(Command::new("dpkg").args(["--add-architecture", arch]))?;
+    run(Command::new("apt-get").arg("update").arg("-qq"))
+}
+
 /// `cargo` as invoked us.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

@@ -50,6 +50,8 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "groff-base",
     "postgresql",
+    // Other architectures: qemu-user's handlers for roots of arm64 (tests/arch.rs).
+    "qemu-user-static",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {
@@ -61,6 +63,7 @@ pub fn run(unit_only: bool) -> Result<()> {
         bail!("the real tier mounts, makes device nodes and sets file capabilities: run `cargo xtask test` as root (or `cargo xtask test --unit`)");
     }
     host::ensure_packages(PACKAGES)?;
+    host::ensure_foreign_arch("arm64")?;
     host::run(cargo().args([
         "clippy",
         "--workspace",

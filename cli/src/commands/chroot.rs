@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
+use autogentoo_core::arch;
+use autogentoo_core::chroot::binfmt;
 use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
 use autogentoo_core::chroot::root_mounts::{self, mount_all, MountPlan};
 use autogentoo_core::chroot::root_run::{self, clean_environment, InitSpec};
@@ -23,6 +25,14 @@ pub fn run_in_root(
 ) -> Result<ExitCode> {
     let storage = ctx.storage()?;
     let root = storage.path(&VolumeId::new(VolumeKind::Root, name)?)?;
+    // A root of another architecture runs its programs through qemu-user.
+    if let Some((arch, _)) = arch::of_tree(&root)? {
+        if let Some(handler) = binfmt::ensure(arch, ctx.config.build.binfmt)
+            .with_context(|| format!("cannot run programs in root '{name}'"))?
+        {
+            tracing::info!("root '{name}' is {arch}: its programs run through '{handler}'");
+        }
+    }
     let layout = ctx.layout();
     // Held until we exit, so `root remove` and `root rollback` see the root in use.
     let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;

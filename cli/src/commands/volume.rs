@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 use autogentoo_core::chroot::mountinfo;
 use autogentoo_core::chroot::root_lock::{LockKind, RootLock};
-use autogentoo_core::stage_import::{import_sealed, ImportRequest};
+use autogentoo_core::stage_import::{import_sealed, ImportRequest, ARCH_PROPERTY};
 use autogentoo_core::storage::{VolumeId, VolumeKind};
 
 use crate::context::Context;
@@ -36,12 +36,17 @@ pub fn print_list(ctx: &Context, kind: VolumeKind) -> Result<()> {
             .get("source")
             .map(String::as_str)
             .unwrap_or("-");
-        println!(
-            "{}\t{}\t{}",
-            volume.id.name(),
-            crate::output::timestamp(volume.created),
-            source
-        );
+        let time = crate::output::timestamp(volume.created);
+        if kind == VolumeKind::Stage {
+            let arch = volume
+                .properties
+                .get(ARCH_PROPERTY)
+                .map(String::as_str)
+                .unwrap_or("-");
+            println!("{}\t{time}\t{arch}\t{source}", volume.id.name());
+        } else {
+            println!("{}\t{time}\t{source}", volume.id.name());
+        }
     }
     Ok(())
 }

@@ -161,6 +161,10 @@ pub fn import_stage(
     import_sealed(storage, VolumeKind::Stage, request)
 }
 
+/// The property of a stage that holds its programs' architecture (Gentoo's name), when its
+/// import found one.
+pub const ARCH_PROPERTY: &str = "arch";
+
 /// Imports a tree as a sealed volume of `kind`: a stage, or kernel sources (which builds read
 /// and never write: they build out of tree).
 pub fn import_sealed(
@@ -250,6 +254,14 @@ pub fn import_sealed(
     let mut properties = vec![("source".to_owned(), source.display().to_string())];
     if let Some(hash) = &sha512 {
         properties.push(("sha512".to_owned(), hash.clone()));
+    }
+    // A stage says what its programs are, so that a system of another architecture is not
+    // built on it by mistake.
+    if kind == VolumeKind::Stage {
+        if let Some((arch, program)) = crate::arch::of_tree(pending.path())? {
+            tracing::info!("stage '{}' is {arch} (/{program})", request.name);
+            properties.push((ARCH_PROPERTY.to_owned(), arch.gentoo.to_owned()));
+        }
     }
     let volume = pending.commit_sealed(SEAL_SNAPSHOT, &properties)?;
     Ok(ImportReport {

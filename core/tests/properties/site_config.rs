@@ -431,6 +431,7 @@ impl Model {
                 makeopts: build.makeopts,
                 arch: build.arch.unwrap_or(defaults.build.arch),
                 env: build.env.map(|(env, _)| env).unwrap_or_default(),
+                binfmt: defaults.build.binfmt,
             },
             mounts: MountsSection {
                 distfiles: mounts
@@ -460,6 +461,7 @@ impl Model {
                     let system = SystemConfig {
                         stage: s.stage.clone(),
                         root: s.root.clone(),
+                        arch: None,
                         overlays: s.overlays.clone().unwrap_or_default(),
                         kernel_config: s.kernel_config.map(|i| site.join(KERNEL_CONFIGS[i])),
                         kernel: s.kernel.clone(),

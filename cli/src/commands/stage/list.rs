@@ -9,7 +9,8 @@ use crate::context::Context;
 
 /// List the imported stages
 ///
-/// List the imported stages: name, import time, source.
+/// List the imported stages: name, import time, the architecture of its programs (`-` when
+/// none was found), source.
 #[derive(Args, Debug)]
 pub struct ListArgs {}
 
