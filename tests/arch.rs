@@ -90,6 +90,18 @@ fn an_arm64_stage_imports_runs_and_builds_through_qemu_user() -> Result<()> {
         "{handler}"
     );
 
+    // The host says it can build arm64 now, and through what.
+    let status = workdir.ok(["--json", "workdir", "status"]).json();
+    let arches = status["arches"].as_array().expect("a list of arches");
+    let arm64 = arches.iter().find(|a| a["arch"] == "arm64");
+    assert!(
+        arm64.is_some_and(|a| a["through"] != "native"),
+        "{status:#}"
+    );
+    assert!(arches
+        .iter()
+        .any(|a| a["arch"] == "amd64" && a["through"] == "native"));
+
     // The whole pipeline: the system's command ran under qemu-user, and its output is packed.
     let built = workdir.ok(with_site(&["build", "tiny-arm64"]));
     let archive = built.stdout.trim();

@@ -212,6 +212,38 @@ pub fn ensure(arch: Arch, policy: BinfmtPolicy) -> Result<Option<String>, Binfmt
     Ok(Some(handler.name))
 }
 
+/// An architecture this host can build for, and how its programs run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Runnable {
+    /// Gentoo's name.
+    pub arch: &'static str,
+    /// `native`, or the binfmt_misc handler (with the F flag) that runs them through qemu-user.
+    pub through: String,
+}
+
+/// The architectures whose roots this host can run and build, as things stand (nothing is
+/// registered): natively, or through a handler with the F flag. What a farm routes systems by.
+pub fn runnable() -> Vec<Runnable> {
+    let dir = Path::new(BINFMT_DIR);
+    crate::arch::ARCHES
+        .iter()
+        .filter_map(|arch| {
+            let through = if arch.is_native() {
+                "native".to_owned()
+            } else {
+                match handler_for(*arch, dir) {
+                    Ok(Some(handler)) if handler.flags.contains('F') => handler.name,
+                    _ => return None,
+                }
+            };
+            Some(Runnable {
+                arch: arch.gentoo,
+                through,
+            })
+        })
+        .collect()
+}
+
 fn mount_binfmt_misc(dir: &Path) -> Result<(), BinfmtError> {
     tracing::info!("mounting binfmt_misc on {}", dir.display());
     rustix::mount::mount(

@@ -1,6 +1,7 @@
 //! `autogentoo workdir status`
 
 use anyhow::{Context as _, Result};
+use autogentoo_core::chroot::binfmt;
 use autogentoo_core::storage::workdir::{self, Layout};
 use autogentoo_core::storage::Capabilities;
 use clap::Args;
@@ -11,8 +12,9 @@ use crate::output;
 /// Show the backend, its capabilities, the volumes and the space used
 ///
 /// Show the backend, what it can do, the volumes of each kind, where the shared caches
-/// (distfiles, binpkgs) are and the space used; warn when users other than root can reach into
-/// the workdir.
+/// (distfiles, binpkgs) are, the space used, and the architectures this host can build (natively,
+/// or through a qemu-user handler with binfmt_misc's F flag); warn when users other than root
+/// can reach into the workdir.
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
 
@@ -30,8 +32,18 @@ pub fn run(ctx: &Context, _args: StatusArgs) -> Result<()> {
             workdir::TOP_MODE
         );
     }
+    let arches = binfmt::runnable();
     if ctx.json {
-        output::json(&status);
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            #[serde(flatten)]
+            status: &'a workdir::Status,
+            arches: &'a [binfmt::Runnable],
+        }
+        output::json(&Shown {
+            status: &status,
+            arches: &arches,
+        });
         return Ok(());
     }
     println!("backend:      {}", status.backend);
@@ -53,6 +65,11 @@ pub fn run(ctx: &Context, _args: StatusArgs) -> Result<()> {
     for (cache, path) in &status.caches {
         println!("{:<13} {}", format!("{cache}:"), path.display());
     }
+    let arches: Vec<String> = arches
+        .iter()
+        .map(|r| format!("{} ({})", r.arch, r.through))
+        .collect();
+    println!("arches:       {}", arches.join(", "));
     Ok(())
 }
 
