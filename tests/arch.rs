@@ -1,11 +1,17 @@
 //! Other architectures from this host: an arm64 stage (Debian's arm64 static busybox), its
-//! architecture recorded on import and checked by `build`, and its programs run inside a root
-//! through qemu-user (binfmt_misc with the F flag, registered because the site allows it).
+//! architecture recorded on import and checked by `build`, its programs run inside a root
+//! through qemu-user (binfmt_misc with the F flag, registered because the site allows it), and
+//! an arm64 kernel cross-built on the host with our initramfs, booted under AAVMF.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
 
 use anyhow::Result;
-use autogentoo_tests::{arm64_busybox, build_busybox_tree_of, unpack_initramfs, Workdir};
+use autogentoo_tests::{
+    arm64_busybox, build_busybox_tree_of, kernel_source, unpack_initramfs, Workdir,
+};
 
 /// An arm64 system that records what its programs say they run on, a build on the host's
 /// arch, and a site that lets autogentoo register qemu-user-static's handler.
@@ -111,5 +117,105 @@ fn an_arm64_stage_imports_runs_and_builds_through_qemu_user() -> Result<()> {
         fs::read_to_string(unpacked.join("etc/machine"))?,
         "aarch64\n"
     );
+    Ok(())
+}
+
+/// What the arm64 image's /init prints, with what `uname -m` says inside the booted machine.
+const ARM64_MARKER: &str = "autogentoo arm64 init on aarch64";
+
+/// The arm64 system with a kernel: cross-built on the host from the shared kernel sources, with
+/// the example site's arm64 fragment.
+const KERNEL_SITE: &str = r#"
+[build]
+binfmt = "register"
+
+[systems.arm64-efi]
+stage = "arm64-busybox"
+arch = "arm64"
+kernel_build = "host"
+kernel_config = "kernel/qemu-arm64.kconfig"
+cmdline = "console=ttyAMA0 rdinit=/init"
+"#;
+
+#[test]
+fn an_arm64_kernel_is_cross_built_with_our_initramfs_and_boots_under_aavmf() -> Result<()> {
+    let workdir = Workdir::new();
+    let stage = workdir.scratch().join("stage");
+    build_busybox_tree_of(&stage, &arm64_busybox()?)?;
+    let init = stage.join("init");
+    fs::write(
+        &init,
+        "#!/bin/sh\necho \"autogentoo arm64 init on $(/bin/busybox uname -m)\"\n\
+         /bin/busybox poweroff -f\n",
+    )?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    workdir.import(&stage, "arm64-busybox");
+    let site = workdir.scratch().join("site");
+    fs::create_dir_all(site.join("kernel"))?;
+    let fragment =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/kernel/qemu-arm64.kconfig");
+    fs::copy(&fragment, site.join("kernel/qemu-arm64.kconfig"))?;
+    let config = site.join("autogentoo.toml");
+    fs::write(&config, KERNEL_SITE)?;
+    let source = kernel_source();
+    workdir.ok([
+        "kernel".as_ref(),
+        "import".as_ref(),
+        source.as_os_str(),
+        "--name".as_ref(),
+        "linux".as_ref(),
+    ]);
+
+    let started = Instant::now();
+    let built = workdir.ok([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "build".as_ref(),
+        "arm64-efi".as_ref(),
+    ]);
+    eprintln!(
+        "timing: arm64 kernel cross-built on the host: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let image = Path::new(built.stdout.trim()).to_owned();
+    // An EFI application for arm64: its PE header names machine 0xaa64.
+    let bytes = fs::read(&image)?;
+    assert_eq!(&bytes[..2], b"MZ");
+    let pe = u32::from_le_bytes(bytes[0x3c..0x40].try_into()?) as usize;
+    assert_eq!(&bytes[pe..pe + 4], b"PE\0\0");
+    assert_eq!(u16::from_le_bytes([bytes[pe + 4], bytes[pe + 5]]), 0xaa64);
+    let kernel_config = fs::read_to_string(image.with_extension("config"))?;
+    for line in [
+        "CONFIG_EFI_STUB=y",
+        "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y",
+        "CONFIG_CMDLINE_FORCE=y",
+        "CONFIG_CMDLINE=\"console=ttyAMA0 rdinit=/init\"",
+    ] {
+        assert!(kernel_config.lines().any(|l| l == line), "{line} missing");
+    }
+
+    let started = Instant::now();
+    let booted = workdir.run([
+        "kernel".as_ref(),
+        "boot".as_ref(),
+        image.as_os_str(),
+        "--expect".as_ref(),
+        ARM64_MARKER.as_ref(),
+        "--timeout".as_ref(),
+        "600".as_ref(),
+    ]);
+    eprintln!(
+        "timing: arm64 boot under AAVMF (TCG) to the /init marker: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(booted.status.success(), "{}", booted.describe());
+    let mut log = image.as_os_str().to_owned();
+    log.push(".boot.log");
+    let console = fs::read_to_string(&log)?;
+    assert!(
+        console.contains("EFI stub: Booting Linux Kernel"),
+        "{console}"
+    );
+    assert!(console.contains(ARM64_MARKER), "{console}");
     Ok(())
 }

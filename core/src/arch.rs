@@ -101,6 +101,52 @@ impl Arch {
         ARCHES.iter().copied().find(|a| a.gentoo == name)
     }
 
+    /// The architecture whose kernel is built with `ARCH=name` (`x86` is amd64's); `None` for a
+    /// kernel architecture autogentoo does not build.
+    pub fn of_kernel(name: &str) -> Option<Self> {
+        ARCHES.iter().copied().find(|a| a.kernel == name)
+    }
+
+    /// The make target of its EFI-stub kernel, and where kbuild leaves it under `arch/ARCH/boot`.
+    pub fn kernel_image(self) -> &'static str {
+        match self.kernel {
+            "x86" => "bzImage",
+            _ => "Image",
+        }
+    }
+
+    /// The removable-media path UEFI firmware boots on it: `EFI/BOOT/{name}`.
+    pub fn efi_boot_file(self) -> Option<&'static str> {
+        match self.gentoo {
+            "amd64" => Some("BOOTX64.EFI"),
+            "x86" => Some("BOOTIA32.EFI"),
+            "arm64" => Some("BOOTAA64.EFI"),
+            "arm" => Some("BOOTARM.EFI"),
+            "riscv" => Some("BOOTRISCV64.EFI"),
+            _ => None,
+        }
+    }
+
+    /// The machine field of a PE/COFF (EFI) image built for it.
+    pub fn pe_machine(self) -> Option<u16> {
+        match self.gentoo {
+            "amd64" => Some(0x8664),
+            "x86" => Some(0x014c),
+            "arm64" => Some(0xaa64),
+            "arm" => Some(0x01c2),
+            "riscv" => Some(0x5064),
+            _ => None,
+        }
+    }
+
+    /// The architecture of an EFI application, from its PE header's machine field.
+    pub fn of_pe_machine(machine: u16) -> Option<Self> {
+        ARCHES
+            .iter()
+            .copied()
+            .find(|a| a.pe_machine() == Some(machine))
+    }
+
     /// The architecture this program runs on.
     pub fn host() -> Self {
         let machine = match std::env::consts::ARCH {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use autogentoo_core::arch::Arch;
 use autogentoo_core::chroot::root_mounts::umount_all;
 use autogentoo_core::kernel::kernel_build::{self, KernelReport};
 use autogentoo_core::kernel::{KernelBuilder, KernelJob};
@@ -82,6 +83,11 @@ pub fn build(step: &KernelStep) -> Result<KernelReport, PipelineError> {
         ),
         ("builder".to_owned(), builder.name().to_owned()),
     ];
+    let arch_name = step.system.arch(&step.config.build);
+    let arch = Arch::named(arch_name).ok_or_else(|| PipelineError::KernelArch {
+        system: step.system_name.to_owned(),
+        arch: arch_name.to_owned(),
+    })?;
     let fragments = step.config.kernel_fragments(step.system).what(cannot)?;
     let build_dir = step.layout.kernel_builds().join(step.system_name);
     let out_dir = step.layout.out().join(step.system_name);
@@ -95,7 +101,7 @@ pub fn build(step: &KernelStep) -> Result<KernelReport, PipelineError> {
         initramfs: step.initramfs,
         compression: step.compression,
         cmdline: step.system.cmdline.as_deref(),
-        arch: "x86",
+        arch: arch.kernel,
         jobs: step.config.build.jobs,
         out_dir: &out_dir,
         inputs: &inputs,

@@ -95,6 +95,11 @@ pub enum PipelineError {
     NoKernel,
     #[error("several kernel volumes; name one with --kernel or the system's `kernel`")]
     SeveralKernels,
+    #[error(
+        "system '{system}' is {arch}, for which autogentoo builds no kernels; set `kernel_build = \"none\"` \
+         in [systems.{system}], or use a kernel builder plugin that does"
+    )]
+    KernelArch { system: String, arch: String },
     #[error("system '{system}' builds a kernel with '{builder}', but no kernel builder was given")]
     NoKernelBuilder { system: String, builder: String },
     #[error(

@@ -50,8 +50,12 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "groff-base",
     "postgresql",
-    // Other architectures: qemu-user's handlers for roots of arm64 (tests/arch.rs).
+    // Other architectures (tests/arch.rs): qemu-user's handlers for roots of arm64, the cross
+    // compiler for its kernel, and the machine and firmware that boot it.
     "qemu-user-static",
+    "gcc-aarch64-linux-gnu",
+    "qemu-system-arm",
+    "qemu-efi-aarch64",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

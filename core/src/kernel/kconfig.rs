@@ -467,6 +467,21 @@ impl Requirements {
         Ok(Self { list })
     }
 
+    /// The requirements for a kernel of `arch` (the kernel's ARCH, or its directory under
+    /// `arch/`). x86 turns a built-in command line on with `CMDLINE_BOOL`; arm64 and riscv
+    /// always have `CMDLINE`, and `CMDLINE_FORCE` makes it the one the kernel and its EFI stub
+    /// use, whatever the firmware passes.
+    pub fn for_arch(mut self, arch: &str) -> Self {
+        if source_arch(arch) != "x86" {
+            for requirement in &mut self.list {
+                if requirement.symbol == "CMDLINE_BOOL" {
+                    requirement.symbol = "CMDLINE_FORCE".to_owned();
+                }
+            }
+        }
+        self
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, Requirement> {
         self.list.iter()
     }

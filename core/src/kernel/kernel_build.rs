@@ -19,6 +19,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::arch::Arch;
 use crate::chroot::root_mounts;
 use crate::files::bounded_read::{self, Limit, ReadError};
 use crate::files::in_root::RootDir;
@@ -90,6 +91,7 @@ impl KernelBuilder for Kbuild {
                     source: job.source.to_owned(),
                     build_dir: job.build_dir.to_owned(),
                     log,
+                    cross: cross_args(job.arch)?,
                 };
                 (&host, job.initramfs.to_owned())
             }
@@ -110,7 +112,8 @@ impl KernelBuilder for Kbuild {
                 (&in_root, seen)
             }
         };
-        let requirements = Requirements::new(Some(&seen_initramfs), job.compression, job.cmdline)?;
+        let requirements = Requirements::new(Some(&seen_initramfs), job.compression, job.cmdline)?
+            .for_arch(job.arch);
         build(&KernelBuildRequest {
             source: job.source,
             build_dir: job.build_dir,
@@ -152,6 +155,10 @@ pub enum KernelError {
         status: String,
         log: PathBuf,
     },
+    #[error("autogentoo builds no kernels for the architecture '{0}' (the kernel's ARCH); it knows x86, arm64, arm, riscv and powerpc")]
+    UnknownArch(String),
+    #[error("{gcc} is missing, so no kernel for {arch} can be built on this host; apt-get install gcc-{}", gcc.trim_end_matches("-gcc"))]
+    NoCrossCompiler { arch: &'static str, gcc: String },
     #[error("{}: no kernel source tree (a directory with Makefile and Kconfig) in it", .0.display())]
     NoSource(PathBuf),
     #[error("{} does not exist; pack the root first (`autogentoo root pack ROOT`)", .0.display())]
@@ -269,16 +276,19 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     )?;
 
     // 3. The image: after an initramfs-only change, make relinks.
+    let target = Arch::of_kernel(request.arch)
+        .ok_or_else(|| KernelError::UnknownArch(request.arch.to_owned()))?
+        .kernel_image();
     request
         .make
-        .make(&[format!("-j{}", request.jobs.max(1)), "bzImage".to_owned()])?;
+        .make(&[format!("-j{}", request.jobs.max(1)), target.to_owned()])?;
 
     // 4. The results, as outputs; the old manifest goes first and the new one comes last, so
     // that a manifest never describes files that are not the ones beside it.
     fs::create_dir_all(request.out_dir).map_err(io_err("create", request.out_dir))?;
     let [image, config_out, map_out, manifest_out] = kernel::outputs(request.out_dir, request.name);
     output_file::retract(&manifest_out)?;
-    let built = PathBuf::from(format!("arch/{}/boot/bzImage", request.arch));
+    let built = PathBuf::from(format!("arch/{}/boot/{target}", request.arch));
     let sha256 = publish_copy(&tree, &built, &image)?;
     let config_sha256 = publish_copy(&tree, Path::new(CONFIG), &config_out)?;
     publish_copy(&tree, Path::new("System.map"), &map_out)?;
@@ -333,6 +343,30 @@ pub struct HostMake {
     pub source: PathBuf,
     pub build_dir: PathBuf,
     pub log: PathBuf,
+    /// `ARCH=… CROSS_COMPILE=…` for a kernel of another architecture than the host's.
+    pub cross: Vec<String>,
+}
+
+/// What make on the host needs to build a kernel for `arch` (the kernel's name): nothing for
+/// the host's own, else `ARCH` and Debian's cross toolchain, which must be installed.
+pub fn cross_args(arch: &str) -> Result<Vec<String>, KernelError> {
+    let target = Arch::of_kernel(arch).ok_or_else(|| KernelError::UnknownArch(arch.to_owned()))?;
+    if target.kernel == Arch::host().kernel {
+        return Ok(Vec::new());
+    }
+    let gcc = format!("{}gcc", target.cross_prefix);
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(&gcc).is_file()));
+    if !found {
+        return Err(KernelError::NoCrossCompiler {
+            arch: target.gentoo,
+            gcc,
+        });
+    }
+    Ok(vec![
+        format!("ARCH={}", target.kernel),
+        format!("CROSS_COMPILE={}", target.cross_prefix),
+    ])
 }
 
 impl Make for HostMake {
@@ -350,6 +384,7 @@ impl Make for HostMake {
             .arg("-C")
             .arg(&self.source)
             .arg(format!("O={}", self.build_dir.display()))
+            .args(&self.cross)
             .args(args);
         run_logged(command, &self.log, args)
     }

@@ -15,7 +15,7 @@ use autogentoo_core::files::bounded_read::{self, Limit};
 use autogentoo_core::files::output_file::{self, OutputFile};
 use autogentoo_core::kernel::kconfig::{self, Requirements};
 use autogentoo_core::kernel::kernel_build::{
-    build, sha256_file, HostMake, KernelBuildRequest, KernelError, KernelReport,
+    build, cross_args, sha256_file, HostMake, KernelBuildRequest, KernelError, KernelReport,
 };
 use autogentoo_core::kernel::{KernelBuilder, KernelBuilderCapabilities, KernelJob};
 use autogentoo_core::storage::io_err;
@@ -160,6 +160,7 @@ fn kernel(job: &KernelJob, dir: &BuildDir) -> Result<Kernel, KernelError> {
         source: job.source.to_owned(),
         build_dir: kbuild.clone(),
         log: dir.log(),
+        cross: cross_args(job.arch)?,
     };
     let report = build(&KernelBuildRequest {
         source: job.source,

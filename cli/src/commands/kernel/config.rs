@@ -91,11 +91,12 @@ pub fn run(ctx: &Context, args: ConfigArgs) -> Result<()> {
         ),
         None => None,
     };
-    let requirements = Requirements::new(initramfs.as_deref(), compression, cmdline)?;
+    let arch = args.arch.as_deref().unwrap_or(std::env::consts::ARCH);
+    let requirements =
+        Requirements::new(initramfs.as_deref(), compression, cmdline)?.for_arch(arch);
     let mut config = Config::load(&args.file)?;
     let missing = match &args.source {
         Some(tree) => {
-            let arch = args.arch.as_deref().unwrap_or(std::env::consts::ARCH);
             match kconfig::verify_after_olddefconfig(&config, &requirements, tree, arch) {
                 Ok(()) => None,
                 Err(KconfigError::Dropped(options)) => Some(options),
