@@ -96,6 +96,22 @@ fn an_arm64_stage_imports_runs_and_builds_through_qemu_user() -> Result<()> {
         "{handler}"
     );
 
+    // Its binary packages are its own: the arm64 root's PKGDIR is the arm64 cache.
+    workdir.ok(with_site(&[
+        "root",
+        "run",
+        "tiny-arm64",
+        "--",
+        "/bin/busybox",
+        "touch",
+        "/var/cache/binpkgs/made-in-arm64",
+    ]));
+    let caches = workdir.ok(["--json", "workdir", "status"]).json()["caches"].clone();
+    let arm64_cache = Path::new(caches["binpkgs-arm64"].as_str().expect("an arm64 cache"));
+    let host_cache = Path::new(caches["binpkgs"].as_str().expect("the host's cache"));
+    assert!(arm64_cache.join("made-in-arm64").is_file(), "{caches:#}");
+    assert!(!host_cache.join("made-in-arm64").exists(), "{caches:#}");
+
     // The host says it can build arm64 now, and through what.
     let status = workdir.ok(["--json", "workdir", "status"]).json();
     let arches = status["arches"].as_array().expect("a list of arches");

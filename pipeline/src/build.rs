@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use autogentoo_core::arch::Arch;
 use autogentoo_core::chroot::root_lock::{LockError, LockKind, RootLock};
 use autogentoo_core::chroot::root_mounts;
 use autogentoo_core::kernel::outputs as kernel_outputs;
@@ -499,9 +500,9 @@ impl<'r, 'o> Build<'r, 'o> {
             .text("repo", &newest_repo(&self.req.layout)?);
         // The binary packages the image is installed from: their index changes with every
         // package built or rebuilt.
-        let index = VolumeId::new(VolumeKind::Cache, workdir::CACHES[1])
+        let arch = Arch::named(self.system.arch(&self.req.config.build));
+        let index = workdir::binpkgs_cache(self.req.storage, arch)
             .ok()
-            .and_then(|cache| self.req.storage.path(&cache).ok())
             .map(|cache| cache.join("Packages"))
             .filter(|index| index.is_file());
         if let Some(index) = &index {

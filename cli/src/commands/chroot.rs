@@ -26,7 +26,8 @@ pub fn run_in_root(
     let storage = ctx.storage()?;
     let root = storage.path(&VolumeId::new(VolumeKind::Root, name)?)?;
     // A root of another architecture runs its programs through qemu-user.
-    if let Some((arch, _)) = arch::of_tree(&root)? {
+    let arch = arch::of_tree(&root)?.map(|(arch, _)| arch);
+    if let Some(arch) = arch {
         if let Some(handler) = binfmt::ensure(arch, ctx.config.build.binfmt)
             .with_context(|| format!("cannot run programs in root '{name}'"))?
         {
@@ -36,7 +37,8 @@ pub fn run_in_root(
     let layout = ctx.layout();
     // Held until we exit, so `root remove` and `root rollback` see the root in use.
     let _use = RootLock::wait(&layout, name, LockKind::Use, true)?;
-    let mut plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?.without_proc();
+    let mut plan =
+        root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts, arch)?.without_proc();
     if let Some(extra) = extra {
         plan.mounts.extend(extra.mounts);
     }

@@ -19,12 +19,13 @@ use rustix::mount::{
 };
 use serde::Serialize;
 
+use crate::arch::Arch;
 use crate::chroot::loop_device::{self, LoopDevice};
 use crate::chroot::mountinfo;
 use crate::files::bounded_read::{self, Limit};
 use crate::files::in_root::{InnerPath, RootDir};
 use crate::site_config::MountsSection;
-use crate::storage::workdir::{Layout, CACHES};
+use crate::storage::workdir::{binpkgs_cache, Layout, CACHES};
 use crate::storage::{io_err, Storage, StorageError, VolumeId, VolumeKind};
 
 /// What goes on one mount point.
@@ -124,16 +125,18 @@ fn planned(target: &str, source: MountSource) -> PlannedMount {
     }
 }
 
-/// The standard plan for a root of this workdir, with the targets and the repository image
-/// the site config names (the newest image when it names none; no repository mount when the
-/// workdir has no image yet).
+/// The standard plan for a root of this workdir whose programs are of `arch`, with the
+/// targets and the repository image the site config names (the newest image when it names
+/// none; no repository mount when the workdir has no image yet). The binary packages are the
+/// arch's own ([`binpkgs_cache`]).
 pub fn plan_for(
     storage: &dyn Storage,
     layout: &Layout,
     mounts: &MountsSection,
+    arch: Option<Arch>,
 ) -> Result<MountPlan, StorageError> {
     let distfiles = storage.path(&VolumeId::new(VolumeKind::Cache, CACHES[0])?)?;
-    let binpkgs = storage.path(&VolumeId::new(VolumeKind::Cache, CACHES[1])?)?;
+    let binpkgs = binpkgs_cache(storage, arch)?;
     let image = match &mounts.repo_image {
         Some(name) => {
             let image = layout.repos().join(format!("{name}.sqfs"));

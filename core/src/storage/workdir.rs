@@ -103,6 +103,26 @@ fn restrict_top(workdir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The binary package cache of the roots of `arch` (`None`: of an unknown one, taken as the
+/// host's): `binpkgs` for the host's own architecture, `binpkgs-ARCH` for any other, made when
+/// first wanted. Packages built for one architecture (or for i686 on an amd64 host) are never
+/// offered to another's roots; distfiles, which are sources, stay shared.
+pub fn binpkgs_cache(
+    storage: &dyn Storage,
+    arch: Option<crate::arch::Arch>,
+) -> Result<PathBuf, StorageError> {
+    let name = match arch {
+        Some(arch) if arch != crate::arch::Arch::host() => format!("{}-{}", CACHES[1], arch.gentoo),
+        _ => CACHES[1].to_owned(),
+    };
+    let id = VolumeId::new(VolumeKind::Cache, &name)?;
+    match storage.create(&id) {
+        Ok(volume) => Ok(volume.path),
+        Err(StorageError::AlreadyExists(_)) => storage.path(&id),
+        Err(e) => Err(e),
+    }
+}
+
 /// What `workdir status` reports.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -112,8 +132,9 @@ pub struct Status {
     pub usage: Usage,
     /// Volume names by kind (`stage`, `root`, …).
     pub volumes: BTreeMap<VolumeKind, Vec<String>>,
-    /// Where each shared cache is on the host (`distfiles`, `binpkgs`): where a site drops
-    /// the distfiles no mirror has, or reads the binary packages.
+    /// Where each shared cache is on the host (`distfiles`, `binpkgs`, `binpkgs-ARCH` for
+    /// another architecture's roots): where a site drops the distfiles no mirror has, or reads
+    /// the binary packages.
     pub caches: BTreeMap<String, PathBuf>,
     /// The permission bits of the workdir's top; anything but [`TOP_MODE`] lets other users
     /// reach the device nodes and setuid programs of stages and roots.
@@ -137,12 +158,11 @@ pub fn status(storage: &dyn Storage, layout: &Layout) -> Result<Status, StorageE
             .collect();
         volumes.insert(kind, names);
     }
-    let mut caches = BTreeMap::new();
-    for cache in CACHES {
-        if let Ok(path) = storage.path(&VolumeId::new(VolumeKind::Cache, cache)?) {
-            caches.insert(cache.to_owned(), path);
-        }
-    }
+    let caches = storage
+        .list(VolumeKind::Cache)?
+        .into_iter()
+        .map(|cache| (cache.id.name().to_owned(), cache.path))
+        .collect();
     let top = std::fs::metadata(&layout.workdir).map_err(io_err("inspect", &layout.workdir))?;
     Ok(Status {
         caches,

@@ -28,7 +28,8 @@ pub fn run(ctx: &Context, args: MountArgs) -> Result<()> {
     let layout = ctx.layout();
     let _use = RootLock::wait(&layout, &args.name, LockKind::Use, true)?;
     let _mounts = RootLock::wait(&layout, &args.name, LockKind::Mounts, false)?;
-    let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts)?;
+    let arch = autogentoo_core::arch::of_tree(&root)?.map(|(arch, _)| arch);
+    let plan = root_mounts::plan_for(&*storage, &layout, &ctx.config.mounts, arch)?;
     let report =
         mount_all(&root, &plan).with_context(|| format!("cannot mount root '{}'", args.name))?;
     if ctx.json {
