@@ -14,7 +14,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary build_record builds_list)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary emerge_qemu build_record builds_list)
 # The backends `--backend all` means, in the order they run.
 readonly ALL_BACKENDS=(dir btrfs zfs)
 # The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
@@ -116,8 +116,11 @@ require_tools() {
         [[ -f /usr/include/openssl/ssl.h ]] || missing_files+=(libssl-dev)
         [[ -f $UKI_STUB ]] || missing_files+=(systemd-boot-efi)
     fi
-    if [[ " ${BENCHES[*]} " == *" emerge_binary "* ]]; then
+    if [[ " ${BENCHES[*]} " == *" emerge_binary "* || " ${BENCHES[*]} " == *" emerge_qemu "* ]]; then
         package_of+=([zstd]=zstd [pip3]=python3-pip)
+    fi
+    if [[ " ${BENCHES[*]} " == *" emerge_qemu "* ]]; then
+        package_of+=([qemu-aarch64-static]=qemu-user-static)
     fi
     if [[ " ${BENCHES[*]} " == *" builds_list "* ]]; then
         package_of+=([psql]=postgresql [pg_isready]=postgresql [python3]=python3 [setpriv]=util-linux)
@@ -855,6 +858,43 @@ bench_emerge_binary() {
     compare emerge_binary "emerge --usepkgonly of 3 packages in a fresh root" \
         "emerge from source" emerge_binary_ours emerge_binary_source
     unset CMP_TREE_BYTES CMP_TREE_FILES
+}
+
+# emerge_qemu: the same source build of the example packages in a fresh arm64 root (its
+# programs, compiler included, run through qemu-user) against a fresh amd64 root (native): what
+# building another architecture's system on this host costs. The arm64 stage is the Portage
+# stand-in made for arm64 (scripts/portage-stage --arch arm64, cached), which needs
+# qemu-user-static's binfmt_misc handler: registered here, said first, when missing.
+ensure_arm64_stage() {
+    [[ -n ${ARM64_STAGE_DONE:-} ]] && return
+    ensure_portage_site
+    if ! grep -qs '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+        say "  registering qemu-user-static's aarch64 handler in binfmt_misc (with the F flag)"
+        mountpoint -q /proc/sys/fs/binfmt_misc ||
+            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+        grep '^:' /usr/lib/binfmt.d/qemu-aarch64.conf >/proc/sys/fs/binfmt_misc/register
+    fi
+    say "  the arm64 Portage stand-in stage (scripts/portage-stage --arch arm64; built once)"
+    local stage
+    stage=$("$REPO/scripts/portage-stage" --arch arm64)
+    pag stage import "$stage" --name portage-arm64 >/dev/null
+    ARM64_STAGE_DONE=1
+}
+emerge_qemu_arm64_setup() { pag root create "a64-$ROUND" --stage portage-arm64 >/dev/null; }
+emerge_qemu_arm64_run() {
+    pag root run "a64-$ROUND" -- emerge --usepkg=n --buildpkg=n app-misc/greet app-misc/hello
+}
+emerge_qemu_arm64_cleanup() { pag root remove "a64-$ROUND"; }
+emerge_qemu_native_setup() { pag root create "x64-$ROUND" --stage portage >/dev/null; }
+emerge_qemu_native_run() {
+    pag root run "x64-$ROUND" -- emerge --usepkg=n --buildpkg=n app-misc/greet app-misc/hello
+}
+emerge_qemu_native_cleanup() { pag root remove "x64-$ROUND"; }
+bench_emerge_qemu() {
+    use_backend dir
+    ensure_arm64_stage
+    compare emerge_qemu "emerge from source of 3 packages, arm64 root through qemu-user" \
+        "the same emerge in an amd64 root, native" emerge_qemu_arm64 emerge_qemu_native
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use autogentoo_tests::{
-    arm64_busybox, build_busybox_tree_of, kernel_source, unpack_initramfs, Workdir,
+    arm64_busybox, build_busybox_tree_of, example_repo, kernel_source, portage_stage_for, run_tool,
+    unpack_initramfs, Workdir,
 };
 
 /// An arm64 system that records what its programs say they run on, a build on the host's
@@ -233,5 +234,115 @@ fn an_arm64_kernel_is_cross_built_with_our_initramfs_and_boots_under_aavmf() -> 
         "{console}"
     );
     assert!(console.contains(ARM64_MARKER), "{console}");
+    Ok(())
+}
+
+/// The Portage stand-in stage for arm64 (debootstrap's second stage and Portage's install run
+/// through qemu-user), an ebuild of the example repository emerged from source in an arm64 root,
+/// and its binary package in the arm64 cache only.
+#[test]
+fn an_ebuild_is_emerged_in_an_arm64_root_into_the_arm64_binary_packages() -> Result<()> {
+    let workdir = Workdir::new();
+    let config = workdir.scratch().join("autogentoo.toml");
+    fs::create_dir_all(workdir.scratch())?;
+    // The stand-in stage's repos.conf names the example repository, mounted where it says.
+    fs::write(
+        &config,
+        "[build]\nbinfmt = \"register\"\n\n[mounts]\nrepo = \"var/db/repos/example\"\n",
+    )?;
+    let config = config.to_str().unwrap().to_owned();
+    let with_site = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--config".to_owned(), config.clone()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    };
+    // A command in an arm64 root registers qemu-user-static's handler, as the site allows; the
+    // stage script needs it.
+    let busybox = workdir.scratch().join("busybox");
+    build_busybox_tree_of(&busybox, &arm64_busybox()?)?;
+    workdir.import(&busybox, "arm64-busybox");
+    workdir.ok(with_site(&[
+        "root",
+        "create",
+        "probe",
+        "--stage",
+        "arm64-busybox",
+    ]));
+    workdir.ok(with_site(&["root", "run", "probe", "--", "/bin/true"]));
+
+    let started = Instant::now();
+    let tarball = portage_stage_for("arm64");
+    eprintln!(
+        "timing: the arm64 Portage stage (cached after the first run): {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    workdir.import(&tarball, "portage-arm64");
+    let stages = workdir.ok(["--json", "stage", "list"]).json();
+    let stage = stages
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"]["name"] == "portage-arm64"))
+        .expect("the stage is listed");
+    assert_eq!(stage["properties"]["arch"], "arm64", "{stage:#}");
+
+    let (repo, distfiles) = example_repo();
+    workdir.ok([
+        "repo".as_ref(),
+        "pack".as_ref(),
+        "--dir".as_ref(),
+        repo.as_os_str(),
+        "--name".as_ref(),
+        "example".as_ref(),
+    ]);
+    let caches = workdir.ok(["--json", "workdir", "status"]).json()["caches"].clone();
+    let distfiles_cache = caches["distfiles"].as_str().expect("a distfiles cache");
+    run_tool(std::process::Command::new(distfiles).arg(distfiles_cache))?;
+
+    workdir.ok(with_site(&[
+        "root",
+        "create",
+        "builder",
+        "--stage",
+        "portage-arm64",
+    ]));
+    let started = Instant::now();
+    let emerge = workdir.ok(with_site(&[
+        "root",
+        "run",
+        "builder",
+        "--",
+        "emerge",
+        "--quiet-build",
+        "app-misc/hello",
+    ]));
+    eprintln!(
+        "timing: emerge app-misc/hello from source in the arm64 root (qemu-user): {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let root = workdir.root_path("builder");
+    let program = fs::read(root.join("usr/bin/hello"))?;
+    assert_eq!(&program[..4], b"\x7fELF", "{}", emerge.describe());
+    assert_eq!(
+        u16::from_le_bytes([program[18], program[19]]),
+        0xb7,
+        "an aarch64 program"
+    );
+    let ran = workdir.ok(with_site(&["root", "run", "builder", "--", "hello"]));
+    assert!(!ran.stdout.trim().is_empty(), "{}", ran.describe());
+
+    // Its binary package is in the arm64 cache, and nowhere near the host's.
+    let caches = workdir.ok(["--json", "workdir", "status"]).json()["caches"].clone();
+    let arm64_cache = Path::new(caches["binpkgs-arm64"].as_str().expect("an arm64 cache"));
+    let host_cache = Path::new(caches["binpkgs"].as_str().expect("the host's cache"));
+    let packages: Vec<_> = fs::read_dir(arm64_cache.join("app-misc/hello"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        packages.iter().any(|p| p.ends_with(".gpkg.tar")),
+        "{packages:?}"
+    );
+    assert!(!host_cache.join("app-misc").exists());
+    let index = fs::read_to_string(arm64_cache.join("Packages"))?;
+    assert!(index.contains("CHOST: aarch64-linux-gnu"), "{index}");
     Ok(())
 }

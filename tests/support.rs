@@ -2160,6 +2160,18 @@ pub fn portage_stage() -> PathBuf {
         .clone()
 }
 
+/// The Portage stand-in stage for `arch` (`scripts/portage-stage --arch ARCH`): for another
+/// architecture than the host's, made through qemu-user, which needs its binfmt_misc handler
+/// registered first (the caller runs a command in a root of that arch with `build.binfmt =
+/// "register"`).
+pub fn portage_stage_for(arch: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/portage-stage");
+    let path = run_tool(Command::new(&script).args(["--arch", arch])).unwrap_or_else(|e| {
+        panic!("cannot make the {arch} Portage stage: {e:#}");
+    });
+    PathBuf::from(path.trim())
+}
+
 /// The example ebuild repository and the script that makes its distfiles.
 pub fn example_repo() -> (PathBuf, PathBuf) {
     let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
