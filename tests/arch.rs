@@ -346,3 +346,68 @@ fn an_ebuild_is_emerged_in_an_arm64_root_into_the_arm64_binary_packages() -> Res
     assert!(index.contains("CHOST: aarch64-linux-gnu"), "{index}");
     Ok(())
 }
+
+/// The drop detection reads arm64's own Kconfig: EFI there depends on the device tree, a
+/// little-endian CPU and NEON, not on ACPI as on x86; and a built-in command line is forced,
+/// for a system whose arch is arm64 as for `--arch arm64`.
+#[test]
+fn an_arm64_config_is_checked_against_arm64s_kconfig() -> Result<()> {
+    let workdir = Workdir::new();
+    fs::create_dir_all(workdir.scratch())?;
+    let config = workdir.scratch().join("big-endian.config");
+    fs::write(
+        &config,
+        "CONFIG_CPU_BIG_ENDIAN=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\nCONFIG_DEVTMPFS=y\n\
+         # CONFIG_EFI is not set\n",
+    )?;
+    let source = kernel_source();
+    let checked = workdir.run([
+        "kernel".as_ref(),
+        "config".as_ref(),
+        config.as_os_str(),
+        "--check".as_ref(),
+        "--source".as_ref(),
+        source.as_os_str(),
+        "--arch".as_ref(),
+        "arm64".as_ref(),
+    ]);
+    assert_eq!(checked.code(), Some(1), "{}", checked.describe());
+    assert!(
+        checked.stderr.contains(
+            "CONFIG_EFI was dropped by make olddefconfig: it depends on OF && !CPU_BIG_ENDIAN && \
+             KERNEL_MODE_NEON"
+        ),
+        "{}",
+        checked.describe()
+    );
+    assert!(!checked.stderr.contains("ACPI"), "{}", checked.describe());
+
+    let site = workdir.scratch().join("autogentoo.toml");
+    fs::write(
+        &site,
+        "[systems.a]\nstage = \"s\"\narch = \"arm64\"\ncmdline = \"console=ttyAMA0\"\n",
+    )?;
+    let needed = workdir.run([
+        "--config".as_ref(),
+        site.as_os_str(),
+        "kernel".as_ref(),
+        "config".as_ref(),
+        config.as_os_str(),
+        "--system".as_ref(),
+        "a".as_ref(),
+        "--source".as_ref(),
+        source.as_os_str(),
+        "--check".as_ref(),
+    ]);
+    assert!(
+        needed.stdout.contains("+CONFIG_CMDLINE_FORCE=y"),
+        "{}",
+        needed.describe()
+    );
+    assert!(
+        !needed.stdout.contains("CMDLINE_BOOL"),
+        "{}",
+        needed.describe()
+    );
+    Ok(())
+}

@@ -53,8 +53,9 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "DIR", requires = "check")]
     pub source: Option<PathBuf>,
 
-    /// The kernel architecture whose Kconfig files --source reads [default: the host's]
-    #[arg(long, requires = "source")]
+    /// The kernel architecture whose Kconfig files --source reads, and whose requirements
+    /// apply [default: the system's with --system, else the host's]
+    #[arg(long)]
     pub arch: Option<String>,
 }
 
@@ -91,7 +92,13 @@ pub fn run(ctx: &Context, args: ConfigArgs) -> Result<()> {
         ),
         None => None,
     };
-    let arch = args.arch.as_deref().unwrap_or(std::env::consts::ARCH);
+    // The named one, else the system's (Gentoo's names are among those `source_arch` takes),
+    // else the host's.
+    let arch = match (&args.arch, system) {
+        (Some(arch), _) => arch.as_str(),
+        (None, Some(system)) => system.arch(&ctx.config.build),
+        (None, None) => std::env::consts::ARCH,
+    };
     let requirements =
         Requirements::new(initramfs.as_deref(), compression, cmdline)?.for_arch(arch);
     let mut config = Config::load(&args.file)?;
