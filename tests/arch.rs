@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use autogentoo_tests::{
-    arm64_busybox, build_busybox_tree_of, example_repo, kernel_source, portage_stage_for, run_tool,
-    unpack_initramfs, Workdir,
+    arm64_busybox, build_busybox_tree, build_busybox_tree_of, example_repo, kernel_source,
+    portage_stage_for, run_tool, unpack_initramfs, Workdir,
 };
 
 /// An arm64 system that records what its programs say they run on, a build on the host's
@@ -32,6 +32,15 @@ commands = ["/bin/busybox uname -m > /etc/machine"]
 [systems.wrong-arch]
 stage = "arm64-busybox"
 kernel_build = "none"
+
+[systems.wrong-base]
+stage = "arm64-busybox"
+arch = "arm64"
+kernel_build = "none"
+
+[systems.wrong-base.image]
+packages = ["app-misc/hello"]
+base = "host-busybox"
 "#;
 
 #[test]
@@ -63,8 +72,22 @@ fn an_arm64_stage_imports_runs_and_builds_through_qemu_user() -> Result<()> {
     assert_eq!(refused.code(), Some(1), "{}", refused.describe());
     assert!(
         refused.stderr.contains(
-            "system 'wrong-arch' is amd64, but the programs of its stage 'arm64-busybox' are \
+            "system 'wrong-arch' is amd64, but the programs of stage 'arm64-busybox' are \
              arm64; import a stage of amd64, or set `arch = \"arm64\"` in [systems.wrong-arch]"
+        ),
+        "{}",
+        refused.describe()
+    );
+
+    // Nor is an image based on a stage of another arch than the system's.
+    let host_stage = workdir.scratch().join("host-stage");
+    build_busybox_tree(&host_stage)?;
+    workdir.import(&host_stage, "host-busybox");
+    let refused = workdir.run(with_site(&["build", "wrong-base"]));
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains(
+            "system 'wrong-base' is arm64, but the programs of stage 'host-busybox' are amd64"
         ),
         "{}",
         refused.describe()

@@ -116,26 +116,32 @@ impl<'r, 'o> Build<'r, 'o> {
                 stage: system.stage.clone(),
             });
         };
+        // The stage's programs (and the image base's) must be of the system's arch, when their
+        // import could tell.
         let arch = system.arch(&config.build);
-        if let Some(stage_arch) = stage_volume.properties.get(ARCH_PROPERTY) {
-            if stage_arch != arch {
-                return Err(PipelineError::StageArch {
-                    system: name.to_owned(),
-                    arch: arch.to_owned(),
-                    stage: system.stage.clone(),
-                    stage_arch: stage_arch.clone(),
-                });
-            }
-        }
+        let same_arch = |stage: &str, volume: &autogentoo_core::storage::Volume| match volume
+            .properties
+            .get(ARCH_PROPERTY)
+        {
+            Some(stage_arch) if stage_arch != arch => Err(PipelineError::StageArch {
+                system: name.to_owned(),
+                arch: arch.to_owned(),
+                stage: stage.to_owned(),
+                stage_arch: stage_arch.clone(),
+            }),
+            _ => Ok(()),
+        };
+        same_arch(&system.stage, &stage_volume)?;
         let image_base = match system.image.as_ref().and_then(|i| i.base.as_deref()) {
             Some(base) => {
                 let id = VolumeId::new(VolumeKind::Stage, base).what(cannot)?;
-                if storage.get(&id).is_err() {
+                let Ok(base_volume) = storage.get(&id) else {
                     return Err(PipelineError::MissingImageBase {
                         system: name.to_owned(),
                         stage: base.to_owned(),
                     });
-                }
+                };
+                same_arch(base, &base_volume)?;
                 Some(id)
             }
             None => None,

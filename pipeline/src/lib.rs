@@ -72,7 +72,7 @@ pub enum PipelineError {
     )]
     MissingStage { system: String, stage: String },
     #[error(
-        "system '{system}' is {arch}, but the programs of its stage '{stage}' are {stage_arch}; \
+        "system '{system}' is {arch}, but the programs of stage '{stage}' are {stage_arch}; \
          import a stage of {arch}, or set `arch = \"{stage_arch}\"` in [systems.{system}]"
     )]
     StageArch {
