@@ -885,16 +885,12 @@ emerge_qemu_arm64_run() {
     pag root run "a64-$ROUND" -- emerge --usepkg=n --buildpkg=n app-misc/greet app-misc/hello
 }
 emerge_qemu_arm64_cleanup() { pag root remove "a64-$ROUND"; }
-emerge_qemu_native_setup() { pag root create "x64-$ROUND" --stage portage >/dev/null; }
-emerge_qemu_native_run() {
-    pag root run "x64-$ROUND" -- emerge --usepkg=n --buildpkg=n app-misc/greet app-misc/hello
-}
-emerge_qemu_native_cleanup() { pag root remove "x64-$ROUND"; }
+# The native side is emerge_binary's source build.
 bench_emerge_qemu() {
     use_backend dir
     ensure_arm64_stage
     compare emerge_qemu "emerge from source of 3 packages, arm64 root through qemu-user" \
-        "the same emerge in an amd64 root, native" emerge_qemu_arm64 emerge_qemu_native
+        "the same emerge in an amd64 root, native" emerge_qemu_arm64 emerge_binary_source
 }
 
 # ---------------------------------------------------------------------------------------------

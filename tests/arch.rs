@@ -14,6 +14,36 @@ use autogentoo_tests::{
     portage_stage_for, run_tool, unpack_initramfs, Workdir,
 };
 
+/// A workdir with an arm64 busybox tree imported as stage `arm64-busybox` (after `prepare` added
+/// to the tree what a test needs), and a site config beside it, at `site_dir/autogentoo.toml`.
+struct Arm64Site {
+    workdir: Workdir,
+    config: String,
+}
+
+impl Arm64Site {
+    fn new(site_dir: &str, site: &str, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+        let workdir = Workdir::new();
+        let stage = workdir.scratch().join("stage");
+        build_busybox_tree_of(&stage, &arm64_busybox()?)?;
+        prepare(&stage)?;
+        workdir.import(&stage, "arm64-busybox");
+        let dir = workdir.scratch().join(site_dir);
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("autogentoo.toml");
+        fs::write(&config, site)?;
+        let config = config.to_str().expect("a UTF-8 path").to_owned();
+        Ok(Self { workdir, config })
+    }
+
+    /// `args` after `--config` and the site config.
+    fn args(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["--config".to_owned(), self.config.clone()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    }
+}
+
 /// An arm64 system that records what its programs say they run on, a build on the host's
 /// arch, and a site that lets autogentoo register qemu-user-static's handler.
 const SITE: &str = r#"
@@ -45,18 +75,8 @@ base = "host-busybox"
 
 #[test]
 fn an_arm64_stage_imports_runs_and_builds_through_qemu_user() -> Result<()> {
-    let workdir = Workdir::new();
-    let stage = workdir.scratch().join("stage");
-    build_busybox_tree_of(&stage, &arm64_busybox()?)?;
-    workdir.import(&stage, "arm64-busybox");
-    let config = workdir.scratch().join("autogentoo.toml");
-    fs::write(&config, SITE)?;
-    let config = config.to_str().unwrap().to_owned();
-    let with_site = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["--config".to_owned(), config.clone()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        all
-    };
+    let site = Arm64Site::new("site", SITE, |_| Ok(()))?;
+    let (workdir, with_site) = (&site.workdir, |args: &[&str]| site.args(args));
 
     // The import read the stage's programs.
     let listed = workdir.ok(["stage", "list"]);
@@ -179,24 +199,24 @@ cmdline = "console=ttyAMA0 rdinit=/init"
 
 #[test]
 fn an_arm64_kernel_is_cross_built_with_our_initramfs_and_boots_under_aavmf() -> Result<()> {
-    let workdir = Workdir::new();
-    let stage = workdir.scratch().join("stage");
-    build_busybox_tree_of(&stage, &arm64_busybox()?)?;
-    let init = stage.join("init");
-    fs::write(
-        &init,
-        "#!/bin/sh\necho \"autogentoo arm64 init on $(/bin/busybox uname -m)\"\n\
-         /bin/busybox poweroff -f\n",
-    )?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-    workdir.import(&stage, "arm64-busybox");
-    let site = workdir.scratch().join("site");
-    fs::create_dir_all(site.join("kernel"))?;
+    let site = Arm64Site::new("site", KERNEL_SITE, |stage| {
+        let init = stage.join("init");
+        fs::write(
+            &init,
+            "#!/bin/sh\necho \"autogentoo arm64 init on $(/bin/busybox uname -m)\"\n\
+             /bin/busybox poweroff -f\n",
+        )?;
+        Ok(fs::set_permissions(
+            &init,
+            fs::Permissions::from_mode(0o755),
+        )?)
+    })?;
+    let workdir = &site.workdir;
     let fragment =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/kernel/qemu-arm64.kconfig");
-    fs::copy(&fragment, site.join("kernel/qemu-arm64.kconfig"))?;
-    let config = site.join("autogentoo.toml");
-    fs::write(&config, KERNEL_SITE)?;
+    let kernel_dir = workdir.scratch().join("site/kernel");
+    fs::create_dir_all(&kernel_dir)?;
+    fs::copy(&fragment, kernel_dir.join("qemu-arm64.kconfig"))?;
     let source = kernel_source();
     workdir.ok([
         "kernel".as_ref(),
@@ -207,12 +227,7 @@ fn an_arm64_kernel_is_cross_built_with_our_initramfs_and_boots_under_aavmf() -> 
     ]);
 
     let started = Instant::now();
-    let built = workdir.ok([
-        "--config".as_ref(),
-        config.as_os_str(),
-        "build".as_ref(),
-        "arm64-efi".as_ref(),
-    ]);
+    let built = workdir.ok(site.args(&["build", "arm64-efi"]));
     eprintln!(
         "timing: arm64 kernel cross-built on the host: {:.0} s",
         started.elapsed().as_secs_f64()
@@ -265,25 +280,15 @@ fn an_arm64_kernel_is_cross_built_with_our_initramfs_and_boots_under_aavmf() -> 
 /// and its binary package in the arm64 cache only.
 #[test]
 fn an_ebuild_is_emerged_in_an_arm64_root_into_the_arm64_binary_packages() -> Result<()> {
-    let workdir = Workdir::new();
-    let config = workdir.scratch().join("autogentoo.toml");
-    fs::create_dir_all(workdir.scratch())?;
     // The stand-in stage's repos.conf names the example repository, mounted where it says.
-    fs::write(
-        &config,
+    let site = Arm64Site::new(
+        "site",
         "[build]\nbinfmt = \"register\"\n\n[mounts]\nrepo = \"var/db/repos/example\"\n",
+        |_| Ok(()),
     )?;
-    let config = config.to_str().unwrap().to_owned();
-    let with_site = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["--config".to_owned(), config.clone()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        all
-    };
+    let (workdir, with_site) = (&site.workdir, |args: &[&str]| site.args(args));
     // A command in an arm64 root registers qemu-user-static's handler, as the site allows; the
     // stage script needs it.
-    let busybox = workdir.scratch().join("busybox");
-    build_busybox_tree_of(&busybox, &arm64_busybox()?)?;
-    workdir.import(&busybox, "arm64-busybox");
     workdir.ok(with_site(&[
         "root",
         "create",
