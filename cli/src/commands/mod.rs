@@ -86,6 +86,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Man(args) => return man::run(args).map(|()| ExitCode::SUCCESS),
         _ => {}
     }
+    // The listings end quietly when their reader goes away (`| head`).
+    use builds::BuildsCommand::{Diff, List, Log, Show};
+    if matches!(
+        cli.command,
+        Command::Builds(List(_) | Show(_) | Log(_) | Diff(_))
+    ) {
+        output::end_on_closed_stdout();
+    }
     let ctx = Context::new(&cli.global)?;
     let done = match cli.command {
         Command::Workdir(workdir::WorkdirCommand::Init(args)) => workdir::init::run(&ctx, args),
@@ -115,22 +123,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
         Command::Build(args) => build::run(&ctx, args),
-        Command::Builds(builds::BuildsCommand::List(args)) => {
-            output::end_on_closed_stdout();
-            builds::list::run(&ctx, args)
-        }
-        Command::Builds(builds::BuildsCommand::Show(args)) => {
-            output::end_on_closed_stdout();
-            builds::show::run(&ctx, args)
-        }
-        Command::Builds(builds::BuildsCommand::Log(args)) => {
-            output::end_on_closed_stdout();
-            builds::log::run(&ctx, args)
-        }
-        Command::Builds(builds::BuildsCommand::Diff(args)) => {
-            output::end_on_closed_stdout();
-            builds::diff::run(&ctx, args)
-        }
+        Command::Builds(builds::BuildsCommand::List(args)) => builds::list::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Show(args)) => builds::show::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Log(args)) => builds::log::run(&ctx, args),
+        Command::Builds(builds::BuildsCommand::Diff(args)) => builds::diff::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Keep(args)) => builds::keep::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Purge(args)) => builds::purge::run(&ctx, args),
         Command::Publish(args) => publish::run(&ctx, args),
