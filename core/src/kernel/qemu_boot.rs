@@ -150,12 +150,13 @@ pub enum BootError {
 
 /// Boots the image and waits for the expected text (or a clean power-off).
 pub fn boot(request: &BootRequest) -> Result<BootReport, BootError> {
+    // The log first: an output that cannot be written is refused before anything else.
+    output_file::check_target(request.log)?;
     let arch = check_efi(request.image)?;
     let machine = Machine::of(arch).ok_or(BootError::UnknownMachine {
         image: request.image.to_owned(),
         machine: arch.pe_machine().unwrap_or_default(),
     })?;
-    output_file::check_target(request.log)?;
     let (code, vars_template) = machine.find_firmware().ok_or(BootError::NoFirmware {
         arch,
         code: machine.firmware[0].0,
