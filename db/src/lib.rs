@@ -40,7 +40,7 @@ pub enum DbError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the build database's runtime")]
+    #[error("cannot start the build database's runtime or its recorder's thread")]
     Runtime(#[source] std::io::Error),
     #[error("cannot open the build database {shown}")]
     Open {

@@ -61,7 +61,11 @@ impl Recorder {
     /// Starts recording a build into the database at `location` (opened on the recorder's
     /// thread). When recording fails, it sets `stop`, the pipeline's cancel flag: a build that
     /// cannot be recorded stops before its next step, and [`Recorder::finish`] says why.
-    pub fn start(location: Location, build: BuildInfo, stop: Arc<AtomicBool>) -> Self {
+    pub fn start(
+        location: Location,
+        build: BuildInfo,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, DbError> {
         let (sender, receiver) = mpsc::channel();
         let worker = std::thread::Builder::new()
             .name("recorder".into())
@@ -73,12 +77,12 @@ impl Recorder {
                 }
                 result
             })
-            .expect("the recorder's thread starts");
-        Self {
+            .map_err(DbError::Runtime)?;
+        Ok(Self {
             sender,
             worker,
             step_started: false,
-        }
+        })
     }
 
     /// Records how the pipeline ended (a failure with its error), waits until all is written,

@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
             ctx.database_location()?,
             build,
             interrupt.cancel_handle(),
-        ))
+        )?)
     };
     // The recorder sees each event first: a step is shown as started once it is recorded.
     let mut observers = (recorder, shown);
