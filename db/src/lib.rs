@@ -11,12 +11,13 @@ mod diff;
 mod location;
 mod process;
 mod recorder;
+mod remote;
 mod retention;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{AnyPool, Row};
@@ -25,6 +26,7 @@ pub use diff::{Changed, Diff, InputChange};
 pub use location::{Location, SQLITE_FILE, URL_VAR};
 pub use process::Process;
 pub use recorder::{BuildInfo, Recorder};
+pub use remote::RemoteStart;
 
 /// The schema, versioned; `migrations/` in this crate.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -117,7 +119,7 @@ pub enum DbError {
 }
 
 /// How a build ended, or that it has not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Running,
@@ -154,7 +156,7 @@ impl std::fmt::Display for Outcome {
 }
 
 /// A recorded build.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Build {
     pub system: String,
     pub number: i64,
@@ -179,7 +181,7 @@ pub struct Build {
 }
 
 /// One step of a recorded build.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub step: String,
     /// `ran`, `skipped` or `failed`.
@@ -191,7 +193,7 @@ pub struct Step {
 }
 
 /// One file of a recorded build's results.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     pub name: String,
     pub kind: String,
@@ -222,7 +224,7 @@ pub(crate) struct End {
 }
 
 /// A recorded build with its steps and artifacts.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BuildDetail {
     #[serde(flatten)]
     pub build: Build,

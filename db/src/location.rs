@@ -82,7 +82,7 @@ impl Location {
     }
 
     /// The URL sqlx connects to.
-    pub(crate) fn connect_url(&self) -> String {
+    pub fn connect_url(&self) -> String {
         match self {
             // Created when missing; the workdir's top keeps it to root.
             Self::Sqlite(path) => format!("sqlite://{}?mode=rwc", path.display()),

@@ -26,7 +26,7 @@ use crate::location::Location;
 use crate::{Artifact, Batch, Database, DbError, End, Outcome, Step};
 
 /// How hard the logs are compressed: zstd's default, a fraction of a second for a long emerge.
-const LOG_LEVEL: i32 = 3;
+pub(crate) const LOG_LEVEL: i32 = 3;
 
 /// What a build is, besides its events: for its record.
 #[derive(Clone, Debug)]
