@@ -1,0 +1,219 @@
+//! `/hosts`: build hosts join with a one-time key, say they are alive, and ask for work;
+//! admins list and revoke them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::auth::{HostAuth, Person};
+use super::error::{ApiError, ApiResult};
+use super::jobs::begin_build;
+use super::AppState;
+use crate::api_types::{
+    Capabilities, EnrollRequest, Enrolled, Host, Lease, LeaseRequest, Liveness,
+};
+use crate::queue::queue_of;
+use crate::role::Role;
+use crate::store::{now_ms, EnrollRefused};
+
+/// How long a job for an arch waits for a native host before one that emulates it may take it.
+const NATIVE_FIRST: Duration = Duration::from_secs(30);
+
+fn liveness(state: &AppState) -> Liveness {
+    Liveness {
+        heartbeat_ms: state.queue.heartbeat.as_millis() as u64,
+        dead_after_ms: state.queue.dead_after.as_millis() as u64,
+    }
+}
+
+/// Enrolls a build host with a one-time key; the host's credential is in this answer only.
+#[utoipa::path(post, path = "/hosts/enroll", request_body = EnrollRequest,
+    responses((status = 201, body = Enrolled), (status = 401, body = crate::api_types::ApiErrorBody),
+        (status = 409, body = crate::api_types::ApiErrorBody)))]
+pub async fn enroll(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<Enrolled>)> {
+    crate::check_name(&request.name).map_err(ApiError::BadRequest)?;
+    match state.store.enroll(&request.key, &request.name).await? {
+        Ok((key_id, secret)) => {
+            state
+                .store
+                .audit(
+                    &request.name,
+                    "host enroll",
+                    &request.name,
+                    &format!("key={key_id}"),
+                )
+                .await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(Enrolled {
+                    host: request.name,
+                    secret,
+                }),
+            ))
+        }
+        Err(refused @ EnrollRefused::NameTaken(_)) => Err(ApiError::Conflict(refused.to_string())),
+        Err(refused) => Err(ApiError::Unauthorized(refused.to_string())),
+    }
+}
+
+/// A host (re)starts: the jobs it held go back to the queue, since it no longer runs them.
+#[utoipa::path(post, path = "/hosts/hello", security(("bearer" = [])),
+    responses((status = 200, body = Liveness)))]
+pub async fn hello(
+    State(state): State<Arc<AppState>>,
+    host: HostAuth,
+) -> ApiResult<Json<Liveness>> {
+    for job in state.store.running_jobs_of(&host.name).await? {
+        state
+            .queue
+            .abandon(
+                &host.name,
+                &queue_of(&job.arch),
+                std::slice::from_ref(&job.id),
+            )
+            .await?;
+    }
+    state.store.release_requeued().await?;
+    Ok(Json(liveness(&state)))
+}
+
+/// The host is alive, and can build this.
+#[utoipa::path(post, path = "/hosts/heartbeat", request_body = Capabilities, security(("bearer" = [])),
+    responses((status = 200, body = Liveness)))]
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    host: HostAuth,
+    Json(caps): Json<Capabilities>,
+) -> ApiResult<Json<Liveness>> {
+    state.store.touch_host(&host.name, &caps).await?;
+    state.queue.heartbeat(&host.name, &queues_of(&caps)).await?;
+    Ok(Json(liveness(&state)))
+}
+
+fn queues_of(caps: &Capabilities) -> Vec<String> {
+    caps.arches.iter().map(|a| queue_of(&a.arch)).collect()
+}
+
+/// Gives the host a job it can run, if one waits: of an arch it runs natively first; of one
+/// it runs through qemu-user only when no native host is alive, or the job waited long.
+#[utoipa::path(post, path = "/hosts/lease", request_body = LeaseRequest, security(("bearer" = [])),
+    responses((status = 200, body = Lease), (status = 204, description = "No work now")))]
+pub async fn lease(
+    State(state): State<Arc<AppState>>,
+    host: HostAuth,
+    Json(request): Json<LeaseRequest>,
+) -> ApiResult<Result<Json<Lease>, StatusCode>> {
+    let caps = request.capabilities;
+    state.store.touch_host(&host.name, &caps).await?;
+    state.queue.heartbeat(&host.name, &queues_of(&caps)).await?;
+    if caps.free_slots == 0 {
+        return Ok(Err(StatusCode::NO_CONTENT));
+    }
+    let mut arches = caps.arches.clone();
+    arches.sort_by_key(|a| !a.native);
+    let alive_since = now_ms() - state.queue.dead_after.as_millis() as i64;
+    for arch in arches {
+        let queue = queue_of(&arch.arch);
+        if !arch.native
+            && state
+                .store
+                .native_host_alive(&arch.arch, alive_since)
+                .await?
+        {
+            let (_, waited) = state.queue.waiting(&queue).await?;
+            if waited.is_none_or(|w| w < NATIVE_FIRST) {
+                continue;
+            }
+        }
+        let Some((id, attempt)) = state.queue.claim(&host.name, &queue).await? else {
+            continue;
+        };
+        let Some(job) = state.store.job(&id).await? else {
+            tracing::warn!("job {id} of the queue is not in farm_jobs; dropping it");
+            state
+                .queue
+                .complete(&host.name, &queue, &id, attempt, false)
+                .await?;
+            continue;
+        };
+        let number = begin_build(&state, &job, &host.name).await?;
+        let secret = state
+            .store
+            .lease_job(&id, &host.name, attempt, number)
+            .await?;
+        let job = state.store.job(&id).await?.unwrap_or(job);
+        tracing::info!(
+            "job {id} ({}) to host '{}', attempt {attempt}",
+            job.system,
+            host.name
+        );
+        return Ok(Ok(Json(Lease {
+            job,
+            secret,
+            liveness: liveness(&state),
+        })));
+    }
+    Ok(Err(StatusCode::NO_CONTENT))
+}
+
+/// The enrolled hosts.
+#[utoipa::path(get, path = "/hosts", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Host>)))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    person: Person,
+) -> ApiResult<Json<Vec<Host>>> {
+    person.require(Role::Viewer)?;
+    Ok(Json(state.store.hosts().await?))
+}
+
+/// Revokes a host: its credential and its jobs' credentials stop working, and its jobs go back
+/// to the queue.
+#[utoipa::path(post, path = "/hosts/{name}/revoke", params(("name" = String, Path)),
+    security(("bearer" = [])), responses((status = 204), (status = 404, body = crate::api_types::ApiErrorBody)))]
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    person: Person,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    person.require(Role::Admin)?;
+    if !state.store.revoke_host(&name).await? {
+        return Err(ApiError::NotFound(format!(
+            "no enrolled host '{name}' in use"
+        )));
+    }
+    for job in state.store.running_jobs_of(&name).await? {
+        state
+            .queue
+            .abandon(&name, &queue_of(&job.arch), std::slice::from_ref(&job.id))
+            .await?;
+    }
+    state.store.release_requeued().await?;
+    state
+        .store
+        .audit(&person.name, "host revoke", &name, "")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every heartbeat interval: the jobs of hosts not heard from go back to the queue.
+pub async fn requeue_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.queue.heartbeat);
+    loop {
+        tick.tick().await;
+        match state.queue.requeue_orphans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} jobs of silent hosts went back to the queue"),
+            Err(error) => tracing::error!("cannot requeue the jobs of silent hosts: {error}"),
+        }
+        if let Err(error) = state.store.release_requeued().await {
+            tracing::error!("cannot release requeued jobs: {error}");
+        }
+    }
+}
