@@ -53,6 +53,9 @@ pub fn isolated_binary() -> Command {
         "AUTOGENTOO_LOG",
         "AUTOGENTOO_PLUGIN_PATH",
         "AUTOGENTOO_DATABASE_URL",
+        "AUTOGENTOO_SERVER",
+        "AUTOGENTOO_CA",
+        "AUTOGENTOO_TOKEN_FILE",
     ] {
         command.env_remove(var);
     }

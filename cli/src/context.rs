@@ -180,6 +180,11 @@ impl Context {
         }
     }
 
+    /// The site config file read, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
     /// Opens the selected backend over the workdir.
     pub fn storage(&self) -> Result<Box<dyn Storage>> {
         let factory = self.registry.storage(&self.backend)?;

@@ -10,6 +10,7 @@ mod interrupt;
 mod output;
 mod plugins;
 mod progress;
+mod remote;
 
 use std::process::ExitCode;
 

@@ -218,7 +218,7 @@ impl Drop for PrivatePostgres {
 }
 
 /// A TCP port of 127.0.0.1 nothing listens on now.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -6,6 +6,7 @@ mod builds;
 mod chroot;
 mod completions;
 mod doctor;
+mod farm;
 mod internal_init;
 mod kernel;
 mod man;
@@ -13,9 +14,12 @@ mod plugin;
 mod publish;
 mod repo;
 mod root;
+mod serve;
 mod stage;
+mod submit;
 mod volume;
 mod workdir;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -65,6 +69,15 @@ pub enum Command {
     /// Kernel sources, configs, builds and boots
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// Serve a build farm's API over the build database and its job queue
+    Serve(serve::ServeArgs),
+    /// Take build jobs from a farm server, as one of its build hosts
+    Worker(worker::WorkerArgs),
+    /// Submit a build to a farm server
+    Submit(submit::SubmitArgs),
+    /// A farm's enrollment keys, API tokens, build hosts and audit log
+    #[command(subcommand)]
+    Farm(farm::FarmCommand),
     /// Plugins: what is loaded, from where, and what could not be
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -130,6 +143,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Builds(builds::BuildsCommand::Keep(args)) => builds::keep::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Purge(args)) => builds::purge::run(&ctx, args),
         Command::Publish(args) => publish::run(&ctx, args),
+        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Worker(args) => worker::run(&ctx, args),
+        Command::Submit(args) => submit::run(&ctx, args),
+        Command::Farm(command) => farm_command(&ctx, command),
         Command::Plugin(plugin::PluginCommand::List(args)) => plugin::list::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::InternalInit(_) | Command::Completions(_) | Command::Man(_) => {
@@ -137,4 +154,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+fn farm_command(ctx: &Context, command: farm::FarmCommand) -> Result<()> {
+    use farm::{FarmCommand, HostCommand, KeyCommand, TokenCommand};
+    match command {
+        FarmCommand::Key(KeyCommand::Create(args)) => farm::key_create::run(ctx, args),
+        FarmCommand::Token(TokenCommand::Create(args)) => farm::token_create::run(ctx, args),
+        FarmCommand::Token(TokenCommand::List(args)) => farm::token_list::run(ctx, args),
+        FarmCommand::Token(TokenCommand::Revoke(args)) => farm::token_revoke::run(ctx, args),
+        FarmCommand::Host(HostCommand::List(args)) => farm::host_list::run(ctx, args),
+        FarmCommand::Host(HostCommand::Revoke(args)) => farm::host_revoke::run(ctx, args),
+        FarmCommand::Audit(args) => farm::audit::run(ctx, args),
+    }
 }

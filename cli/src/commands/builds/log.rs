@@ -11,6 +11,7 @@ use autogentoo_db::{Database, Outcome};
 use clap::Args;
 
 use crate::context::Context;
+use crate::remote::RemoteArgs;
 
 /// The steps whose commands print into a log, in the order they run.
 const LOGGED_STEPS: [&str; 2] = ["commands", "image"];
@@ -23,7 +24,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// Print the logs the database keeps for a build: what the commands of each step printed
 /// inside the root (the system's commands, the image's emerge), in step order. With --follow,
 /// a build that is running is followed as it goes, from its step logs in
-/// WORKDIR/out/SYSTEM/, until it ends; the exit code is then 0 if it succeeded, 1 if not.
+/// WORKDIR/out/SYSTEM/ (with --server, from the events its build host streams), until it
+/// ends; the exit code is then 0 if it succeeded, 1 if not.
 #[derive(Args, Debug)]
 pub struct LogArgs {
     /// The system
@@ -39,9 +41,15 @@ pub struct LogArgs {
     /// Follow a running build's log until the build ends
     #[arg(short, long)]
     pub follow: bool,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub fn run(ctx: &Context, args: LogArgs) -> Result<()> {
+    if let Some(client) = args.remote.client()? {
+        return remote(&client, &args);
+    }
     let db = ctx.database()?;
     let build = db.get(&args.system, args.number)?.build;
     if args.follow && build.outcome == Outcome::Running {
@@ -58,6 +66,11 @@ pub fn run(ctx: &Context, args: LogArgs) -> Result<()> {
             args.number
         );
     }
+    print_logs(logs);
+    Ok(())
+}
+
+fn print_logs(logs: Vec<(String, String)>) {
     let several = logs.len() > 1;
     for (step, text) in logs {
         if several {
@@ -65,6 +78,37 @@ pub fn run(ctx: &Context, args: LogArgs) -> Result<()> {
         }
         print!("{text}");
     }
+}
+
+/// The log of a farm build: kept, or with --follow as the build's host streams it (its
+/// events, from the server), until the build ends.
+fn remote(client: &autogentoo_farm::client::Client, args: &LogArgs) -> Result<()> {
+    let path = format!("/builds/{}/{}", args.system, args.number);
+    let build: autogentoo_db::BuildDetail = client.get(&path)?;
+    if args.follow && build.build.outcome == Outcome::Running {
+        let mut out = std::io::stdout().lock();
+        client.events(&format!("{path}/events"), |data| {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(data) else {
+                return true;
+            };
+            let step = event["step"].as_str().unwrap_or_default();
+            if event["event"] == "log" && args.step.as_deref().is_none_or(|s| s == step) {
+                let _ = writeln!(out, "{}", event["line"].as_str().unwrap_or_default());
+            }
+            true
+        })?;
+        let ended: autogentoo_db::BuildDetail = client.get(&path)?;
+        return match ended.build.outcome {
+            Outcome::Succeeded => Ok(()),
+            other => bail!("build {} of '{}' {other}", args.number, args.system),
+        };
+    }
+    let step = args
+        .step
+        .as_ref()
+        .map(|s| format!("?step={s}"))
+        .unwrap_or_default();
+    print_logs(client.get(&format!("{path}/log{step}"))?);
     Ok(())
 }
 

@@ -6,12 +6,13 @@ use clap::Args;
 use super::duration;
 use crate::context::Context;
 use crate::output;
+use crate::remote::RemoteArgs;
 
 /// Show one recorded build
 ///
 /// Show a recorded build: its outcome, inputs (site config, stage, repository snapshot,
 /// packages), each step (ran, skipped or failed, and why), and its artifacts with their
-/// sizes and SHA-256, kept in WORKDIR/out/SYSTEM/N.
+/// sizes and SHA-256, kept in WORKDIR/out/SYSTEM/N (with --server, on the farm server).
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     /// The system
@@ -19,10 +20,16 @@ pub struct ShowArgs {
 
     /// The build's number
     pub number: i64,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub fn run(ctx: &Context, args: ShowArgs) -> Result<()> {
-    let detail = ctx.database()?.get(&args.system, args.number)?;
+    let detail: autogentoo_db::BuildDetail = match args.remote.client()? {
+        Some(client) => client.get(&format!("/builds/{}/{}", args.system, args.number))?,
+        None => ctx.database()?.get(&args.system, args.number)?,
+    };
     if ctx.json {
         output::json(&detail);
         return Ok(());

@@ -1,0 +1,866 @@
+//! The build farm, for real: a private PostgreSQL cluster, `autogentoo serve` over TLS, and
+//! three build hosts (`autogentoo worker`), each a separate process in a network namespace of
+//! its own, joined to the server by a veth pair on a bridge this test makes. The systems are
+//! quick ones (no kernel), so that faults can be put in mid-build: a host killed, a host's link
+//! cut past its lease, the server restarted. And the refusals: a used or expired key, a revoked
+//! host, a job credential used for another job, a viewer submitting, a forged or missing token.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use autogentoo_tests::postgres::{free_port, PrivatePostgres};
+use autogentoo_tests::{busybox_workdir, isolated_binary, run_tool, wait_until, Run, Workdir};
+use serde_json::Value;
+
+/// The systems the farm builds: quick ones, and ones that sleep long enough to be interrupted.
+const SYSTEMS: &str = r#"
+[systems.quick-a]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built a > /etc/built", "echo a line for the log"]
+
+[systems.quick-b]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built b > /etc/built"]
+
+[systems.quick-c]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built c > /etc/built"]
+
+[systems.quick-d]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built d > /etc/built"]
+
+[systems.quick-e]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built e > /etc/built"]
+
+[systems.quick-f]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo built f > /etc/built"]
+
+[systems.slow-kill]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo started; sleep 8; echo slept > /etc/built"]
+
+[systems.slow-cut]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo started; sleep 8; echo slept > /etc/built"]
+
+[systems.slow-restart]
+stage = "busybox"
+kernel_build = "none"
+commands = ["echo started; sleep 8; echo slept > /etc/built"]
+"#;
+
+/// Seconds between heartbeats, and without one before a host's jobs go to others.
+const HEARTBEAT: &str = "1";
+const DEAD_AFTER: &str = "4";
+
+/// Each network this binary makes has a subnet of its own: 10.77.N.0/24.
+static NETWORKS: AtomicU8 = AtomicU8::new(0);
+
+/// A bridge in this namespace (the server's side, 10.77.N.1) and a namespace per host, each
+/// joined to the bridge by a veth pair. Removed on drop.
+struct Network {
+    bridge: String,
+    subnet: String,
+    hosts: Vec<(String, String)>,
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run_tool(Command::new("ip").args(args)).context("apt-get install iproute2")
+}
+
+impl Network {
+    fn new(hosts: usize) -> Result<Self> {
+        let n = NETWORKS.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let mut network = Self {
+            bridge: format!("agb{tag}"),
+            subnet: format!("10.77.{n}"),
+            hosts: Vec::new(),
+        };
+        ip(&["link", "add", &network.bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.1/24", network.subnet),
+            "dev",
+            &network.bridge,
+        ])?;
+        ip(&["link", "set", &network.bridge, "up"])?;
+        for i in 0..hosts {
+            let namespace = format!("agn{tag}h{i}");
+            let veth = format!("agv{tag}h{i}");
+            ip(&["netns", "add", &namespace])?;
+            network.hosts.push((namespace.clone(), veth.clone()));
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+            ])?;
+            ip(&["link", "set", &veth, "master", &network.bridge])?;
+            ip(&["link", "set", &veth, "up"])?;
+            let address = format!("{}.{}/24", network.subnet, 10 + i);
+            ip(&["-n", &namespace, "addr", "add", &address, "dev", "eth0"])?;
+            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        }
+        Ok(network)
+    }
+
+    /// The server's address on the bridge.
+    fn server_ip(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// Cuts (or restores) host `i`'s link to the bridge.
+    fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.hosts[i].1,
+            if up { "up" } else { "down" },
+        ])
+        .map(drop)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for (namespace, veth) in &self.hosts {
+            let _ = ip(&["link", "del", veth]);
+            let _ = ip(&["netns", "del", namespace]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// A long-running process of the test (the server, a worker), its output in a log file; killed
+/// by its PID on drop.
+struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(mut command: Command, log: PathBuf) -> Result<Self> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) {
+        if let Some(child) = &self.child {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a PID");
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Waits for it to exit (after a signal).
+    fn wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last lines of a log, for a failing test's output.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(400)..].join("\n")
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Shown only when the test fails (the harness captures it otherwise).
+        eprintln!("--- {}:\n{}", self.log.display(), tail(&self.log()));
+        self.signal(rustix::process::Signal::KILL);
+        self.wait();
+    }
+}
+
+/// The farm: its database, certificates, site config, server and admin token.
+struct Farm {
+    _postgres: PrivatePostgres,
+    network: Network,
+    /// The server's own workdir and the scratch directory beside it.
+    server_dir: Workdir,
+    site: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    url: String,
+    port: u16,
+    admin: PathBuf,
+    server: Option<Process>,
+}
+
+/// Makes a CA and a server certificate for `ip` with openssl, in `dir`.
+fn certificates(dir: &Path, ip: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run_tool(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca)
+            .args(["-days", "2", "-subj", "/CN=test farm CA"]),
+    )?;
+    run_tool(
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .args(["-subj", "/CN=test farm server"]),
+    )?;
+    let ext = dir.join("san.ext");
+    fs::write(&ext, format!("subjectAltName=IP:{ip},IP:127.0.0.1\n"))?;
+    run_tool(
+        Command::new("openssl")
+            .args(["x509", "-req", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-days", "2", "-out"])
+            .arg(&cert)
+            .arg("-extfile")
+            .arg(&ext),
+    )?;
+    Ok((ca, cert, key))
+}
+
+impl Farm {
+    fn start(hosts: usize) -> Result<Self> {
+        let postgres = PrivatePostgres::start()?;
+        let network = Network::new(hosts)?;
+        let server_dir = Workdir::new();
+        let scratch = server_dir.scratch();
+        let (ca, cert, key) = certificates(&scratch, &network.server_ip())?;
+        let site = scratch.join("site");
+        fs::create_dir_all(site.join("common/etc"))?;
+        fs::write(
+            site.join("common/etc/farm"),
+            "from the farm's site config\n",
+        )?;
+        fs::write(
+            site.join("autogentoo.toml"),
+            format!(
+                "{SYSTEMS}\n[database]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                postgres.url(),
+                postgres.password_file().display()
+            ),
+        )?;
+        let port = free_port()?;
+        let url = format!("https://{}:{port}", network.server_ip());
+        let admin = scratch.join("admin.token");
+        let mut farm = Self {
+            _postgres: postgres,
+            network,
+            server_dir,
+            site,
+            ca,
+            cert,
+            key,
+            url,
+            port,
+            admin,
+            server: None,
+        };
+        // The first admin: made in the database directly, on the server's host.
+        let made = farm
+            .server_dir
+            .ok(farm.local_args(["farm", "token", "create", "admin", "--role", "admin"]));
+        fs::write(&farm.admin, made.stdout.trim())?;
+        farm.start_server()?;
+        Ok(farm)
+    }
+
+    fn local_args<'a>(&self, args: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut all = vec![
+            "--config".to_owned(),
+            self.site.join("autogentoo.toml").display().to_string(),
+        ];
+        all.extend(args.into_iter().map(str::to_owned));
+        all
+    }
+
+    fn start_server(&mut self) -> Result<()> {
+        let listen = format!("{}:{}", self.network.server_ip(), self.port);
+        let mut command = self.server_dir.command(self.local_args(["serve"]));
+        command
+            .args(["--listen", &listen, "--tls-cert"])
+            .arg(&self.cert)
+            .arg("--tls-key")
+            .arg(&self.key)
+            .args(["--heartbeat", HEARTBEAT, "--dead-after", DEAD_AFTER])
+            .env("AUTOGENTOO_LOG", "info");
+        let log = self.server_dir.scratch().join("server.log");
+        let before = fs::read_to_string(&log).unwrap_or_default();
+        let started = before.matches("serving the farm API").count();
+        let server = Process::start(command, log)?;
+        wait_until("the server listens", Duration::from_secs(60), || {
+            server.log().matches("serving the farm API").count() > started
+        });
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// The binary as a client of the farm, with the token in `token` (or none).
+    fn client(&self, token: Option<&Path>) -> Command {
+        let mut command = isolated_binary();
+        command
+            .env("AUTOGENTOO_SERVER", &self.url)
+            .env("AUTOGENTOO_CA", &self.ca);
+        if let Some(token) = token {
+            command.env("AUTOGENTOO_TOKEN_FILE", token);
+        }
+        command
+    }
+
+    /// Runs the binary as a client with `token`.
+    fn run_as(&self, token: Option<&Path>, args: &[&str]) -> Run {
+        let mut command = self.client(token);
+        command.args(args);
+        Run::of(command)
+    }
+
+    /// Runs the binary as the admin; it must succeed.
+    #[track_caller]
+    fn admin(&self, args: &[&str]) -> Run {
+        let run = self.run_as(Some(&self.admin), args);
+        assert!(run.status.success(), "expected success: {}", run.describe());
+        run
+    }
+
+    /// GET or POST on the API with curl, as `secret`: (status, body).
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut command = Command::new("curl");
+        command
+            .args([
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+                "--cacert",
+            ])
+            .arg(&self.ca)
+            .arg(format!("{}/api/v1{path}", self.url));
+        if let Some(secret) = secret {
+            command.args(["-H", &format!("Authorization: Bearer {secret}")]);
+        }
+        if let Some(body) = body {
+            command.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        let out = run_tool(&mut command).expect("curl runs (apt-get install curl)");
+        let (body, code) = out.rsplit_once('\n').expect("curl printed the status");
+        (code.trim().parse().expect("a status code"), body.to_owned())
+    }
+
+    fn builds(&self) -> Vec<Value> {
+        let run = self.admin(&["--json", "builds", "list", "--limit", "1000"]);
+        run.json().as_array().cloned().expect("a list")
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        let secret = fs::read_to_string(&self.admin).unwrap();
+        let (code, body) = self.curl("GET", "/jobs?limit=1000", Some(secret.trim()), None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    fn job_of(&self, system: &str) -> Option<Value> {
+        self.jobs().into_iter().find(|j| j["system"] == system)
+    }
+
+    /// Submits `system` as the admin; returns the job.
+    fn submit(&self, system: &str) -> Value {
+        self.admin(&["--json", "submit", system]).json()
+    }
+
+    /// Waits until `system`'s job has ended; returns it.
+    fn wait_ended(&self, system: &str) -> Value {
+        wait_until(
+            &format!("the job of {system} ends"),
+            Duration::from_secs(240),
+            || {
+                self.job_of(system)
+                    .is_some_and(|j| j["state"] == "succeeded" || j["state"] == "failed")
+            },
+        );
+        self.job_of(system).unwrap()
+    }
+
+    /// Waits until `system`'s job runs on a host; returns the host.
+    fn wait_running(&self, system: &str) -> String {
+        wait_until(
+            &format!("{system} runs on a host"),
+            Duration::from_secs(120),
+            || self.job_of(system).is_some_and(|j| j["state"] == "running"),
+        );
+        self.job_of(system).unwrap()["host"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A one-time enrollment key, written to a file.
+    fn key(&self, expires: &str, file: &Path) -> Result<()> {
+        let run = self.admin(&["farm", "key", "create", "--expires", expires]);
+        fs::write(file, run.stdout.trim())?;
+        Ok(())
+    }
+}
+
+/// A build host: its workdir (with the busybox stage) and its worker, in namespace `i`.
+struct Host {
+    name: String,
+    index: usize,
+    workdir: Workdir,
+    worker: Option<Process>,
+}
+
+impl Host {
+    fn new(farm: &Farm, index: usize) -> Result<Self> {
+        let workdir = busybox_workdir()?;
+        let key = workdir.scratch().join("enroll.key");
+        farm.key("1h", &key)?;
+        let mut host = Self {
+            name: format!("host-{index}"),
+            index,
+            workdir,
+            worker: None,
+        };
+        host.start(farm, Some(&key))?;
+        Ok(host)
+    }
+
+    /// Starts the worker in the host's namespace (enrolling with `key` the first time).
+    fn start(&mut self, farm: &Farm, key: Option<&Path>) -> Result<()> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &farm.network.hosts[self.index].0]);
+        let worker = self
+            .workdir
+            .command(["--backend", "dir", "worker", "--name", &self.name]);
+        command.arg(worker.get_program()).args(worker.get_args());
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        command.args(["--server", &farm.url, "--ca"]).arg(&farm.ca);
+        if let Some(key) = key {
+            command.arg("--enroll-key-file").arg(key);
+        }
+        let log = self.workdir.scratch().join("worker.log");
+        let worker = Process::start(command, log)?;
+        wait_until(
+            &format!("{} takes jobs", self.name),
+            Duration::from_secs(60),
+            || worker.log().matches("takes jobs from").count() > usize::from(key.is_none()),
+        );
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        self.worker.as_ref().map(Process::log).unwrap_or_default()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Refusals before any host runs: a host made up with curl takes two jobs, and its credentials
+/// are tried where they do not belong. Each refusal changes nothing.
+fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
+    // A forged token, and none at all.
+    let forged = scratch.join("forged.token");
+    fs::write(&forged, format!("agt_{}", "0".repeat(64)))?;
+    let run = farm.run_as(Some(&forged), &["builds", "list"]);
+    run.expect_one_error();
+    ensure!(run.stderr.contains("not known"), "{}", run.describe());
+    let run = farm.run_as(None, &["submit", "quick-a"]);
+    run.expect_one_error();
+    ensure!(run.stderr.contains("no credential"), "{}", run.describe());
+
+    // A viewer may read, not submit.
+    let viewer = scratch.join("viewer.token");
+    let made = farm.admin(&["farm", "token", "create", "watcher", "--role", "viewer"]);
+    fs::write(&viewer, made.stdout.trim())?;
+    farm.run_as(Some(&viewer), &["builds", "list"])
+        .expect_code(0);
+    let run = farm.run_as(Some(&viewer), &["submit", "quick-a"]);
+    run.expect_one_error();
+    ensure!(
+        run.stderr.contains("needs the operator role"),
+        "{}",
+        run.describe()
+    );
+    ensure!(farm.jobs().is_empty(), "a refused submission queued a job");
+
+    // A host enrolls by hand, and takes the two jobs there are.
+    let key = scratch.join("fake.key");
+    farm.key("1h", &key)?;
+    let key = fs::read_to_string(&key)?;
+    let (code, body) = farm.curl(
+        "POST",
+        "/hosts/enroll",
+        None,
+        Some(&format!(r#"{{"key":"{}","name":"fake"}}"#, key.trim())),
+    );
+    ensure!(code == 201, "enroll: {code} {body}");
+    let host_secret = serde_json::from_str::<Value>(&body)?["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The same key again: refused, and no host is added.
+    let (code, body) = farm.curl(
+        "POST",
+        "/hosts/enroll",
+        None,
+        Some(&format!(r#"{{"key":"{}","name":"fake-2"}}"#, key.trim())),
+    );
+    ensure!(
+        code == 401 && body.contains("used already"),
+        "reuse: {code} {body}"
+    );
+    farm.submit("quick-a");
+    farm.submit("quick-b");
+    let caps = r#"{"capabilities":{"arches":[{"arch":"amd64","native":true}],"backends":["dir"],"free_slots":1}}"#;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let (code, body) = farm.curl("POST", "/hosts/lease", Some(&host_secret), Some(caps));
+        ensure!(code == 200, "lease: {code} {body}");
+        let lease: Value = serde_json::from_str(&body)?;
+        leases.push((
+            lease["job"]["id"].as_str().unwrap().to_owned(),
+            lease["secret"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let ((job_a, secret_a), (job_b, _)) = (&leases[0], &leases[1]);
+    // Job A's credential on job B: refused, and B has no events.
+    let event = r#"{"event":"note","step":"root","plugin":"x","text":"forged"}"#;
+    let (code, body) = farm.curl(
+        "POST",
+        &format!("/jobs/{job_b}/events"),
+        Some(secret_a),
+        Some(event),
+    );
+    ensure!(
+        code == 403 && body.contains("not"),
+        "cross-job events: {code} {body}"
+    );
+    let (code, body) = farm.curl(
+        "POST",
+        &format!("/jobs/{job_b}/result"),
+        Some(secret_a),
+        Some(r#"{"record":{},"logs":[]}"#),
+    );
+    ensure!(code == 403, "cross-job result: {code} {body}");
+    // A host credential is not a person's token.
+    let (code, _) = farm.curl("GET", "/builds", Some(&host_secret), None);
+    ensure!(code == 401, "a host read the builds: {code}");
+    // Revoked: the host and its jobs' credentials stop working; its jobs go back to the queue.
+    farm.admin(&["farm", "host", "revoke", "fake"]);
+    let (code, body) = farm.curl("POST", "/hosts/lease", Some(&host_secret), Some(caps));
+    ensure!(code == 401, "a revoked host leased: {code} {body}");
+    let (code, _) = farm.curl(
+        "POST",
+        &format!("/jobs/{job_a}/events"),
+        Some(secret_a),
+        Some(event),
+    );
+    ensure!(
+        code == 401,
+        "a revoked host's job credential worked: {code}"
+    );
+    for job in farm.jobs() {
+        ensure!(
+            job["state"] == "queued",
+            "a revoked host's job stayed with it: {job}"
+        );
+    }
+    // An expired key.
+    let short = scratch.join("short.key");
+    farm.key("1s", &short)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, body) = farm.curl(
+        "POST",
+        "/hosts/enroll",
+        None,
+        Some(&format!(
+            r#"{{"key":"{}","name":"late"}}"#,
+            fs::read_to_string(&short)?.trim()
+        )),
+    );
+    ensure!(
+        code == 401 && body.contains("expired"),
+        "expired key: {code} {body}"
+    );
+    let hosts = farm.admin(&["--json", "farm", "host", "list"]).json();
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    ensure!(
+        names == ["fake"],
+        "refused enrollments added hosts: {names:?}"
+    );
+    let audit = farm.admin(&["farm", "audit"]).stdout;
+    for action in [
+        "token create\twatcher",
+        "host enroll\tfake",
+        "host revoke\tfake",
+        "submit\tquick-a",
+    ] {
+        ensure!(
+            audit.contains(action),
+            "the audit log lacks {action}:\n{audit}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
+    let mut farm = Farm::start(3)?;
+    let scratch = farm.server_dir.scratch();
+    refusals(&farm, &scratch)?;
+
+    // The API's own document, and Swagger UI, from the binary.
+    let (code, body) = farm.curl("GET", "/openapi.json", None, None);
+    ensure!(
+        code == 200 && body.contains("\"/jobs/{id}/result\""),
+        "{code}"
+    );
+    let (code, body) = farm.curl("GET", "/docs/", None, None);
+    ensure!(code == 200 && body.contains("swagger"), "swagger: {code}");
+
+    let mut hosts = (0..3)
+        .map(|i| Host::new(&farm, i))
+        .collect::<Result<Vec<_>>>()?;
+
+    // Builds spread over the hosts, each recorded once.
+    let quick = [
+        "quick-a", "quick-b", "quick-c", "quick-d", "quick-e", "quick-f",
+    ];
+    for system in &quick[2..] {
+        farm.submit(system);
+    }
+    for system in quick {
+        let job = farm.wait_ended(system);
+        ensure!(job["state"] == "succeeded", "{system}: {job}");
+    }
+    // The same build again is the same job.
+    let again = farm.submit("quick-c");
+    ensure!(
+        again["state"] == "succeeded",
+        "a resubmission made a new job: {again}"
+    );
+    let builds = farm.builds();
+    let mut per_system: BTreeMap<String, usize> = BTreeMap::new();
+    for build in &builds {
+        *per_system
+            .entry(build["system"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    ensure!(
+        per_system.values().all(|&n| n == 1),
+        "recorded twice: {per_system:?}"
+    );
+    let used: BTreeSet<&str> = builds.iter().map(|b| b["host"].as_str().unwrap()).collect();
+    ensure!(used.len() >= 2, "all builds went to {used:?}");
+
+    // The results, from the server, equal the files the host made.
+    let build = builds.iter().find(|b| b["system"] == "quick-a").unwrap();
+    let number = build["number"].as_i64().unwrap().to_string();
+    let detail = farm
+        .admin(&["--json", "builds", "show", "quick-a", &number])
+        .json();
+    ensure!(detail["outcome"] == "succeeded", "{detail}");
+    let host = hosts
+        .iter()
+        .find(|h| build["host"] == h.name.as_str())
+        .unwrap();
+    let token = fs::read_to_string(&farm.admin)?;
+    let artifacts = detail["artifacts"].as_array().unwrap();
+    ensure!(!artifacts.is_empty(), "no artifacts: {detail}");
+    for artifact in artifacts {
+        let name = artifact["name"].as_str().unwrap();
+        let download = Command::new("curl")
+            .args(["-sf", "--cacert"])
+            .arg(&farm.ca)
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!(
+                "{}/api/v1/builds/quick-a/{number}/artifacts/{name}",
+                farm.url
+            ))
+            .output()?;
+        ensure!(download.status.success(), "cannot download {name}");
+        let downloaded = download.stdout;
+        let on_host = fs::read(host.workdir.path().join("out/quick-a").join(name))?;
+        ensure!(
+            downloaded == on_host,
+            "{name} from the server differs from the host's"
+        );
+        ensure!(
+            sha256_hex(&downloaded) == artifact["sha256"].as_str().unwrap(),
+            "{name}'s hash"
+        );
+    }
+    let log = farm.admin(&["builds", "log", "quick-a", &number]).stdout;
+    ensure!(log.contains("a line for the log"), "the log: {log}");
+
+    // SIGKILL of a host mid-build: the job goes to another host and completes once.
+    farm.submit("slow-kill");
+    let victim = farm.wait_running("slow-kill");
+    let index = hosts.iter().position(|h| h.name == victim).unwrap();
+    hosts[index]
+        .worker
+        .as_mut()
+        .unwrap()
+        .signal(rustix::process::Signal::KILL);
+    hosts[index].worker.as_mut().unwrap().wait();
+    let job = farm.wait_ended("slow-kill");
+    ensure!(
+        job["state"] == "succeeded" && job["host"] != victim.as_str(),
+        "{job}"
+    );
+    ensure!(job["attempt"].as_i64() >= Some(1), "not redelivered: {job}");
+    hosts[index].start(&farm, None)?;
+
+    // A host cut off past its lease: the job goes on elsewhere; its late report is refused.
+    farm.submit("slow-cut");
+    let cut = farm.wait_running("slow-cut");
+    let index = hosts.iter().position(|h| h.name == cut).unwrap();
+    farm.network.set_link(index, false)?;
+    wait_until(
+        "slow-cut moves to another host",
+        Duration::from_secs(60),
+        || {
+            farm.job_of("slow-cut")
+                .is_some_and(|j| j["host"] != cut.as_str())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(9));
+    farm.network.set_link(index, true)?;
+    let job_id = farm.job_of("slow-cut").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = format!("refused POST /jobs/{job_id}/");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !hosts[index].log().contains(&refused) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the cut host's late report was not refused:\n{}",
+            hosts[index].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let job = farm.wait_ended("slow-cut");
+    ensure!(
+        job["state"] == "succeeded" && job["host"] != cut.as_str(),
+        "{job}"
+    );
+
+    // The server restarted mid-build: nothing is lost.
+    farm.submit("slow-restart");
+    farm.wait_running("slow-restart");
+    let mut server = farm.server.take().unwrap();
+    server.signal(rustix::process::Signal::TERM);
+    server.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    farm.start_server()?;
+    let job = farm.wait_ended("slow-restart");
+    ensure!(job["state"] == "succeeded", "{job}");
+
+    // Everything once; nothing left in the queue.
+    let builds = farm.builds();
+    let systems: Vec<&str> = builds
+        .iter()
+        .map(|b| b["system"].as_str().unwrap())
+        .collect();
+    let unique: BTreeSet<&str> = systems.iter().copied().collect();
+    ensure!(
+        systems.len() == unique.len() && unique.len() == 9,
+        "{systems:?}"
+    );
+    ensure!(
+        builds.iter().all(|b| b["outcome"] == "succeeded"),
+        "{builds:?}"
+    );
+    for job in farm.jobs() {
+        ensure!(job["state"] == "succeeded", "left over: {job}");
+    }
+    Ok(())
+}
