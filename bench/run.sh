@@ -14,7 +14,7 @@ CACHE=${AUTOGENTOO_BENCH_CACHE:-/var/tmp/autogentoo-bench}
 MIRROR=${AUTOGENTOO_BENCH_MIRROR:-http://deb.debian.org/debian}
 readonly SUITE=bookworm
 # Every comparison, in the order they run; `bench_NAME` runs one (see "Comparisons" below).
-readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary emerge_qemu build_record builds_list)
+readonly ALL_BENCHES=(stage_import root_create root_pack repo_pack kernel_relink emerge_binary emerge_qemu build_record builds_list farm_load)
 # The backends `--backend all` means, in the order they run.
 readonly ALL_BACKENDS=(dir btrfs zfs)
 # The size of the sparse images the btrfs filesystem and the zfs pool live in; only what is
@@ -124,6 +124,10 @@ require_tools() {
     fi
     if [[ " ${BENCHES[*]} " == *" builds_list "* ]]; then
         package_of+=([psql]=postgresql [pg_isready]=postgresql [python3]=python3 [setpriv]=util-linux)
+    fi
+    if [[ " ${BENCHES[*]} " == *" farm_load "* ]]; then
+        package_of+=([psql]=postgresql [pg_isready]=postgresql [python3]=python3 [setpriv]=util-linux
+            [openssl]=openssl [busybox]=busybox-static)
     fi
     if [[ " ${BENCHES[*]} " == *" build_record "* ]]; then
         package_of+=([cargo]=cargo [git]=git)
@@ -459,6 +463,7 @@ remove_workdir() {
 # stderr the script started with (ERR_FD): a signal can arrive while a timed command's output
 # goes to a log.
 cleanup() {
+    stop_farm
     stop_postgres 2>&"$ERR_FD"
     undo_all 2>&"$ERR_FD"
 }
@@ -1028,6 +1033,93 @@ bench_builds_list() {
         builds_list_pg_ours builds_list_pg_client
     unset CMP_GOAL
     stop_postgres
+}
+
+# The farm under a bounded load, on loopback: FARM_HOSTS real worker processes (each its own
+# workdir with a busybox stage) against one `serve` on a private PostgreSQL, over TLS. The jobs
+# are real but tiny builds (a root cloned from the stage, packed into an initramfs). Printed:
+# submissions per second, submit-to-lease time (p50, p99, from the server's own records), the
+# API's read latency while the hosts work (p50, p99), and the server's CPU time and peak memory.
+# Not a comparison: there is no usual alternative to a farm's coordinator on the same input.
+FARM_HOSTS=${AUTOGENTOO_BENCH_FARM_HOSTS:-100}
+FARM_PIDS=()
+# Stops the farm's server and workers, by the PIDs this script started.
+stop_farm() {
+    local pid
+    for pid in "${FARM_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${FARM_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    FARM_PIDS=()
+}
+FARM_JOBS=${AUTOGENTOO_BENCH_FARM_JOBS:-300}
+bench_farm_load() {
+    use_backend dir
+    start_postgres
+    local dir=$SCRATCH/farm i port
+    mkdir -p "$dir/site" "$dir/stage/bin"
+    cp "$(command -v busybox)" "$dir/stage/bin/busybox"
+    ln -s busybox "$dir/stage/bin/sh"
+    printf '#!/bin/sh\nexec sh\n' >"$dir/stage/init"
+    chmod 755 "$dir/stage/init"
+    tar -C "$dir/stage" -czf "$dir/stage.tar.gz" .
+    {
+        printf '[database]\nurl = "postgres://autogentoo@127.0.0.1:%s/postgres"\npassword_file = "%s"\n' \
+            "$PG_PORT" "$PG_DIR/password"
+        for ((i = 0; i < FARM_JOBS; i++)); do
+            printf '[systems.tiny-%d]\nstage = "tiny"\nkernel_build = "none"\n' "$i"
+        done
+    } >"$dir/site/autogentoo.toml"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/ca.key" \
+        -out "$dir/ca.pem" -days 1 -subj /CN=bench-ca 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/server.key" \
+        -out "$dir/server.csr" -subj /CN=bench 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 1 -out "$dir/server.pem" -extfile "$dir/san.ext" 2>/dev/null
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local url=https://127.0.0.1:$port server=("$AUTOGENTOO_BIN" --config "$dir/site/autogentoo.toml" --workdir "$dir/server")
+    "${server[@]}" -q farm token create bench --role admin >"$dir/admin.token"
+    "${server[@]}" serve --listen "127.0.0.1:$port" --tls-cert "$dir/server.pem" --tls-key "$dir/server.key" \
+        >"$dir/server.log" 2>&1 &
+    FARM_PIDS=($!)
+    local server_pid=$!
+    until grep -q "serving the farm API" "$dir/server.log"; do sleep 0.1; done
+    local client=(env AUTOGENTOO_SERVER="$url" AUTOGENTOO_CA="$dir/ca.pem" AUTOGENTOO_TOKEN_FILE="$dir/admin.token" "$AUTOGENTOO_BIN")
+    say "  $FARM_HOSTS hosts: workdirs, stages, enrollment"
+    for ((i = 0; i < FARM_HOSTS; i++)); do
+        "$AUTOGENTOO_BIN" -q --backend dir --workdir "$dir/host-$i" workdir init
+        "$AUTOGENTOO_BIN" -q --backend dir --workdir "$dir/host-$i" stage import "$dir/stage.tar.gz" --name tiny >/dev/null
+        "${client[@]}" -q farm key create --expires 1h >"$dir/host-$i.key"
+        "$AUTOGENTOO_BIN" --backend dir --workdir "$dir/host-$i" worker --server "$url" --ca "$dir/ca.pem" \
+            --name "host-$i" --enroll-key-file "$dir/host-$i.key" >"$dir/host-$i.log" 2>&1 &
+        FARM_PIDS+=($!)
+    done
+    until (($(grep -l "takes jobs from" "$dir"/host-*.log 2>/dev/null | wc -l) == FARM_HOSTS)); do sleep 0.2; done
+    local cpu_before mem result
+    cpu_before=$(awk '{ print $14 + $15 }' "/proc/$server_pid/stat")
+    say "  $FARM_JOBS jobs"
+    result=$(python3 "$REPO/bench/farm_load.py" "$url" "$dir/ca.pem" "$dir/admin.token" "$FARM_JOBS" 8)
+    local cpu_s
+    cpu_s=$(awk -v a="$cpu_before" -v t="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15 - a) / t }' "/proc/$server_pid/stat")
+    mem=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$server_pid/status")
+    local lease
+    lease=$(pg_client -c "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY leased_at - submitted_at), \
+        percentile_cont(0.99) WITHIN GROUP (ORDER BY leased_at - submitted_at) FROM farm_jobs")
+    stop_farm
+    local line
+    line=$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); p50, p99 = (float(x) / 1000 for x in sys.argv[2].split("|"))
+print("farm load, %d hosts, %d tiny jobs over TLS on loopback: %.0f submissions/s (p99 %.3f s); "
+      "submit to lease p50 %.2f s, p99 %.2f s; API reads while loaded p50 %.3f s, p99 %.3f s "
+      "(%d reads); all ended in %.1f s, %d failed, %d request errors; server CPU %s s, peak RSS %s MB"
+      % (int(sys.argv[3]), r["jobs"], r["submissions_per_s"], r["submit_p99_s"], p50, p99,
+         r["api_read_p50_s"], r["api_read_p99_s"], r["api_reads"], r["drained_s"], r["failed"],
+         r["error_count"], sys.argv[4], sys.argv[5]))
+' "$result" "$lease" "$FARM_HOSTS" "$cpu_s" "$mem")
+    TABLE+=("$line")
+    JSON_LINES+=("$result")
+    stop_postgres
+    rm -rf "$dir"
 }
 
 main() {

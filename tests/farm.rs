@@ -17,53 +17,33 @@ use autogentoo_tests::postgres::{free_port, PrivatePostgres};
 use autogentoo_tests::{busybox_workdir, isolated_binary, run_tool, wait_until, Run, Workdir};
 use serde_json::Value;
 
-/// The systems the farm builds: quick ones, and ones that sleep long enough to be interrupted.
-const SYSTEMS: &str = r#"
-[systems.quick-a]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built a > /etc/built", "echo a line for the log"]
+/// The quick systems the farm builds.
+const QUICK: [&str; 6] = [
+    "quick-a", "quick-b", "quick-c", "quick-d", "quick-e", "quick-f",
+];
 
-[systems.quick-b]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built b > /etc/built"]
+/// The systems whose builds sleep long enough to be interrupted.
+const SLOW: [&str; 3] = ["slow-kill", "slow-cut", "slow-restart"];
 
-[systems.quick-c]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built c > /etc/built"]
-
-[systems.quick-d]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built d > /etc/built"]
-
-[systems.quick-e]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built e > /etc/built"]
-
-[systems.quick-f]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo built f > /etc/built"]
-
-[systems.slow-kill]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo started; sleep 8; echo slept > /etc/built"]
-
-[systems.slow-cut]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo started; sleep 8; echo slept > /etc/built"]
-
-[systems.slow-restart]
-stage = "busybox"
-kernel_build = "none"
-commands = ["echo started; sleep 8; echo slept > /etc/built"]
-"#;
+/// The site config's systems: each quick one writes its name; each slow one sleeps 8 s first.
+fn systems() -> String {
+    let stanza = |name: &str, commands: &str| {
+        format!("[systems.{name}]\nstage = \"busybox\"\nkernel_build = \"none\"\ncommands = {commands}\n")
+    };
+    let quick = QUICK.iter().map(|name| {
+        stanza(
+            name,
+            &format!(r#"["echo built {name} > /etc/built", "echo a line for the log"]"#),
+        )
+    });
+    let slow = SLOW.iter().map(|name| {
+        stanza(
+            name,
+            r#"["echo started; sleep 8; echo slept > /etc/built"]"#,
+        )
+    });
+    quick.chain(slow).collect()
+}
 
 /// Seconds between heartbeats, and without one before a host's jobs go to others.
 const HEARTBEAT: &str = "1";
@@ -291,7 +271,8 @@ impl Farm {
         fs::write(
             site.join("autogentoo.toml"),
             format!(
-                "{SYSTEMS}\n[database]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                "{}\n[database]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                systems(),
                 postgres.url(),
                 postgres.password_file().display()
             ),

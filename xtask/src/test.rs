@@ -14,7 +14,8 @@ use crate::host::{self, cargo};
 /// busybox for test roots, SquashFS tools, btrfs and ZFS, kernel sources with what building
 /// them takes, QEMU and OVMF to boot the result, debootstrap for a root with a toolchain, and
 /// the shells and man that load the completion scripts and render the manual pages, and
-/// PostgreSQL (its programs: the build database's tests run private clusters).
+/// PostgreSQL (its programs: the build database's tests run private clusters), and the farm's
+/// network tools.
 const PACKAGES: &[&str] = &[
     "tar",
     "cpio",
@@ -56,6 +57,10 @@ const PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "qemu-system-arm",
     "qemu-efi-aarch64",
+    // The farm (tests/farm.rs): its hosts in network namespaces joined by veth pairs and a
+    // bridge, and curl to call the API as a host or a person would.
+    "iproute2",
+    "curl",
 ];
 
 pub fn run(unit_only: bool) -> Result<()> {

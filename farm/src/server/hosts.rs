@@ -142,11 +142,28 @@ pub async fn lease(
                 .await?;
             continue;
         };
-        let number = begin_build(&state, &job, &host.name).await?;
-        let secret = state
-            .store
-            .lease_job(&id, &host.name, attempt, number)
-            .await?;
+        let leased = async {
+            let number = begin_build(&state, &job, &host.name).await?;
+            Ok::<_, ApiError>(
+                state
+                    .store
+                    .lease_job(&id, &host.name, attempt, number)
+                    .await?,
+            )
+        }
+        .await;
+        let secret = match leased {
+            Ok(secret) => secret,
+            Err(error) => {
+                // Not handed out after all: back to the queue, not held by a host that never
+                // heard of it.
+                let ids = std::slice::from_ref(&id);
+                if let Err(again) = state.queue.abandon(&host.name, &queue, ids).await {
+                    tracing::error!("cannot give job {id} back to the queue: {again}");
+                }
+                return Err(error);
+            }
+        };
         let job = state.store.job(&id).await?.unwrap_or(job);
         tracing::info!(
             "job {id} ({}) to host '{}', attempt {attempt}",
