@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::postgres::{free_port, PrivatePostgres};
-use autogentoo_tests::{busybox_workdir, isolated_binary, run_tool, wait_until, Run, Workdir};
+use autogentoo_tests::{
+    arm64_busybox, build_busybox_tree_of, busybox_workdir, isolated_binary, run_tool, wait_until,
+    Run, Workdir,
+};
 use serde_json::Value;
 
 /// The quick systems the farm builds.
@@ -42,7 +45,35 @@ fn systems() -> String {
             r#"["echo started; sleep 8; echo slept > /etc/built"]"#,
         )
     });
-    quick.chain(slow).collect()
+    let arm64 = "[systems.tiny-arm64]\nstage = \"arm64-busybox\"\narch = \"arm64\"\n\
+                 kernel_build = \"none\"\ncommands = [\"/bin/busybox uname -m > /etc/machine\"]\n";
+    // The arm64 busybox tree has no /init: the initramfs starts its shell.
+    let settings = "[build]\nbinfmt = \"register\"\n\n[pack]\nrdinit = \"/bin/sh\"\n";
+    std::iter::once(settings.to_owned())
+        .chain(quick)
+        .chain(slow)
+        .chain(std::iter::once(arm64.to_owned()))
+        .collect()
+}
+
+/// Registers qemu-user's arm64 handler (as `autogentoo` tells an operator to) unless it is:
+/// what a host needs to say it can build arm64.
+fn ensure_arm64_handler() -> Result<()> {
+    let binfmt = Path::new("/proc/sys/fs/binfmt_misc");
+    if binfmt.join("qemu-aarch64").exists() {
+        return Ok(());
+    }
+    if !binfmt.join("register").exists() {
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(binfmt),
+        )?;
+    }
+    let line = fs::read("/usr/lib/binfmt.d/qemu-aarch64.conf")
+        .context("apt-get install qemu-user-static")?;
+    fs::write(binfmt.join("register"), line)?;
+    Ok(())
 }
 
 /// Seconds between heartbeats, and without one before a host's jobs go to others.
@@ -460,18 +491,27 @@ impl Farm {
 struct Host {
     name: String,
     index: usize,
+    arches: String,
     workdir: Workdir,
     worker: Option<Process>,
 }
 
 impl Host {
-    fn new(farm: &Farm, index: usize) -> Result<Self> {
+    /// A host taking jobs of `arches` (every arch it can build when empty); `arm64` also gets
+    /// an arm64 stage.
+    fn new(farm: &Farm, index: usize, arches: &str, arm64: bool) -> Result<Self> {
         let workdir = busybox_workdir()?;
+        if arm64 {
+            let stage = workdir.scratch().join("arm64-stage");
+            build_busybox_tree_of(&stage, &arm64_busybox()?)?;
+            workdir.import(&stage, "arm64-busybox");
+        }
         let key = workdir.scratch().join("enroll.key");
         farm.key("1h", &key)?;
         let mut host = Self {
             name: format!("host-{index}"),
             index,
+            arches: arches.to_owned(),
             workdir,
             worker: None,
         };
@@ -493,6 +533,9 @@ impl Host {
         command.args(["--server", &farm.url, "--ca"]).arg(&farm.ca);
         if let Some(key) = key {
             command.arg("--enroll-key-file").arg(key);
+        }
+        if !self.arches.is_empty() {
+            command.args(["--arches", &self.arches]);
         }
         let log = self.workdir.scratch().join("worker.log");
         let worker = Process::start(command, log)?;
@@ -686,21 +729,45 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     let (code, body) = farm.curl("GET", "/docs/", None, None);
     ensure!(code == 200 && body.contains("swagger"), "swagger: {code}");
 
-    let mut hosts = (0..3)
-        .map(|i| Host::new(&farm, i))
-        .collect::<Result<Vec<_>>>()?;
+    // host-0 builds what it can, arm64 through qemu-user among them; the others amd64 only.
+    ensure_arm64_handler()?;
+    let mut hosts = vec![
+        Host::new(&farm, 0, "", true)?,
+        Host::new(&farm, 1, "amd64", false)?,
+        Host::new(&farm, 2, "amd64", false)?,
+    ];
+    let listed = farm.admin(&["--json", "farm", "host", "list"]).json();
+    let arm64: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            let arches = h["capabilities"]["arches"].as_array().unwrap();
+            arches.iter().any(|a| a["arch"] == "arm64")
+        })
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    ensure!(
+        arm64 == ["host-0"],
+        "hosts that say they build arm64: {arm64:?}"
+    );
 
     // Builds spread over the hosts, each recorded once.
-    let quick = [
-        "quick-a", "quick-b", "quick-c", "quick-d", "quick-e", "quick-f",
-    ];
-    for system in &quick[2..] {
+    for system in &QUICK[2..] {
         farm.submit(system);
     }
-    for system in quick {
+    for system in QUICK {
         let job = farm.wait_ended(system);
         ensure!(job["state"] == "succeeded", "{system}: {job}");
     }
+    // An arm64 system goes to the host that can build arm64, through qemu-user there.
+    farm.submit("tiny-arm64");
+    let job = farm.wait_ended("tiny-arm64");
+    ensure!(
+        job["state"] == "succeeded" && job["host"] == "host-0" && job["arch"] == "arm64",
+        "{job}"
+    );
+
     // The same build again is the same job.
     let again = farm.submit("quick-c");
     ensure!(
@@ -833,7 +900,7 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
         .collect();
     let unique: BTreeSet<&str> = systems.iter().copied().collect();
     ensure!(
-        systems.len() == unique.len() && unique.len() == 9,
+        systems.len() == unique.len() && unique.len() == 10,
         "{systems:?}"
     );
     ensure!(

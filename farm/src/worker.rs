@@ -40,6 +40,11 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "this host cannot build {arch}: it builds {can} (a foreign arch needs its qemu-user \
+         handler registered with the F flag; see `autogentoo workdir status`)"
+    )]
+    CannotBuild { arch: String, can: String },
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("cannot run a build of job {job}")]
@@ -79,11 +84,22 @@ impl WorkerOptions {
 }
 
 /// What the host can build as things stand: the arches it runs natively or through qemu-user
-/// (binfmt_misc with the F flag), its backend, and one slot.
-pub fn detect_capabilities(backend: &str) -> Capabilities {
-    Capabilities {
-        arches: autogentoo_core::chroot::binfmt::runnable()
+/// (binfmt_misc with the F flag), of `only` when it names some, its backend, and one slot.
+pub fn detect_capabilities(backend: &str, only: &[String]) -> Result<Capabilities, WorkerError> {
+    let runnable = autogentoo_core::chroot::binfmt::runnable();
+    for wanted in only {
+        if !runnable.iter().any(|r| r.arch == wanted.as_str()) {
+            let can: Vec<&str> = runnable.iter().map(|r| r.arch).collect();
+            return Err(WorkerError::CannotBuild {
+                arch: wanted.clone(),
+                can: can.join(", "),
+            });
+        }
+    }
+    Ok(Capabilities {
+        arches: runnable
             .into_iter()
+            .filter(|r| only.is_empty() || only.iter().any(|o| o == r.arch))
             .map(|r| HostArch {
                 arch: r.arch.to_owned(),
                 native: r.through == "native",
@@ -91,7 +107,7 @@ pub fn detect_capabilities(backend: &str) -> Capabilities {
             .collect(),
         backends: vec![backend.to_owned()],
         free_slots: 1,
-    }
+    })
 }
 
 /// Runs the worker until `stop` is set.

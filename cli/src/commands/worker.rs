@@ -35,6 +35,11 @@ pub struct WorkerArgs {
     /// A file holding a one-time enrollment key, for the first start
     #[arg(long, value_name = "FILE")]
     pub enroll_key_file: Option<PathBuf>,
+
+    /// Take jobs of these arches only (of those this host can build), e.g. `amd64` to keep
+    /// emulated builds off it [default: every arch it can build]
+    #[arg(long, value_delimiter = ',', value_name = "ARCH,…")]
+    pub arches: Vec<String>,
 }
 
 pub fn run(ctx: &Context, args: WorkerArgs) -> Result<()> {
@@ -60,7 +65,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<()> {
         backend: ctx.backend.clone(),
         program: std::env::current_exe().context("cannot find this program")?,
         enroll_key_file: args.enroll_key_file,
-        capabilities: worker::detect_capabilities(&ctx.backend),
+        capabilities: worker::detect_capabilities(&ctx.backend, &args.arches)?,
     };
     worker::run(&options, &stop)?;
     Ok(())
