@@ -825,6 +825,31 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
             "{name}'s hash"
         );
     }
+    // Keep and publish: an operator's, not a viewer's; published in the server's directory.
+    let viewer = scratch.join("viewer.token");
+    let run = farm.run_as(Some(&viewer), &["builds", "keep", "quick-a", &number]);
+    run.expect_one_error();
+    ensure!(
+        run.stderr.contains("needs the operator role"),
+        "{}",
+        run.describe()
+    );
+    farm.admin(&["builds", "keep", "quick-a", &number]);
+    let kept = farm
+        .admin(&["--json", "builds", "show", "quick-a", &number])
+        .json();
+    ensure!(kept["kept"] == true, "{kept}");
+    farm.admin(&["publish", "quick-a", &number, "--tag", "stable"]);
+    let link = farm
+        .server_dir
+        .path()
+        .join("farm-server/published/quick-a@stable");
+    let first = artifacts[0]["name"].as_str().unwrap();
+    ensure!(
+        fs::read(link.join(first))?
+            == fs::read(host.workdir.path().join("out/quick-a").join(first))?,
+        "published/quick-a@stable does not hold the build's {first}"
+    );
     let log = farm.admin(&["builds", "log", "quick-a", &number]).stdout;
     ensure!(log.contains("a line for the log"), "the log: {log}");
 

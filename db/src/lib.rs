@@ -732,7 +732,7 @@ fn build_of(row: &AnyRow) -> Result<Build, sqlx::Error> {
 }
 
 /// Where a publication points: `published/SYSTEM`, or `published/SYSTEM@TAG`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
     pub system: String,
     /// Empty for the system's own link.

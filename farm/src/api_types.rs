@@ -179,3 +179,15 @@ pub struct AuditEntry {
     pub target: String,
     pub detail: String,
 }
+
+/// Keep a build from purges, or let it go again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeepRequest {
+    pub keep: bool,
+}
+
+/// Publish a build: `published/SYSTEM`, or `published/SYSTEM@TAG`, on the server.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublishRequest {
+    pub tag: Option<String>,
+}

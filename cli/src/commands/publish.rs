@@ -5,13 +5,15 @@ use clap::Args;
 
 use crate::context::Context;
 use crate::output;
+use crate::remote::RemoteArgs;
 
 /// Publish a recorded build
 ///
 /// Point WORKDIR/published/SYSTEM (or, with --tag, published/SYSTEM@TAG) at a build's kept
 /// results in WORKDIR/out/SYSTEM/N, atomically: a reader sees the old build or the new one,
 /// never neither. Only a build that succeeded can be published; a published build is never
-/// purged.
+/// purged. With --server, a farm's build, published in the server's directory (operator
+/// role).
 #[derive(Args, Debug)]
 pub struct PublishArgs {
     /// The system
@@ -23,16 +25,29 @@ pub struct PublishArgs {
     /// Publish under this tag as well as the build's number (`stable`, `2026-12`)
     #[arg(long, value_parser = tag)]
     pub tag: Option<String>,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub fn run(ctx: &Context, args: PublishArgs) -> Result<()> {
-    let publication = ctx.database()?.publish(
-        &args.system,
-        args.number,
-        args.tag.as_deref(),
-        &crate::context::started_by(),
-        &ctx.layout().published(),
-    )?;
+    let publication: autogentoo_db::Publication = match args.remote.client()? {
+        Some(client) => client
+            .post(
+                &format!("/builds/{}/{}/publish", args.system, args.number),
+                &autogentoo_farm::api_types::PublishRequest {
+                    tag: args.tag.clone(),
+                },
+            )?
+            .expect("POST …/publish answers with the publication"),
+        None => ctx.database()?.publish(
+            &args.system,
+            args.number,
+            args.tag.as_deref(),
+            &crate::context::started_by(),
+            &ctx.layout().published(),
+        )?,
+    };
     if ctx.json {
         output::json(&publication);
     } else {

@@ -16,6 +16,7 @@ use utoipa::IntoParams;
 use super::auth::Person;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::api_types::{KeepRequest, PublishRequest};
 use crate::role::Role;
 
 fn db_error(error: autogentoo_db::DbError) -> ApiError {
@@ -199,4 +200,60 @@ fn tokio_util_stream(file: tokio::fs::File) -> impl Stream<Item = Result<Vec<u8>
             Err(e) => Some((Err(e), None)),
         }
     })
+}
+
+/// Keeps a build from purges (`keep: false` lets it go again).
+#[utoipa::path(post, path = "/builds/{system}/{number}/keep", request_body = KeepRequest,
+    params(("system" = String, Path), ("number" = i64, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = crate::api_types::ApiErrorBody)))]
+pub async fn keep(
+    State(state): State<Arc<AppState>>,
+    person: Person,
+    Path((system, number)): Path<(String, i64)>,
+    Json(request): Json<KeepRequest>,
+) -> ApiResult<axum::http::StatusCode> {
+    person.require(Role::Operator)?;
+    let target = format!("{system} {number}");
+    state
+        .db(move |db| db.keep(&system, number, request.keep))
+        .await?
+        .map_err(db_error)?;
+    let action = if request.keep { "keep" } else { "release" };
+    state.store.audit(&person.name, action, &target, "").await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Publishes a build that succeeded: `published/SYSTEM` (or `SYSTEM@TAG`) in the server's
+/// directory points at its results, atomically.
+#[utoipa::path(post, path = "/builds/{system}/{number}/publish", request_body = PublishRequest,
+    params(("system" = String, Path), ("number" = i64, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "The publication", body = Object),
+        (status = 409, body = crate::api_types::ApiErrorBody)))]
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    person: Person,
+    Path((system, number)): Path<(String, i64)>,
+    Json(request): Json<PublishRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    person.require(Role::Operator)?;
+    if let Some(tag) = &request.tag {
+        autogentoo_core::names::check(tag).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let published = state.data_dir.join("published");
+    let by = person.name.clone();
+    let tag = request.tag.clone();
+    let target = format!("{system} {number}");
+    let publication = state
+        .db(move |db| db.publish(&system, number, tag.as_deref(), &by, &published))
+        .await?
+        .map_err(|error| match error {
+            autogentoo_db::DbError::NotPublishable { .. } => ApiError::Conflict(error.to_string()),
+            other => db_error(other),
+        })?;
+    let detail = request.tag.unwrap_or_default();
+    state
+        .store
+        .audit(&person.name, "publish", &target, &detail)
+        .await?;
+    Ok(Json(serde_json::to_value(publication).unwrap_or_default()))
 }

@@ -126,6 +126,8 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(builds::log))
         .routes(routes!(builds::events))
         .routes(routes!(builds::artifact))
+        .routes(routes!(builds::keep))
+        .routes(routes!(builds::publish))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::post_events))
@@ -176,7 +178,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let Location::Postgres { url } = options.database.clone() else {
         return Err(ServeError::NotPostgres(options.database.shown()));
     };
-    for dir in ["sites", "artifacts", "uploads", "out"] {
+    for dir in ["sites", "artifacts", "uploads", "out", "published"] {
         let path = options.data_dir.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| ServeError::DataDir(path, e))?;
     }

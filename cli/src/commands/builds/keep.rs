@@ -4,11 +4,13 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::context::Context;
+use crate::remote::RemoteArgs;
 
 /// Keep a recorded build from purges
 ///
 /// Mark a build as kept: `builds purge` never removes it, whatever the retention policy.
-/// With --release it goes back under the policy.
+/// With --release it goes back under the policy. With --server, a farm's build (operator
+/// role).
 #[derive(Args, Debug)]
 pub struct KeepArgs {
     /// The system
@@ -20,11 +22,24 @@ pub struct KeepArgs {
     /// Let it go again
     #[arg(long)]
     pub release: bool,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub fn run(ctx: &Context, args: KeepArgs) -> Result<()> {
-    ctx.database()?
-        .keep(&args.system, args.number, !args.release)?;
+    match args.remote.client()? {
+        Some(client) => {
+            let path = format!("/builds/{}/{}/keep", args.system, args.number);
+            let keep = autogentoo_farm::api_types::KeepRequest {
+                keep: !args.release,
+            };
+            client.post::<_, serde_json::Value>(&path, &keep)?;
+        }
+        None => ctx
+            .database()?
+            .keep(&args.system, args.number, !args.release)?,
+    }
     if !ctx.quiet {
         let verb = if args.release { "released" } else { "kept" };
         eprintln!("build {} of '{}' {verb}", args.number, args.system);
