@@ -731,7 +731,7 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
 
     // host-0 builds what it can, arm64 through qemu-user among them; the others amd64 only.
     ensure_arm64_handler()?;
-    let mut hosts = vec![
+    let mut hosts = [
         Host::new(&farm, 0, "", true)?,
         Host::new(&farm, 1, "amd64", false)?,
         Host::new(&farm, 2, "amd64", false)?,
