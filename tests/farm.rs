@@ -937,3 +937,72 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     }
     Ok(())
 }
+
+/// What is refused before anything is served or sent: each a one-line error, nothing made.
+#[test]
+fn serve_worker_and_clients_refuse_unsafe_or_impossible_setups() -> Result<()> {
+    let workdir = Workdir::new();
+    let site = workdir.scratch().join("autogentoo.toml");
+    fs::write(
+        &site,
+        "[database]\nurl = \"postgres://autogentoo@127.0.0.1:1/farm\"\n",
+    )?;
+    let site = site.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--config", site, "serve", "--plain-http", "--listen", "0.0.0.0:8443"],
+            "plain HTTP is only for a loopback address, not 0.0.0.0:8443",
+        ),
+        (
+            &["--config", site, "serve"],
+            "`serve` needs --tls-cert and --tls-key, or --plain-http on a loopback address",
+        ),
+        (
+            &["serve", "--plain-http"],
+            "`serve` hands out a site config: give --config FILE",
+        ),
+        (
+            &["builds", "list", "--server", "http://192.0.2.1:8443"],
+            "is not a farm server URL: use https://HOST[:PORT] (http:// only for a loopback address)",
+        ),
+        (
+            &["worker", "--server", "https://127.0.0.1:1"],
+            "this host is not enrolled",
+        ),
+        (
+            &["submit", "web"],
+            "`submit` talks to a farm server: give --server URL",
+        ),
+    ];
+    for (args, message) in cases {
+        let run = workdir.run(args);
+        assert_eq!(run.code(), Some(1), "{}", run.describe());
+        run.expect_one_error();
+        assert!(
+            run.stderr.contains(message),
+            "wanted {message:?}: {}",
+            run.describe()
+        );
+    }
+    // A farm on SQLite is refused: its queue lives in PostgreSQL.
+    let sqlite = workdir.scratch().join("sqlite.toml");
+    fs::write(&sqlite, "")?;
+    let run = workdir.run([
+        "--config",
+        sqlite.to_str().unwrap(),
+        "serve",
+        "--plain-http",
+    ]);
+    run.expect_one_error();
+    assert!(
+        run.stderr
+            .contains("the farm needs PostgreSQL for its queue"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !workdir.path().join("farm-server").exists(),
+        "a refused serve made its directory"
+    );
+    Ok(())
+}
