@@ -114,6 +114,10 @@ pub struct Lease {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
     pub capabilities: Capabilities,
+    /// How long to wait for work when there is none now, in milliseconds (at most 30,000;
+    /// 0 answers at once).
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// How a job ended on its host: the host's own record of the build and its logs.

@@ -241,6 +241,15 @@ impl Store {
         Ok(row.map(|row| row.get(0)))
     }
 
+    /// Whether host `name` is enrolled and not revoked.
+    pub async fn host_active(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT 1 FROM farm_hosts WHERE name = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Notes that a host is alive, with what it can build.
     pub async fn touch_host(&self, name: &str, caps: &Capabilities) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE farm_hosts SET last_seen = $1, capabilities = $2 WHERE name = $3")

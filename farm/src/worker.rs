@@ -110,6 +110,10 @@ pub fn detect_capabilities(backend: &str, only: &[String]) -> Result<Capabilitie
     })
 }
 
+/// How long a lease request waits at the server for work: an idle host asks six times a
+/// minute, and hears of a new job as it is submitted; a stopping worker waits at most this.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the worker until `stop` is set.
 pub fn run(options: &WorkerOptions, stop: &AtomicBool) -> Result<(), WorkerError> {
     let anonymous = Client::new(&options.server, options.ca.as_deref(), None)?;
@@ -136,7 +140,7 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool) -> Result<(), WorkerError
         "worker '{}' takes jobs from {}",
         options.name, options.server
     );
-    let mut idle = Duration::from_millis(250);
+    let mut wait = Duration::from_millis(250);
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -146,10 +150,11 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool) -> Result<(), WorkerError
                 free_slots: 1,
                 ..options.capabilities.clone()
             },
+            wait_ms: LEASE_WAIT.as_millis() as u64,
         };
         match host.post::<_, Lease>("/hosts/lease", &request) {
             Ok(Some(lease)) => {
-                idle = Duration::from_millis(250);
+                wait = Duration::from_millis(250);
                 busy.store(true, Ordering::SeqCst);
                 let ran = run_job(options, &host, lease, stop);
                 busy.store(false, Ordering::SeqCst);
@@ -157,17 +162,15 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool) -> Result<(), WorkerError
                     eprintln!("worker: {}", one_line(&error));
                 }
             }
-            Ok(None) => {
-                std::thread::sleep(idle);
-                idle = (idle * 2).min(Duration::from_secs(2));
-            }
+            // The server waited for work before it said there is none.
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(error) if error.status() == Some(StatusCode::UNAUTHORIZED) => {
                 break Err(error.into())
             }
             Err(error) => {
                 eprintln!("worker: {}", one_line(&error));
-                std::thread::sleep(backoff(idle));
-                idle = (idle * 2).min(Duration::from_secs(5));
+                std::thread::sleep(backoff(wait));
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     };

@@ -80,6 +80,7 @@ pub async fn hello(
             .await?;
     }
     state.store.release_requeued().await?;
+    state.work.notify_waiters();
     Ok(Json(liveness(&state)))
 }
 
@@ -100,8 +101,9 @@ fn queues_of(caps: &Capabilities) -> Vec<String> {
     caps.arches.iter().map(|a| queue_of(&a.arch)).collect()
 }
 
-/// Gives the host a job it can run, if one waits: of an arch it runs natively first; of one
-/// it runs through qemu-user only when no native host is alive, or the job waited long.
+/// Gives the host a job it can run: of an arch it runs natively first; of one it runs through
+/// qemu-user only when no native host is alive, or the job waited long. When none waits, the
+/// request waits up to its `wait_ms` (at most 30 s) for one to be submitted or given back.
 #[utoipa::path(post, path = "/hosts/lease", request_body = LeaseRequest, security(("bearer" = [])),
     responses((status = 200, body = Lease), (status = 204, description = "No work now")))]
 pub async fn lease(
@@ -115,6 +117,38 @@ pub async fn lease(
     if caps.free_slots == 0 {
         return Ok(Err(StatusCode::NO_CONTENT));
     }
+    let wait = Duration::from_millis(request.wait_ms.min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Listening before looking: work that comes in between still wakes this request.
+        let work = state.work.notified();
+        tokio::pin!(work);
+        work.as_mut().enable();
+        if let Some(lease) = next_job(&state, &host.name, &caps).await? {
+            return Ok(Ok(Json(lease)));
+        }
+        if tokio::time::timeout_at(deadline, work).await.is_err() {
+            return Ok(Err(StatusCode::NO_CONTENT));
+        }
+        // Revoked while it waited: it gets nothing more.
+        if !state.store.host_active(&host.name).await? {
+            return Err(ApiError::Unauthorized(
+                "the host credential is not known, or the host was revoked".into(),
+            ));
+        }
+    }
+}
+
+/// The longest a lease request waits for work.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// Claims the next job `host` can run, and hands it over: its build recorded, its credential
+/// made.
+async fn next_job(
+    state: &Arc<AppState>,
+    host: &str,
+    caps: &Capabilities,
+) -> ApiResult<Option<Lease>> {
     let mut arches = caps.arches.clone();
     arches.sort_by_key(|a| !a.native);
     let alive_since = now_ms() - state.queue.dead_after.as_millis() as i64;
@@ -131,25 +165,20 @@ pub async fn lease(
                 continue;
             }
         }
-        let Some((id, attempt)) = state.queue.claim(&host.name, &queue).await? else {
+        let Some((id, attempt)) = state.queue.claim(host, &queue).await? else {
             continue;
         };
         let Some(job) = state.store.job(&id).await? else {
             tracing::warn!("job {id} of the queue is not in farm_jobs; dropping it");
             state
                 .queue
-                .complete(&host.name, &queue, &id, attempt, false)
+                .complete(host, &queue, &id, attempt, false)
                 .await?;
             continue;
         };
         let leased = async {
-            let number = begin_build(&state, &job, &host.name).await?;
-            Ok::<_, ApiError>(
-                state
-                    .store
-                    .lease_job(&id, &host.name, attempt, number)
-                    .await?,
-            )
+            let number = begin_build(state, &job, host).await?;
+            Ok::<_, ApiError>(state.store.lease_job(&id, host, attempt, number).await?)
         }
         .await;
         let secret = match leased {
@@ -158,7 +187,7 @@ pub async fn lease(
                 // Not handed out after all: back to the queue, not held by a host that never
                 // heard of it.
                 let ids = std::slice::from_ref(&id);
-                if let Err(again) = state.queue.abandon(&host.name, &queue, ids).await {
+                if let Err(again) = state.queue.abandon(host, &queue, ids).await {
                     tracing::error!("cannot give job {id} back to the queue: {again}");
                 }
                 return Err(error);
@@ -166,17 +195,16 @@ pub async fn lease(
         };
         let job = state.store.job(&id).await?.unwrap_or(job);
         tracing::info!(
-            "job {id} ({}) to host '{}', attempt {attempt}",
-            job.system,
-            host.name
+            "job {id} ({}) to host '{host}', attempt {attempt}",
+            job.system
         );
-        return Ok(Ok(Json(Lease {
+        return Ok(Some(Lease {
             job,
             secret,
-            liveness: liveness(&state),
-        })));
+            liveness: liveness(state),
+        }));
     }
-    Ok(Err(StatusCode::NO_CONTENT))
+    Ok(None)
 }
 
 /// The enrolled hosts.
@@ -212,6 +240,7 @@ pub async fn revoke(
             .await?;
     }
     state.store.release_requeued().await?;
+    state.work.notify_waiters();
     state
         .store
         .audit(&person.name, "host revoke", &name, "")
@@ -226,7 +255,10 @@ pub async fn requeue_loop(state: Arc<AppState>) {
         tick.tick().await;
         match state.queue.requeue_orphans().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!("{n} jobs of silent hosts went back to the queue"),
+            Ok(n) => {
+                tracing::info!("{n} jobs of silent hosts went back to the queue");
+                state.work.notify_waiters();
+            }
             Err(error) => tracing::error!("cannot requeue the jobs of silent hosts: {error}"),
         }
         if let Err(error) = state.store.release_requeued().await {

@@ -65,6 +65,9 @@ pub async fn submit(
         state.store.delete_job(&id).await?;
         return Err(error.into());
     }
+    // One job wakes one waiting host; if that one cannot run it, the others find it when
+    // their requests come back.
+    state.work.notify_one();
     state
         .store
         .audit(&person.name, "submit", &request.system, &id)

@@ -79,6 +79,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Wakes the event streams: the id of a job that got events or ended.
     pub events: tokio::sync::broadcast::Sender<String>,
+    /// Wakes the lease requests that wait: one for a job submitted, all for jobs given back.
+    pub work: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -211,6 +213,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             config_file: options.config_file.clone(),
             data_dir: options.data_dir.clone(),
             events,
+            work: tokio::sync::Notify::new(),
         });
         tokio::spawn(hosts::requeue_loop(state.clone()));
         let app = router(state);
