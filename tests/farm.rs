@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::postgres::{free_port, PrivatePostgres};
 use autogentoo_tests::{
-    arm64_busybox, build_busybox_tree_of, busybox_workdir, isolated_binary, run_tool, wait_until,
-    Run, Workdir,
+    arm64_busybox, build_busybox_tree_of, busybox_workdir, example_repo, isolated_binary,
+    portage_stage, run_tool, wait_until, Run, Workdir,
 };
 use serde_json::Value;
 
@@ -27,6 +27,9 @@ const QUICK: [&str; 6] = [
 
 /// The systems whose builds sleep long enough to be interrupted.
 const SLOW: [&str; 3] = ["slow-kill", "slow-cut", "slow-restart"];
+
+/// The systems that emerge `app-misc/hello`: the first on one host, the second on another.
+const HELLO: [&str; 2] = ["hello-first", "hello-second"];
 
 /// The site config's systems: each quick one writes its name; each slow one sleeps 8 s first.
 fn systems() -> String {
@@ -47,12 +50,25 @@ fn systems() -> String {
     });
     let arm64 = "[systems.tiny-arm64]\nstage = \"arm64-busybox\"\narch = \"arm64\"\n\
                  kernel_build = \"none\"\ncommands = [\"/bin/busybox uname -m > /etc/machine\"]\n";
-    // The arm64 busybox tree has no /init: the initramfs starts its shell.
-    let settings = "[build]\nbinfmt = \"register\"\n\n[pack]\nrdinit = \"/bin/sh\"\n";
+    // The arm64 busybox tree has no /init: the initramfs starts its shell. Portage must not
+    // trust its package index blindly (`-pkgdir-index-trusted`): the worker adds packages from
+    // the binhost to the cache, and Portage indexes them as it finds them.
+    let settings = "[build]\nbinfmt = \"register\"\n\n[pack]\nrdinit = \"/bin/sh\"\n\n\
+                    [mounts]\nrepo = \"var/db/repos/example\"\n\n[build.env]\n\
+                    FEATURES = \"buildpkg binpkg-multi-instance -news -pkgdir-index-trusted\"\n\
+                    EMERGE_DEFAULT_OPTS = \"--usepkg --binpkg-respect-use=y --quiet-build=y\"\n";
+    // Two systems of the Portage stage that emerge the same package.
+    let portage = HELLO.iter().map(|name| {
+        format!(
+            "[systems.{name}]\nstage = \"portage\"\nkernel_build = \"none\"\n\
+             commands = [\"emerge app-misc/hello\"]\n"
+        )
+    });
     std::iter::once(settings.to_owned())
         .chain(quick)
         .chain(slow)
         .chain(std::iter::once(arm64.to_owned()))
+        .chain(portage)
         .collect()
 }
 
@@ -497,14 +513,31 @@ struct Host {
 }
 
 impl Host {
-    /// A host taking jobs of `arches` (every arch it can build when empty); `arm64` also gets
-    /// an arm64 stage.
-    fn new(farm: &Farm, index: usize, arches: &str, arm64: bool) -> Result<Self> {
+    /// A host taking jobs of `arches` (every arch it can build when empty), with the busybox
+    /// stage and, for an arm64 host, an arm64 one; for an amd64 host, the Portage stage, the
+    /// example repository's snapshot and its distfiles.
+    fn new(farm: &Farm, index: usize, arches: &str) -> Result<Self> {
         let workdir = busybox_workdir()?;
-        if arm64 {
+        if arches == "arm64" {
             let stage = workdir.scratch().join("arm64-stage");
             build_busybox_tree_of(&stage, &arm64_busybox()?)?;
             workdir.import(&stage, "arm64-busybox");
+        } else {
+            workdir.import(&portage_stage(), "portage");
+            let (repo, distfiles) = example_repo();
+            workdir.ok([
+                "repo",
+                "pack",
+                "--dir",
+                repo.to_str().unwrap(),
+                "--name",
+                "example",
+            ]);
+            let status = workdir.ok(["workdir", "status", "--json"]).json();
+            let cache = status["caches"]["distfiles"]
+                .as_str()
+                .expect("a distfiles cache");
+            run_tool(Command::new(distfiles).arg(cache))?;
         }
         let key = workdir.scratch().join("enroll.key");
         farm.key("1h", &key)?;
@@ -729,12 +762,12 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     let (code, body) = farm.curl("GET", "/docs/", None, None);
     ensure!(code == 200 && body.contains("swagger"), "swagger: {code}");
 
-    // host-0 builds what it can, arm64 through qemu-user among them; the others amd64 only.
+    // host-0 builds arm64 (through qemu-user), the others amd64.
     ensure_arm64_handler()?;
     let mut hosts = [
-        Host::new(&farm, 0, "", true)?,
-        Host::new(&farm, 1, "amd64", false)?,
-        Host::new(&farm, 2, "amd64", false)?,
+        Host::new(&farm, 0, "arm64")?,
+        Host::new(&farm, 1, "amd64")?,
+        Host::new(&farm, 2, "amd64")?,
     ];
     let listed = farm.admin(&["--json", "farm", "host", "list"]).json();
     let arm64: Vec<&str> = listed
@@ -917,6 +950,61 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     let job = farm.wait_ended("slow-restart");
     ensure!(job["state"] == "succeeded", "{job}");
 
+    // A package built on one host is installed on another from the binhost, not built again.
+    farm.submit("hello-first");
+    let first = farm.wait_ended("hello-first");
+    ensure!(first["state"] == "succeeded", "{first}");
+    let builder = first["host"].as_str().unwrap().to_owned();
+    let b = hosts.iter().position(|h| h.name == builder).unwrap();
+    ensure!(
+        hosts[b]
+            .log()
+            .contains("binary packages to the amd64 binhost"),
+        "{}",
+        hosts[b].log()
+    );
+    // The builder stops, so that the other host takes the second.
+    let worker = hosts[b].worker.as_mut().unwrap();
+    worker.signal(rustix::process::Signal::TERM);
+    worker.wait();
+    farm.submit("hello-second");
+    let second = farm.wait_ended("hello-second");
+    ensure!(
+        second["state"] == "succeeded" && second["host"] != builder.as_str(),
+        "{second}"
+    );
+    let i = hosts
+        .iter()
+        .position(|h| second["host"] == h.name.as_str())
+        .unwrap();
+    let number = second["build_number"].as_i64().unwrap().to_string();
+    let log = farm
+        .admin(&["builds", "log", "hello-second", &number])
+        .stdout;
+    ensure!(
+        log.contains(">>> Emerging binary") && log.contains("app-misc/hello-1.0"),
+        "not installed from the binhost: {log}"
+    );
+    ensure!(
+        !log.contains(">>> Emerging (1 of 1) app-misc/hello"),
+        "built again: {log}"
+    );
+    let gpkg = "app-misc/hello/hello-1.0-1.gpkg.tar";
+    let cache = |host: &Host| -> Result<PathBuf> {
+        let status = host.workdir.ok(["workdir", "status", "--json"]).json();
+        Ok(PathBuf::from(status["caches"]["binpkgs"].as_str().unwrap()).join(gpkg))
+    };
+    ensure!(
+        fs::read(cache(&hosts[b])?)? == fs::read(cache(&hosts[i])?)?,
+        "the package on the second host is not the first host's"
+    );
+    // The package is in the amd64 binhost, and the arm64 one has none of it.
+    let admin = fs::read_to_string(&farm.admin)?;
+    let (code, amd64) = farm.curl("GET", "/binhost/amd64", Some(admin.trim()), None);
+    ensure!(code == 200 && amd64.contains(gpkg), "{code} {amd64}");
+    let (code, arm64) = farm.curl("GET", "/binhost/arm64", Some(admin.trim()), None);
+    ensure!(code == 200 && arm64.trim() == "[]", "{code} {arm64}");
+
     // Everything once; nothing left in the queue.
     let builds = farm.builds();
     let systems: Vec<&str> = builds
@@ -925,7 +1013,7 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
         .collect();
     let unique: BTreeSet<&str> = systems.iter().copied().collect();
     ensure!(
-        systems.len() == unique.len() && unique.len() == 10,
+        systems.len() == unique.len() && unique.len() == 12,
         "{systems:?}"
     );
     ensure!(

@@ -195,3 +195,21 @@ pub struct KeepRequest {
 pub struct PublishRequest {
     pub tag: Option<String>,
 }
+
+/// A binary package of a binhost: its path under the binhost (`CATEGORY/PN/PF-BUILD_ID.gpkg.tar`,
+/// as Portage lays out a multi-instance PKGDIR), its SHA-256 and size.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Package {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What publishing a job's packages did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Published {
+    /// Packages new to the binhost.
+    pub added: Vec<String>,
+    /// Packages the binhost had under the same path already (the first one stays).
+    pub kept: Vec<String>,
+}

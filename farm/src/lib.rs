@@ -4,6 +4,7 @@
 //! credential and those of the jobs it runs, never the database's.
 
 pub mod api_types;
+pub mod binhost;
 pub mod client;
 pub mod local;
 pub mod queue;

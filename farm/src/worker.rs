@@ -20,7 +20,8 @@ use autogentoo_db::{Build, BuildDetail, Database, Location, Outcome};
 use reqwest::StatusCode;
 
 use crate::api_types::{
-    Capabilities, EnrollRequest, Enrolled, HostArch, Lease, LeaseRequest, Liveness,
+    Capabilities, EnrollRequest, Enrolled, HostArch, Lease, LeaseRequest, Liveness, Package,
+    Published,
 };
 use crate::client::{Client, ClientError};
 use crate::secret;
@@ -55,6 +56,14 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Site(#[from] crate::site::SiteError),
+    #[error("the binhost: {0}")]
+    Binhost(String),
+    #[error("cannot use the binary package cache at {}", path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Db(#[from] autogentoo_db::DbError),
 }
@@ -260,6 +269,18 @@ fn run_job(
         let bytes = retry(stop, || client.get_bytes(&format!("/jobs/{}/site", job.id)))?;
         crate::site::unpack(&bytes, &job.config_hash, &site)?;
     }
+    // What the farm built already, in this host's cache before the build looks for it.
+    let cache = binpkgs_cache(options, &job.arch);
+    if let Some(cache) = &cache {
+        match fetch_packages(host, &job.arch, cache) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "job {}: {n} binary packages from the {} binhost",
+                job.id, job.arch
+            ),
+            Err(error) => eprintln!("job {}: binhost: {}", job.id, one_line(&error)),
+        }
+    }
     let database = options.workdir.join("autogentoo.db");
     let mut command = Command::new(&options.program);
     command
@@ -366,6 +387,17 @@ fn run_job(
             client.upload_artifact(&job.id, &artifact.path, &artifact.sha256)
         })?;
     }
+    // What the build added to the cache, for the other hosts.
+    if let (Some(cache), Outcome::Succeeded) = (&cache, record.build.outcome) {
+        match publish_packages(host, &client, &job.id, &job.arch, cache) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "job {}: {n} binary packages to the {} binhost",
+                job.id, job.arch
+            ),
+            Err(error) => eprintln!("job {}: binhost: {}", job.id, one_line(&error)),
+        }
+    }
     let result = crate::api_types::JobResult {
         record: serde_json::to_value(&record).unwrap_or_default(),
         logs,
@@ -379,6 +411,111 @@ fn run_job(
         }
         Err(error) => Err(error),
     }
+}
+
+/// The host's binary package cache for `arch`, as `workdir status` names it: `binpkgs` for the
+/// host's own arch, `binpkgs-ARCH` for another (`None` when it has none yet).
+fn binpkgs_cache(options: &WorkerOptions, arch: &str) -> Option<PathBuf> {
+    let output = Command::new(&options.program)
+        .arg("--workdir")
+        .arg(&options.workdir)
+        .args(["--backend", &options.backend, "--json", "workdir", "status"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    let name = if autogentoo_core::arch::Arch::host().gentoo == arch {
+        "binpkgs".to_owned()
+    } else {
+        format!("binpkgs-{arch}")
+    };
+    status["caches"][&name].as_str().map(PathBuf::from)
+}
+
+/// A binhost path as one URL segment.
+fn segment(path: &str) -> String {
+    path.replace('%', "%25").replace('/', "%2F")
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    secret::hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Fetches the packages of `arch`'s binhost that `cache` lacks; returns how many.
+fn fetch_packages(
+    host: &Client,
+    arch: &str,
+    cache: &std::path::Path,
+) -> Result<usize, WorkerError> {
+    let index: Vec<Package> = host.get(&format!("/binhost/{arch}"))?;
+    let mut fetched = 0;
+    for package in index {
+        crate::binhost::check_path(&package.path).map_err(WorkerError::Binhost)?;
+        let target = cache.join(&package.path);
+        if target.exists() {
+            continue;
+        }
+        let bytes = host.get_bytes(&format!("/binhost/{arch}/files/{}", segment(&package.path)))?;
+        let got = sha256_of(&bytes);
+        if got != package.sha256 {
+            return Err(WorkerError::Binhost(format!(
+                "{} from the binhost has SHA-256 {got}, not {}",
+                package.path, package.sha256
+            )));
+        }
+        let dir = target.parent().unwrap_or(cache);
+        let partial = dir.join(format!(".{}.partial", secret::random_hex(4)));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&partial, &bytes))
+            .and_then(|()| std::fs::rename(&partial, &target))
+            .map_err(|source| WorkerError::Cache {
+                path: target.clone(),
+                source,
+            })?;
+        fetched += 1;
+    }
+    Ok(fetched)
+}
+
+/// Uploads the packages in `cache` that `arch`'s binhost lacks, as job `job`'s, and publishes
+/// them; returns how many were new to it.
+fn publish_packages(
+    host: &Client,
+    client: &Client,
+    job: &str,
+    arch: &str,
+    cache: &std::path::Path,
+) -> Result<usize, WorkerError> {
+    use sha2::Digest;
+    let index: Vec<Package> = host.get(&format!("/binhost/{arch}"))?;
+    let known: std::collections::BTreeSet<String> = index.into_iter().map(|p| p.path).collect();
+    let local = crate::binhost::list(cache).map_err(|source| WorkerError::Cache {
+        path: cache.to_owned(),
+        source,
+    })?;
+    let mut packages = Vec::new();
+    for (path, file) in local {
+        if known.contains(&path) {
+            continue;
+        }
+        let read = |source| WorkerError::Cache {
+            path: file.clone(),
+            source,
+        };
+        let mut hasher = sha2::Sha256::new();
+        let size = std::io::copy(&mut std::fs::File::open(&file).map_err(read)?, &mut hasher)
+            .map_err(read)?;
+        let sha256 = secret::hex(&hasher.finalize());
+        client.upload_artifact(job, &file, &sha256)?;
+        packages.push(Package { path, sha256, size });
+    }
+    if packages.is_empty() {
+        return Ok(0);
+    }
+    let published: Option<Published> = client.post(&format!("/jobs/{job}/packages"), &packages)?;
+    Ok(published.map_or(0, |p| p.added.len()))
 }
 
 /// A failed build that ended before it was recorded (its site config did not load, say).

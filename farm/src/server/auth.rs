@@ -124,3 +124,26 @@ impl FromRequestParts<Arc<AppState>> for JobAuth {
         }
     }
 }
+
+/// Whoever may read the binhost: a person with a token (any role), or a build host.
+pub struct Reader;
+
+impl FromRequestParts<Arc<AppState>> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = bearer(parts)?;
+        if state.store.person(secret).await?.is_some()
+            || state.store.host_of(secret).await?.is_some()
+        {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized(
+                "neither an API token nor a host credential that is known and not revoked".into(),
+            ))
+        }
+    }
+}

@@ -165,7 +165,7 @@ pub async fn post_events(
 
 /// Refuses a host whose lease on `job` was lost (it missed its heartbeats, and the job went
 /// back to the queue).
-async fn require_lease(state: &AppState, job: &Job) -> ApiResult<()> {
+pub async fn require_lease(state: &AppState, job: &Job) -> ApiResult<()> {
     let host = job.host.as_deref().unwrap_or_default();
     if state
         .queue

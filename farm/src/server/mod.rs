@@ -6,6 +6,7 @@
 mod admin;
 mod artifacts;
 mod auth;
+mod binhost;
 mod builds;
 mod error;
 mod hosts;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Wakes the event streams: the id of a job that got events or ended.
     pub events: tokio::sync::broadcast::Sender<String>,
+    /// Publishing to a binhost, one at a time (its index is rewritten whole).
+    pub binhost: tokio::sync::Mutex<()>,
     /// Wakes the lease requests that wait: one for a job submitted, all for jobs given back.
     pub work: tokio::sync::Notify,
 }
@@ -146,6 +149,9 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin::create_token, admin::list_tokens))
         .routes(routes!(admin::revoke_token))
         .routes(routes!(admin::audit))
+        .routes(routes!(binhost::index))
+        .routes(routes!(binhost::file))
+        .routes(routes!(binhost::publish))
 }
 
 /// The OpenAPI document the server serves at `/api/v1/openapi.json`.
@@ -180,7 +186,14 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let Location::Postgres { url } = options.database.clone() else {
         return Err(ServeError::NotPostgres(options.database.shown()));
     };
-    for dir in ["sites", "artifacts", "uploads", "out", "published"] {
+    for dir in [
+        "sites",
+        "artifacts",
+        "uploads",
+        "out",
+        "published",
+        "binhost",
+    ] {
         let path = options.data_dir.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| ServeError::DataDir(path, e))?;
     }
@@ -214,6 +227,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             data_dir: options.data_dir.clone(),
             events,
             work: tokio::sync::Notify::new(),
+            binhost: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(hosts::requeue_loop(state.clone()));
         let app = router(state);

@@ -1,0 +1,143 @@
+//! `/binhost/{arch}`: the binary packages hosts built, per arch; and a job's host publishing
+//! the packages its build made (`/jobs/{id}/packages`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::Json;
+
+use super::auth::{JobAuth, Reader};
+use super::error::{ApiError, ApiResult};
+use super::jobs::artifacts_ok;
+use super::AppState;
+use crate::api_types::{Package, Published};
+use crate::binhost::check_path;
+
+/// The binhost's index of `arch`: path → package.
+fn index_path(state: &AppState, arch: &str) -> std::path::PathBuf {
+    state.data_dir.join("binhost").join(arch).join("index.json")
+}
+
+async fn read_index(state: &AppState, arch: &str) -> ApiResult<BTreeMap<String, Package>> {
+    match tokio::fs::read(index_path(state, arch)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal("read a binhost index", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(ApiError::internal("read a binhost index", e)),
+    }
+}
+
+fn check_arch(arch: &str) -> ApiResult<()> {
+    autogentoo_core::arch::Arch::named(arch)
+        .map(drop)
+        .ok_or_else(|| ApiError::NotFound(format!("no binhost for `{arch}`: not an arch")))
+}
+
+/// The binary packages of `arch`'s binhost.
+#[utoipa::path(get, path = "/binhost/{arch}", params(("arch" = String, Path)),
+    security(("bearer" = [])), responses((status = 200, body = Vec<Package>)))]
+pub async fn index(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    Path(arch): Path<String>,
+) -> ApiResult<Json<Vec<Package>>> {
+    check_arch(&arch)?;
+    Ok(Json(
+        read_index(&state, &arch).await?.into_values().collect(),
+    ))
+}
+
+/// A binary package of `arch`'s binhost.
+#[utoipa::path(get, path = "/binhost/{arch}/files/{path}", security(("bearer" = [])),
+    params(("arch" = String, Path), ("path" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)))]
+pub async fn file(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    Path((arch, path)): Path<(String, String)>,
+) -> ApiResult<Body> {
+    check_arch(&arch)?;
+    check_path(&path).map_err(ApiError::BadRequest)?;
+    let index = read_index(&state, &arch).await?;
+    if !index.contains_key(&path) {
+        return Err(ApiError::NotFound(format!(
+            "the {arch} binhost has no {path}"
+        )));
+    }
+    let bytes = tokio::fs::read(state.data_dir.join("binhost").join(&arch).join(&path))
+        .await
+        .map_err(|e| ApiError::internal("read a binary package", e))?;
+    Ok(Body::from(bytes))
+}
+
+/// Publishes binary packages a job's build made (uploaded first as its artifacts) to the
+/// binhost of the job's arch. A path the binhost has already keeps its first package.
+#[utoipa::path(post, path = "/jobs/{id}/packages", params(("id" = String, Path)),
+    request_body = Vec<Package>, security(("bearer" = [])),
+    responses((status = 200, body = Published)))]
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    auth: JobAuth,
+    Path(id): Path<String>,
+    Json(packages): Json<Vec<Package>>,
+) -> ApiResult<Json<Published>> {
+    let job = auth.for_job(&id)?.clone();
+    super::jobs::require_lease(&state, &job).await?;
+    let store = state.data_dir.join("artifacts");
+    for package in &packages {
+        check_path(&package.path).map_err(ApiError::BadRequest)?;
+        if !artifacts_ok(&package.sha256) || !store.join(&package.sha256).is_file() {
+            return Err(ApiError::BadRequest(format!(
+                "package {} ({}) was not uploaded; upload it to /jobs/{id}/artifacts/SHA256 first",
+                package.path, package.sha256
+            )));
+        }
+    }
+    let _writing = state.binhost.lock().await;
+    let tree = state.data_dir.join("binhost").join(&job.arch);
+    let mut index = read_index(&state, &job.arch).await?;
+    let mut published = Published {
+        added: Vec::new(),
+        kept: Vec::new(),
+    };
+    for package in packages {
+        if index.contains_key(&package.path) {
+            published.kept.push(package.path);
+            continue;
+        }
+        let target = tree.join(&package.path);
+        let source = store.join(&package.sha256);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(target.parent().unwrap_or(&target))?;
+            let _ = std::fs::remove_file(&target);
+            std::fs::hard_link(source, &target)
+        })
+        .await
+        .map_err(|e| ApiError::internal("publish a binary package", e))?
+        .map_err(|e| ApiError::internal("publish a binary package", e))?;
+        published.added.push(package.path.clone());
+        index.insert(package.path.clone(), package);
+    }
+    let bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
+    let path = index_path(&state, &job.arch);
+    let partial = path.with_extension("json.partial");
+    let io = |e| ApiError::internal("write a binhost index", e);
+    tokio::fs::create_dir_all(&tree).await.map_err(io)?;
+    tokio::fs::write(&partial, bytes).await.map_err(io)?;
+    tokio::fs::rename(&partial, &path).await.map_err(io)?;
+    if !published.added.is_empty() {
+        let detail = published.added.join(" ");
+        state
+            .store
+            .audit(
+                job.host.as_deref().unwrap_or_default(),
+                "binhost publish",
+                &job.arch,
+                &detail,
+            )
+            .await?;
+    }
+    Ok(Json(published))
+}
