@@ -26,7 +26,7 @@ const QUICK: [&str; 6] = [
 ];
 
 /// The systems whose builds sleep long enough to be interrupted.
-const SLOW: [&str; 3] = ["slow-kill", "slow-cut", "slow-restart"];
+const SLOW: [&str; 4] = ["slow-kill", "slow-stop", "slow-cut", "slow-restart"];
 
 /// The systems that emerge `app-misc/hello`: the first on one host, the second on another.
 const HELLO: [&str; 2] = ["hello-first", "hello-second"];
@@ -96,7 +96,7 @@ fn ensure_arm64_handler() -> Result<()> {
 const HEARTBEAT: &str = "1";
 const DEAD_AFTER: &str = "4";
 
-/// Each network this binary makes has a subnet of its own: 10.77.N.0/24.
+/// Numbers the networks this binary makes (their bridges' names).
 static NETWORKS: AtomicU8 = AtomicU8::new(0);
 
 /// A bridge in this namespace (the server's side, 10.77.N.1) and a namespace per host, each
@@ -115,9 +115,15 @@ impl Network {
     fn new(hosts: usize) -> Result<Self> {
         let n = NETWORKS.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id() % 100_000);
+        // A subnet no interface has: another test binary (or run) may have a farm up too.
+        let used = ip(&["-o", "-4", "addr", "show"])?;
+        let subnet = (0..=255u8)
+            .map(|i| format!("10.77.{i}"))
+            .find(|subnet| !used.contains(&format!(" {subnet}.")))
+            .context("no free 10.77.N.0/24 subnet for the test's bridge")?;
         let mut network = Self {
             bridge: format!("agb{tag}"),
-            subnet: format!("10.77.{n}"),
+            subnet,
             hosts: Vec::new(),
         };
         ip(&["link", "add", &network.bridge, "type", "bridge"])?;
@@ -571,11 +577,15 @@ impl Host {
             command.args(["--arches", &self.arches]);
         }
         let log = self.workdir.scratch().join("worker.log");
+        let started = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("takes jobs from")
+            .count();
         let worker = Process::start(command, log)?;
         wait_until(
             &format!("{} takes jobs", self.name),
             Duration::from_secs(60),
-            || worker.log().matches("takes jobs from").count() > usize::from(key.is_none()),
+            || worker.log().matches("takes jobs from").count() > started,
         );
         self.worker = Some(worker);
         Ok(())
@@ -681,6 +691,17 @@ fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
         Some(r#"{"record":{},"logs":[]}"#),
     );
     ensure!(code == 403, "cross-job result: {code} {body}");
+    // Its own job, with a record that is not one: refused, the job still running.
+    let (code, body) = farm.curl(
+        "POST",
+        &format!("/jobs/{job_a}/result"),
+        Some(secret_a),
+        Some(r#"{"record":{"system":"quick-a"},"logs":[]}"#),
+    );
+    ensure!(
+        code == 400 && body.contains("does not parse"),
+        "a bad record: {code} {body}"
+    );
     // A host credential is not a person's token.
     let (code, _) = farm.curl("GET", "/builds", Some(&host_secret), None);
     ensure!(code == 401, "a host read the builds: {code}");
@@ -904,6 +925,27 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     ensure!(job["attempt"].as_i64() >= Some(1), "not redelivered: {job}");
     hosts[index].start(&farm, None)?;
 
+    // A worker stopped (SIGTERM) mid-build stops its build and gives the job back at once.
+    farm.submit("slow-stop");
+    let stopped = farm.wait_running("slow-stop");
+    let index = hosts.iter().position(|h| h.name == stopped).unwrap();
+    let worker = hosts[index].worker.as_mut().unwrap();
+    worker.signal(rustix::process::Signal::TERM);
+    worker.wait();
+    ensure!(
+        hosts[index]
+            .log()
+            .contains("the job goes back to the queue"),
+        "{}",
+        hosts[index].log()
+    );
+    let job = farm.wait_ended("slow-stop");
+    ensure!(
+        job["state"] == "succeeded" && job["host"] != stopped.as_str(),
+        "{job}"
+    );
+    hosts[index].start(&farm, None)?;
+
     // A host cut off past its lease: the job goes on elsewhere; its late report is refused.
     farm.submit("slow-cut");
     let cut = farm.wait_running("slow-cut");
@@ -1013,7 +1055,7 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
         .collect();
     let unique: BTreeSet<&str> = systems.iter().copied().collect();
     ensure!(
-        systems.len() == unique.len() && unique.len() == 12,
+        systems.len() == unique.len() && unique.len() == 13,
         "{systems:?}"
     );
     ensure!(

@@ -124,7 +124,7 @@ pub fn detect_capabilities(backend: &str, only: &[String]) -> Result<Capabilitie
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker until `stop` is set.
-pub fn run(options: &WorkerOptions, stop: &AtomicBool) -> Result<(), WorkerError> {
+pub fn run(options: &WorkerOptions, stop: &Arc<AtomicBool>) -> Result<(), WorkerError> {
     let anonymous = Client::new(&options.server, options.ca.as_deref(), None)?;
     let credential = credential(options, &anonymous)?;
     let host = anonymous.with_secret(credential);
@@ -252,7 +252,7 @@ fn run_job(
     options: &WorkerOptions,
     host: &Client,
     lease: Lease,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(), WorkerError> {
     let job = lease.job;
     let client = host.with_secret(lease.secret);
@@ -328,6 +328,20 @@ fn run_job(
     // build's output; a lost lease stops the build.
     let (send, receive) = mpsc::channel::<String>();
     let lost = Arc::new(AtomicBool::new(false));
+    // A worker told to stop stops its build too, even one that prints nothing for hours.
+    let ended = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (ended, stop, lost, child) = (ended.clone(), stop.clone(), lost.clone(), child.id());
+        std::thread::spawn(move || {
+            while !ended.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) || lost.load(Ordering::SeqCst) {
+                    stop_build(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     let poster = {
         let (client, id, lost) = (client.clone(), job.id.clone(), lost.clone());
         std::thread::spawn(move || post_events(&client, &id, &receive, &lost))
@@ -336,19 +350,31 @@ fn run_job(
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = send.send(line);
             if lost.load(Ordering::SeqCst) || stop.load(Ordering::SeqCst) {
-                stop_build(&child);
+                stop_build(child.id());
                 break;
             }
         }
     }
     drop(send);
     let status = child.wait();
+    ended.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
     let _ = poster.join();
     if let Some(thread) = tail_thread {
         let _ = thread.join();
     }
     if lost.load(Ordering::SeqCst) {
         eprintln!("job {}: the lease was lost; the build was stopped", job.id);
+        return Ok(());
+    }
+    if stop.load(Ordering::SeqCst) {
+        // Stopping is not failing: the job goes back to the queue for another host (or for
+        // this one when it starts again), rather than being reported as a failed build.
+        let _ = host.post::<_, Liveness>("/hosts/hello", &());
+        eprintln!(
+            "job {}: the worker stops; the job goes back to the queue",
+            job.id
+        );
         return Ok(());
     }
     let db = Database::open(&Location::Sqlite(database))?;
@@ -629,8 +655,8 @@ fn die_with_parent(command: &mut Command) -> &mut Command {
 }
 
 /// Stops a build and what it started (its process group), as Ctrl-C would.
-fn stop_build(child: &std::process::Child) {
-    let pid = i32::try_from(child.id())
+fn stop_build(child: u32) {
+    let pid = i32::try_from(child)
         .ok()
         .and_then(rustix::process::Pid::from_raw);
     if let Some(pid) = pid {

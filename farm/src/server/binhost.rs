@@ -66,10 +66,10 @@ pub async fn file(
             "the {arch} binhost has no {path}"
         )));
     }
-    let bytes = tokio::fs::read(state.data_dir.join("binhost").join(&arch).join(&path))
+    let file = tokio::fs::File::open(state.data_dir.join("binhost").join(&arch).join(&path))
         .await
         .map_err(|e| ApiError::internal("read a binary package", e))?;
-    Ok(Body::from(bytes))
+    Ok(Body::from_stream(super::builds::file_stream(file)))
 }
 
 /// Publishes binary packages a job's build made (uploaded first as its artifacts) to the

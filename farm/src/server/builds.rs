@@ -182,11 +182,11 @@ pub async fn artifact(
     let file = tokio::fs::File::open(&found.path)
         .await
         .map_err(|e| ApiError::internal("open an artifact", e))?;
-    Ok(Body::from_stream(tokio_util_stream(file)))
+    Ok(Body::from_stream(file_stream(file)))
 }
 
 /// A file as a body stream, in 64 KiB chunks.
-fn tokio_util_stream(file: tokio::fs::File) -> impl Stream<Item = Result<Vec<u8>, std::io::Error>> {
+pub fn file_stream(file: tokio::fs::File) -> impl Stream<Item = Result<Vec<u8>, std::io::Error>> {
     use tokio::io::AsyncReadExt;
     futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;

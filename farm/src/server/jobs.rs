@@ -197,6 +197,11 @@ pub async fn result(
     let job = auth.for_job(&id)?.clone();
     let record: BuildDetail = serde_json::from_value(result.record)
         .map_err(|e| ApiError::BadRequest(format!("the build record does not parse: {e}")))?;
+    if record.build.outcome == Outcome::Running {
+        return Err(ApiError::BadRequest(
+            "the record says the build is still running; report it when it has ended".into(),
+        ));
+    }
     if record.build.system != job.system {
         return Err(ApiError::BadRequest(format!(
             "the record is of system '{}', the job builds '{}'",
