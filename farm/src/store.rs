@@ -72,10 +72,6 @@ impl Store {
         Self { pool }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     // --- people's tokens
 
     /// Makes a token; returns its secret (shown once).
