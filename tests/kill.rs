@@ -535,11 +535,22 @@ fn kills_in_each_step_of_build_leave_nothing_half_made() -> Result<()> {
     let finished = Run::of(wd.command(&args));
     assert!(
         finished.status.success(),
-        "the build then succeeds: {}",
-        finished.describe()
+        "the build then succeeds: {}\n{}",
+        finished.describe(),
+        kernel_log_tail(wd.path())
     );
     ensure!(image.exists(), "{} is built", image.display());
     nothing_running_or_mounted(&wd, &mut tally);
     tally.report("build, in its root, commands, pack and kernel steps");
     wd.close()
+}
+
+/// The last lines of the kernel's build log, for a failure's message: the temporary workdir is
+/// gone by the time anyone reads it.
+fn kernel_log_tail(workdir: &Path) -> String {
+    let log = workdir.join("kbuild").join(ROOT).join("build.log");
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    format!("--- {}\n{tail}", log.display())
 }

@@ -279,9 +279,7 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     let target = Arch::of_kernel(request.arch)
         .ok_or_else(|| KernelError::UnknownArch(request.arch.to_owned()))?
         .kernel_image();
-    request
-        .make
-        .make(&[format!("-j{}", request.jobs.max(1)), target.to_owned()])?;
+    make_image(request.make, build_dir, request.jobs, target)?;
 
     // 4. The results, as outputs; the old manifest goes first and the new one comes last, so
     // that a manifest never describes files that are not the ones beside it.
@@ -313,6 +311,40 @@ pub fn build(request: &KernelBuildRequest) -> Result<KernelReport, KernelError> 
     })
 }
 
+/// `make TARGET` in the build directory, marked unfinished while it runs. A make that was killed
+/// (the build was, or the host went down) can leave an object written in part but newer than its
+/// source, which the next make takes as built and fails on: when a make after an unfinished one
+/// fails, the tree is cleaned (`make clean` keeps `.config`) and built once more.
+fn make_image(
+    make: &dyn Make,
+    build_dir: &Path,
+    jobs: u32,
+    target: &str,
+) -> Result<(), KernelError> {
+    let marker = build_dir.join(UNFINISHED);
+    let interrupted = fs::symlink_metadata(&marker).is_ok();
+    output_file::write(
+        &marker,
+        b"a make of the image started here and has not ended\n",
+    )?;
+    let image = [format!("-j{}", jobs.max(1)), target.to_owned()];
+    match make.make(&image) {
+        Err(KernelError::Make { .. }) if interrupted => {
+            tracing::warn!(
+                "make {target} failed after an interrupted one in {}; cleaning the tree and building it again",
+                build_dir.display()
+            );
+            make.make(&["clean".to_owned()])?;
+            make.make(&image)?;
+        }
+        result => result?,
+    }
+    fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
+    Ok(())
+}
+
+/// Present in the build directory while a make of the image runs; see [`make_image`].
+const UNFINISHED: &str = "autogentoo.unfinished";
 /// The merged config fragments, in the build directory.
 const FRAGMENT: &str = "autogentoo.fragment";
 /// kbuild's config, in the build directory.
@@ -480,5 +512,79 @@ fn run_logged(mut command: Command, log: &Path, args: &[String]) -> Result<(), K
             status: status.to_string(),
             log: log.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A make that fails the image `fail_image` times, recording what it was asked to run.
+    struct Scripted {
+        dir: PathBuf,
+        fail_image: RefCell<u32>,
+        ran: RefCell<Vec<String>>,
+    }
+
+    impl Make for Scripted {
+        fn build_dir(&self) -> PathBuf {
+            self.dir.clone()
+        }
+
+        fn make(&self, args: &[String]) -> Result<(), KernelError> {
+            let target = args.last().cloned().unwrap_or_default();
+            self.ran.borrow_mut().push(target.clone());
+            let mut fail = self.fail_image.borrow_mut();
+            if target == "bzImage" && *fail > 0 {
+                *fail -= 1;
+                return Err(KernelError::Make {
+                    target,
+                    status: "exit status: 2".into(),
+                    log: self.dir.join("build.log"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn scripted(dir: &Path, fail_image: u32) -> Scripted {
+        Scripted {
+            dir: dir.to_owned(),
+            fail_image: RefCell::new(fail_image),
+            ran: RefCell::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_failed_make_after_an_interrupted_one_cleans_and_builds_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(UNFINISHED), "").unwrap();
+        let make = scripted(dir.path(), 1);
+        make_image(&make, dir.path(), 2, "bzImage").unwrap();
+        assert_eq!(*make.ran.borrow(), ["bzImage", "clean", "bzImage"]);
+        assert!(!dir.path().join(UNFINISHED).exists(), "the mark goes");
+    }
+
+    #[test]
+    fn a_failed_make_after_a_finished_one_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = scripted(dir.path(), 1);
+        let err = make_image(&make, dir.path(), 2, "bzImage").unwrap_err();
+        assert!(matches!(err, KernelError::Make { .. }), "{err}");
+        assert_eq!(*make.ran.borrow(), ["bzImage"]);
+        assert!(
+            dir.path().join(UNFINISHED).exists(),
+            "the next build knows this one did not finish"
+        );
+    }
+
+    #[test]
+    fn a_second_failure_after_cleaning_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(UNFINISHED), "").unwrap();
+        let make = scripted(dir.path(), 2);
+        assert!(make_image(&make, dir.path(), 1, "bzImage").is_err());
+        assert_eq!(*make.ran.borrow(), ["bzImage", "clean", "bzImage"]);
     }
 }
