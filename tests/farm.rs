@@ -2,8 +2,10 @@
 //! three build hosts (`autogentoo worker`), each a separate process in a network namespace of
 //! its own, joined to the server by a veth pair on a bridge this test makes. The systems are
 //! quick ones (no kernel), so that faults can be put in mid-build: a host killed, a host's link
-//! cut past its lease, the server restarted. And the refusals: a used or expired key, a revoked
-//! host, a job credential used for another job, a viewer submitting, a forged or missing token.
+//! cut past its lease, the server restarted; one system with a kernel shows the whole path once,
+//! its EFI image downloaded from the server and booted. And the refusals: a used or expired key,
+//! a revoked host, a job credential used for another job, a viewer submitting, a forged or
+//! missing token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -16,7 +18,7 @@ use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::postgres::{free_port, PrivatePostgres};
 use autogentoo_tests::{
     arm64_busybox, build_busybox_tree_of, busybox_workdir, example_repo, isolated_binary,
-    portage_stage, run_tool, wait_until, Run, Workdir,
+    kernel_source, portage_stage, run_tool, wait_until, Run, Workdir,
 };
 use serde_json::Value;
 
@@ -30,6 +32,10 @@ const SLOW: [&str; 4] = ["slow-kill", "slow-stop", "slow-cut", "slow-restart"];
 
 /// The systems that emerge `app-misc/hello`: the first on one host, the second on another.
 const HELLO: [&str; 2] = ["hello-first", "hello-second"];
+
+/// The system with a kernel, and what its /init says when it boots.
+const WITH_KERNEL: &str = "with-kernel";
+const BOOTED: &str = "booted the image the farm built";
 
 /// The site config's systems: each quick one writes its name; each slow one sleeps 8 s first.
 fn systems() -> String {
@@ -64,7 +70,15 @@ fn systems() -> String {
              commands = [\"emerge app-misc/hello\"]\n"
         )
     });
+    // Its /init says so and powers off; the command line names it, over `[pack] rdinit`.
+    let with_kernel = format!(
+        "[systems.{WITH_KERNEL}]\nstage = \"busybox\"\nkernel = \"linux\"\nkernel_build = \"host\"\n\
+         kernel_config = \"kernel/qemu-x86_64.kconfig\"\ncmdline = \"console=ttyS0 rdinit=/init\"\n\
+         commands = [\"printf '#!/bin/sh\\\\necho {BOOTED}\\\\n/bin/busybox poweroff -f\\\\n' > /init\", \
+         \"/bin/busybox chmod 755 /init\"]\n"
+    );
     std::iter::once(settings.to_owned())
+        .chain(std::iter::once(with_kernel))
         .chain(quick)
         .chain(slow)
         .chain(std::iter::once(arm64.to_owned()))
@@ -317,6 +331,11 @@ impl Farm {
         let (ca, cert, key) = certificates(&scratch, &network.server_ip())?;
         let site = scratch.join("site");
         fs::create_dir_all(site.join("common/etc"))?;
+        fs::create_dir_all(site.join("kernel"))?;
+        fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/kernel/qemu-x86_64.kconfig"),
+            site.join("kernel/qemu-x86_64.kconfig"),
+        )?;
         fs::write(
             site.join("common/etc/farm"),
             "from the farm's site config\n",
@@ -477,14 +496,14 @@ impl Farm {
 
     /// Waits until `system`'s job has ended; returns it.
     fn wait_ended(&self, system: &str) -> Value {
-        wait_until(
-            &format!("the job of {system} ends"),
-            Duration::from_secs(240),
-            || {
-                self.job_of(system)
-                    .is_some_and(|j| j["state"] == "succeeded" || j["state"] == "failed")
-            },
-        );
+        self.wait_ended_within(system, Duration::from_secs(240))
+    }
+
+    fn wait_ended_within(&self, system: &str, limit: Duration) -> Value {
+        wait_until(&format!("the job of {system} ends"), limit, || {
+            self.job_of(system)
+                .is_some_and(|j| j["state"] == "succeeded" || j["state"] == "failed")
+        });
         self.job_of(system).unwrap()
     }
 
@@ -1046,6 +1065,11 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     ensure!(code == 200 && amd64.contains(gpkg), "{code} {amd64}");
     let (code, arm64) = farm.curl("GET", "/binhost/arm64", Some(admin.trim()), None);
     ensure!(code == 200 && arm64.trim() == "[]", "{code} {arm64}");
+    portage_client_installs_from_the_binhost(&farm, &hosts[b], &cache(&hosts[b])?)?;
+
+    // The whole path once, on the amd64 host still working: a kernel built, its EFI image
+    // downloaded from the server and booted.
+    a_kernel_built_on_the_farm_boots(&farm, &hosts[i])?;
 
     // Everything once; nothing left in the queue.
     let builds = farm.builds();
@@ -1055,7 +1079,7 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
         .collect();
     let unique: BTreeSet<&str> = systems.iter().copied().collect();
     ensure!(
-        systems.len() == unique.len() && unique.len() == 13,
+        systems.len() == unique.len() && unique.len() == 14,
         "{systems:?}"
     );
     ensure!(
@@ -1069,6 +1093,146 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
 }
 
 /// What is refused before anything is served or sent: each a one-line error, nothing made.
+/// Any Portage uses the farm's binhost as a Gentoo machine would: the farm's CA in its trust
+/// store, `binrepos.conf` naming the binhost with a viewer's token, `emerge --getbinpkgonly`.
+/// The client is a root of `host`'s Portage stage (its worker is stopped) with a PKGDIR of its
+/// own (the host's cache has the package: Portage would take it from there); `built` is the
+/// package as the host that built it has it.
+fn portage_client_installs_from_the_binhost(farm: &Farm, host: &Host, built: &Path) -> Result<()> {
+    let gpkg = "app-misc/hello/hello-1.0-1.gpkg.tar";
+    let made = farm.admin(&[
+        "farm",
+        "token",
+        "create",
+        "portage-client",
+        "--role",
+        "viewer",
+    ]);
+    let token = made.stdout.trim();
+    // Portage gets the credential by HTTP Basic; a wrong one is refused with a Basic challenge.
+    let url = format!("{}/api/v1/binhost/amd64", farm.url);
+    let refused = run_tool(
+        Command::new("curl")
+            .args(["-s", "-i", "-o", "-", "--cacert"])
+            .arg(&farm.ca)
+            .args(["-u", "portage:agt_wrong"])
+            .arg(format!("{url}/Packages")),
+    )?;
+    let status_line = refused.lines().next().unwrap_or_default();
+    ensure!(
+        status_line.trim_end().ends_with(" 401")
+            && refused.to_lowercase().contains("www-authenticate: basic"),
+        "{refused}"
+    );
+    let config = farm.site.join("autogentoo.toml");
+    let config = config.to_str().unwrap();
+    let workdir = &host.workdir;
+    workdir.ok(["root", "create", "portage-client", "--stage", "portage"]);
+    let root = PathBuf::from(workdir.ok(["root", "path", "portage-client"]).stdout.trim());
+    let trusted = root.join("usr/local/share/ca-certificates");
+    fs::create_dir_all(&trusted)?;
+    fs::copy(&farm.ca, trusted.join("autogentoo-farm.crt"))?;
+    let sync_uri = url.replacen("https://", &format!("https://portage:{token}@"), 1);
+    fs::write(
+        root.join("etc/portage/binrepos.conf"),
+        // The farm does not sign its packages: TLS, the token and the index's digests vouch
+        // for them, and Portage is told not to look for signatures.
+        format!("[farm]\nsync-uri = {sync_uri}\nverify-signature = false\n"),
+    )?;
+    let in_root = |command: &[&str]| {
+        let mut args = vec!["--config", config, "root", "run", "portage-client", "--"];
+        args.extend_from_slice(command);
+        workdir.ok(args)
+    };
+    in_root(&["update-ca-certificates"]);
+    let emerge = in_root(&[
+        "env",
+        "PKGDIR=/var/tmp/client-binpkgs",
+        "emerge",
+        "--getbinpkgonly",
+        "--oneshot",
+        "app-misc/hello",
+    ]);
+    let said = format!("{}{}", emerge.stdout, emerge.stderr);
+    ensure!(
+        said.contains(">>> Emerging binary (1 of 1) app-misc/hello-1.0"),
+        "not installed from the binhost: {said}"
+    );
+    ensure!(!said.contains(token), "Portage showed the token: {said}");
+    ensure!(root.join("usr/bin/hello").is_file(), "hello is installed");
+    // Portage keeps what it fetched from a binhost under the binhost's name.
+    ensure!(
+        fs::read(root.join("var/cache/binhost/farm").join(gpkg))? == fs::read(built)?,
+        "the package the client fetched is the one its host built"
+    );
+    workdir.ok(["root", "remove", "portage-client"]);
+    Ok(())
+}
+
+/// `host` (the only amd64 host taking jobs) builds [`WITH_KERNEL`] with the kernel sources it
+/// imports now; the EFI image the server hands out is the host's, and boots.
+fn a_kernel_built_on_the_farm_boots(farm: &Farm, host: &Host) -> Result<()> {
+    host.workdir.ok([
+        "kernel".as_ref(),
+        "import".as_ref(),
+        kernel_source().as_os_str(),
+        "--name".as_ref(),
+        std::ffi::OsStr::new("linux"),
+    ]);
+    farm.submit(WITH_KERNEL);
+    let job = farm.wait_ended_within(WITH_KERNEL, Duration::from_secs(1800));
+    ensure!(
+        job["state"] == "succeeded" && job["host"] == host.name.as_str(),
+        "{job}\n{}",
+        tail(&host.log())
+    );
+    let number = job["build_number"].as_i64().unwrap().to_string();
+    let detail = farm
+        .admin(&["--json", "builds", "show", WITH_KERNEL, &number])
+        .json();
+    let efi = format!("{WITH_KERNEL}.efi");
+    ensure!(
+        detail["artifacts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["name"] == efi.as_str())),
+        "no EFI image among the artifacts: {detail}"
+    );
+    let image = farm.server_dir.scratch().join(&efi);
+    let token = fs::read_to_string(&farm.admin)?;
+    run_tool(
+        Command::new("curl")
+            .args(["-sf", "-o"])
+            .arg(&image)
+            .arg("--cacert")
+            .arg(&farm.ca)
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!(
+                "{}/api/v1/builds/{WITH_KERNEL}/{number}/artifacts/{efi}",
+                farm.url
+            )),
+    )?;
+    ensure!(
+        fs::read(&image)?
+            == fs::read(host.workdir.path().join("out").join(WITH_KERNEL).join(&efi))?,
+        "the EFI image from the server differs from the host's"
+    );
+    let boot = farm.server_dir.run([
+        "kernel".as_ref(),
+        "boot".as_ref(),
+        image.as_os_str(),
+        "--expect".as_ref(),
+        std::ffi::OsStr::new(BOOTED),
+        "--timeout".as_ref(),
+        std::ffi::OsStr::new("600"),
+    ]);
+    ensure!(
+        boot.status.success(),
+        "the image does not boot: {}",
+        boot.describe()
+    );
+    Ok(())
+}
+
 #[test]
 fn serve_worker_and_clients_refuse_unsafe_or_impossible_setups() -> Result<()> {
     let workdir = Workdir::new();
@@ -1114,25 +1278,157 @@ fn serve_worker_and_clients_refuse_unsafe_or_impossible_setups() -> Result<()> {
             run.describe()
         );
     }
-    // A farm on SQLite is refused: its queue lives in PostgreSQL.
-    let sqlite = workdir.scratch().join("sqlite.toml");
-    fs::write(&sqlite, "")?;
-    let run = workdir.run([
-        "--config",
-        sqlite.to_str().unwrap(),
-        "serve",
-        "--plain-http",
+    Ok(())
+}
+
+/// One machine: `serve` with no database configured keeps everything in the workdir's SQLite
+/// database and builds the jobs itself, in that workdir, with a worker of its own. Stopped in
+/// the middle of a build, it gives the job back, and builds it when it starts again; each build
+/// is recorded once, and the local `builds list` shows what the server's API does.
+#[test]
+fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
+    let workdir = busybox_workdir()?;
+    let scratch = workdir.scratch();
+    let config = scratch.join("site/autogentoo.toml");
+    fs::create_dir_all(config.parent().unwrap())?;
+    fs::write(
+        &config,
+        "[pack]\nrdinit = \"/bin/sh\"\n\n\
+         [systems.alone-quick]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
+         commands = [\"echo built alone > /etc/built\"]\n\n\
+         [systems.alone-slow]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
+         commands = [\"echo started; sleep 8; echo slept > /etc/built\"]\n\n\
+         [systems.alone-pinned]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
+         commands = [\"echo pinned > /etc/built\"]\n",
+    )?;
+    let config = config.to_str().unwrap().to_owned();
+    let token = scratch.join("me.token");
+    let made = workdir.ok([
+        "--config", &config, "farm", "token", "create", "me", "--role", "operator",
     ]);
-    run.expect_one_error();
-    assert!(
-        run.stderr
-            .contains("the farm needs PostgreSQL for its queue"),
+    fs::write(&token, made.stdout.trim())?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log = scratch.join("serve.log");
+    let start = || -> Result<Process> {
+        let before = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("takes jobs from")
+            .count();
+        let mut command = workdir.command([
+            "--config",
+            &config,
+            "serve",
+            "--plain-http",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--heartbeat",
+            HEARTBEAT,
+            "--dead-after",
+            DEAD_AFTER,
+        ]);
+        command.env("AUTOGENTOO_LOG", "info");
+        let server = Process::start(command, log.clone())?;
+        wait_until(
+            "the server's own worker takes jobs",
+            Duration::from_secs(60),
+            || server.log().matches("takes jobs from").count() > before,
+        );
+        Ok(server)
+    };
+    let client = |args: &[&str]| {
+        let mut command = isolated_binary();
+        command
+            .env("AUTOGENTOO_SERVER", &url)
+            .env("AUTOGENTOO_TOKEN_FILE", &token)
+            .args(args);
+        Run::of(command)
+    };
+    let submit_pinned = || {
+        client(&[
+            "--json",
+            "submit",
+            "alone-pinned",
+            "--host-backend",
+            "btrfs",
+        ])
+        .json()
+    };
+    let mut server = start()?;
+    // Pinned to a backend this machine's worker does not have: it waits for a host that does.
+    let pinned = submit_pinned();
+    ensure!(
+        pinned["backend"] == "btrfs" && pinned["state"] == "queued",
+        "{pinned}"
+    );
+    let quick = client(&["--json", "submit", "alone-quick", "--wait"]);
+    ensure!(
+        quick.status.success(),
+        "{}\n{}",
+        quick.describe(),
+        tail(&server.log())
+    );
+
+    // Stopped mid-build, the server gives the job back and builds it when it comes back.
+    client(&["submit", "alone-slow"]).expect_code(0);
+    wait_until("alone-slow runs", Duration::from_secs(120), || {
+        client(&["--json", "builds", "list"])
+            .stdout
+            .contains("\"alone-slow\"")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    server.signal(rustix::process::Signal::TERM);
+    server.wait();
+    ensure!(
+        server.log().contains("goes back to the queue"),
         "{}",
-        run.describe()
+        tail(&server.log())
     );
-    assert!(
-        !workdir.path().join("farm-server").exists(),
-        "a refused serve made its directory"
+    let mut server = start()?;
+    let jobs = || client(&["--json", "builds", "list"]).json();
+    wait_until(
+        "alone-slow is built again",
+        Duration::from_secs(120),
+        || {
+            jobs().as_array().is_some_and(|builds| {
+                builds
+                    .iter()
+                    .any(|b| b["system"] == "alone-slow" && b["outcome"] == "succeeded")
+            })
+        },
     );
+
+    // The server's records are the workdir's: the same builds, once each, locally and remotely.
+    let remote = jobs();
+    let local = workdir
+        .ok(["--config", &config, "--json", "builds", "list"])
+        .json();
+    let succeeded = |builds: &Value| -> Vec<String> {
+        let mut names: Vec<String> = builds
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["outcome"] == "succeeded")
+            .map(|b| b["system"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    ensure!(
+        succeeded(&remote) == ["alone-quick", "alone-slow"]
+            && succeeded(&local) == succeeded(&remote),
+        "remote {remote}\nlocal {local}"
+    );
+    ensure!(
+        workdir.path().join("out/alone-quick").is_dir(),
+        "the build's results are in the workdir"
+    );
+    let pinned = submit_pinned();
+    ensure!(
+        pinned["state"] == "queued",
+        "a job for btrfs went to a dir host: {pinned}"
+    );
+    server.signal(rustix::process::Signal::TERM);
+    server.wait();
     Ok(())
 }

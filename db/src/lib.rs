@@ -258,6 +258,32 @@ macro_rules! build_columns {
     };
 }
 
+/// How to connect to the database at `location`, with at most `max_connections`. SQLite's
+/// connections are set up for several writers (several builds, or a farm server's API and its
+/// own worker's builds): WAL lets readers go on, and the busy timeout makes writers wait for
+/// each other rather than fail. In WAL mode `synchronous = NORMAL` syncs at checkpoints rather
+/// than at every commit: a power cut can lose the last records, never corrupt the file.
+pub fn pool_options(location: &Location, max_connections: u32) -> AnyPoolOptions {
+    let sqlite = matches!(location, Location::Sqlite(_));
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                if sqlite {
+                    for pragma in [
+                        "PRAGMA busy_timeout = 30000",
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *connection).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+}
+
 impl Database {
     /// Opens (creating a SQLite file when missing) and migrates the database, then marks the
     /// builds of this host whose process is gone as interrupted.
@@ -279,32 +305,9 @@ impl Database {
         let sqlite = matches!(location, Location::Sqlite(_));
         let pool = runtime
             .block_on(
-                AnyPoolOptions::new()
-                    // One process records one build at a time: a connection of SQLite's is
-                    // enough, and opening a second costs more than waiting for the first.
-                    .max_connections(if sqlite { 1 } else { 4 })
-                    .after_connect(move |connection, _| {
-                        Box::pin(async move {
-                            if sqlite {
-                                // Two builds at once (of different systems) both write: WAL lets
-                                // readers go on, and the busy timeout makes writers wait. In WAL
-                                // mode `synchronous = NORMAL` syncs at checkpoints rather than at
-                                // every commit: a power cut can lose the last records, never
-                                // corrupt the file.
-                                sqlx::query("PRAGMA journal_mode = WAL")
-                                    .execute(&mut *connection)
-                                    .await?;
-                                sqlx::query("PRAGMA synchronous = NORMAL")
-                                    .execute(&mut *connection)
-                                    .await?;
-                                sqlx::query("PRAGMA foreign_keys = ON")
-                                    .execute(&mut *connection)
-                                    .await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(&location.connect_url()),
+                // One process records one build at a time: a connection of SQLite's is enough,
+                // and opening a second costs more than waiting for the first.
+                pool_options(location, if sqlite { 1 } else { 4 }).connect(&location.connect_url()),
             )
             .map_err(|source| DbError::Open {
                 shown: shown.clone(),
@@ -357,8 +360,10 @@ impl Database {
         let rows = self.fetch_all(
             "look for running builds",
             sqlx::query(
+                // A build with no PID (0) is a farm server's record of a host's build: the
+                // host's lease decides its fate, not a process of this machine.
                 "SELECT system, number, pid, pid_start, boot_id FROM builds \
-                 WHERE outcome = 'running' AND host = $1",
+                 WHERE outcome = 'running' AND host = $1 AND pid <> 0",
             )
             .bind(&host),
         )?;

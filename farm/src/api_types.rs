@@ -1,6 +1,8 @@
 //! What the API's requests and answers carry: shared by the server, its command-line client
 //! and the build hosts, and described in the OpenAPI document.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -23,6 +25,9 @@ pub struct ApiErrorBody {
 pub struct SubmitRequest {
     /// A system of the server's site config.
     pub system: String,
+    /// Only a host with this storage backend (`zfs`, `btrfs`, `dir`, or a plugin's) builds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// A job: one build of a system, on whichever host can run it.
@@ -31,6 +36,9 @@ pub struct Job {
     pub id: String,
     pub system: String,
     pub arch: String,
+    /// The storage backend a host must have to build it; any when `None`.
+    #[serde(default)]
+    pub backend: Option<String>,
     /// The SHA-256 of the site config snapshot the job builds with.
     pub config_hash: String,
     /// queued, running, succeeded or failed.
@@ -197,12 +205,16 @@ pub struct PublishRequest {
 }
 
 /// A binary package of a binhost: its path under the binhost (`CATEGORY/PN/PF-BUILD_ID.gpkg.tar`,
-/// as Portage lays out a multi-instance PKGDIR), its SHA-256 and size.
+/// as Portage lays out a multi-instance PKGDIR), its SHA-256 and size, and its entry in the
+/// binhost's Portage `Packages` index (`CPV`, `USE`, dependencies, …; `PATH` and `SIZE` as
+/// here). A package without an entry is served to hosts but left out of the index.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Package {
     pub path: String,
     pub sha256: String,
     pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What publishing a job's packages did.

@@ -2,7 +2,6 @@
 //! than an API token: the first admin token of a new farm.
 
 use autogentoo_db::{Database, DbError, Location};
-use sqlx::postgres::PgPoolOptions;
 
 use crate::api_types::Token;
 use crate::role::Role;
@@ -11,8 +10,6 @@ use crate::store::Store;
 /// Why a token could not be made in the database directly.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("a farm's tokens live in its PostgreSQL database, and {0} is not one")]
-    NotPostgres(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("cannot make the token in {shown}")]
@@ -35,9 +32,6 @@ pub fn create_token(
     role: Role,
     by: &str,
 ) -> Result<Token, LocalError> {
-    let Location::Postgres { url } = location else {
-        return Err(LocalError::NotPostgres(location.shown()));
-    };
     drop(Database::open(location)?);
     let shown = location.shown();
     let query = |source| LocalError::Query {
@@ -49,12 +43,11 @@ pub fn create_token(
         .build()
         .map_err(LocalError::Runtime)?;
     runtime.block_on(async {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
+        let pool = autogentoo_db::pool_options(location, 1)
+            .connect(&location.connect_url())
             .await
             .map_err(query)?;
-        let store = Store::new(pool.clone());
+        let store = Store::new(pool.clone(), crate::queue::jobs_table(location));
         let token = store
             .create_token(name, role, by)
             .await

@@ -1,9 +1,10 @@
 //! The farm's own tables (migration `0003_farm.sql` of the build database): tokens, enrollment
 //! keys, hosts, jobs, their events, the audit log. Every query is one statement or one
-//! transaction, so that a refused request changes nothing.
+//! transaction, so that a refused request changes nothing; and plain SQL that PostgreSQL (a
+//! farm) and SQLite (one machine) both run, through sqlx's `Any` driver.
 
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use crate::api_types::{AuditEntry, Capabilities, Host, Job, Token};
 use crate::role::Role;
@@ -27,6 +28,7 @@ pub struct NewJob<'a> {
     pub id: &'a str,
     pub system: &'a str,
     pub arch: &'a str,
+    pub backend: Option<&'a str>,
     pub config_hash: &'a str,
     pub idempotency_key: &'a str,
     pub submitted_by: &'a str,
@@ -35,7 +37,9 @@ pub struct NewJob<'a> {
 /// The farm's tables.
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pool: AnyPool,
+    /// The queue's table of jobs (apalis's): `apalis.jobs` in PostgreSQL, `Jobs` in SQLite.
+    queue_jobs: &'static str,
 }
 
 pub fn now_ms() -> i64 {
@@ -46,11 +50,11 @@ pub fn now_ms() -> i64 {
 macro_rules! job_columns {
     () => {
         "id, system, arch, config_hash, state, host, attempt, build_number, submitted_by, \
-         submitted_at, ended_at, error"
+         submitted_at, ended_at, error, backend"
     };
 }
 
-fn job_of(row: &PgRow) -> Result<Job, sqlx::Error> {
+fn job_of(row: &AnyRow) -> Result<Job, sqlx::Error> {
     Ok(Job {
         id: row.try_get(0)?,
         system: row.try_get(1)?,
@@ -64,12 +68,14 @@ fn job_of(row: &PgRow) -> Result<Job, sqlx::Error> {
         submitted_at: row.try_get(9)?,
         ended_at: row.try_get(10)?,
         error: row.try_get(11)?,
+        backend: row.try_get(12)?,
     })
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// The farm's tables in `pool`, beside the queue's table of jobs `queue_jobs`.
+    pub fn new(pool: AnyPool, queue_jobs: &'static str) -> Self {
+        Self { pool, queue_jobs }
     }
 
     // --- people's tokens
@@ -185,23 +191,32 @@ impl Store {
     ) -> Result<Result<(String, String), EnrollRefused>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let row = sqlx::query(
-            "SELECT id, used_by, expires_at FROM farm_enrollment_keys WHERE secret_sha256 = $1 \
-             FOR UPDATE",
+        // Spent first, in one statement: of two hosts enrolling with one key, the second finds
+        // it used (PostgreSQL re-reads the row the first locked; SQLite writes one at a time).
+        let spent = sqlx::query(
+            "UPDATE farm_enrollment_keys SET used_at = $1, used_by = $2 \
+             WHERE secret_sha256 = $3 AND used_at IS NULL AND expires_at > $1 RETURNING id",
         )
+        .bind(now)
+        .bind(name)
         .bind(secret::sha256(key))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(Err(EnrollRefused::Unknown));
+        let Some(spent) = spent else {
+            let row =
+                sqlx::query("SELECT used_by FROM farm_enrollment_keys WHERE secret_sha256 = $1")
+                    .bind(secret::sha256(key))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Ok(Err(match row {
+                None => EnrollRefused::Unknown,
+                Some(row) => match row.get::<Option<String>, _>(0) {
+                    Some(used_by) => EnrollRefused::Used(used_by),
+                    None => EnrollRefused::Expired,
+                },
+            }));
         };
-        let key_id: String = row.get(0);
-        if let Some(used_by) = row.get::<Option<String>, _>(1) {
-            return Ok(Err(EnrollRefused::Used(used_by)));
-        }
-        if row.get::<i64, _>(2) <= now {
-            return Ok(Err(EnrollRefused::Expired));
-        }
+        let key_id: String = spent.get(0);
         let host_secret = secret::new(Kind::Host);
         let inserted = sqlx::query(
             "INSERT INTO farm_hosts (name, secret_sha256, key_id, enrolled_at) \
@@ -214,14 +229,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
+            // The key stays unspent: the transaction is rolled back.
             return Ok(Err(EnrollRefused::NameTaken(name.to_owned())));
         }
-        sqlx::query("UPDATE farm_enrollment_keys SET used_at = $1, used_by = $2 WHERE id = $3")
-            .bind(now)
-            .bind(name)
-            .bind(&key_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Ok((key_id, host_secret)))
     }
@@ -309,7 +319,8 @@ impl Store {
     pub async fn insert_job(&self, job: &NewJob<'_>) -> Result<Option<Job>, sqlx::Error> {
         let row = sqlx::query(concat!(
             "INSERT INTO farm_jobs (id, system, arch, config_hash, idempotency_key, \
-             submitted_by, submitted_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') \
+             submitted_by, submitted_at, backend, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
             job_columns!(),
             ""
@@ -321,6 +332,7 @@ impl Store {
         .bind(job.idempotency_key)
         .bind(job.submitted_by)
         .bind(now_ms())
+        .bind(job.backend)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_of).transpose()
@@ -448,10 +460,12 @@ impl Store {
     /// Takes back the credentials of running jobs the queue gave back (their host missed its
     /// heartbeats, or restarted): they wait for a host again. Returns how many.
     pub async fn release_requeued(&self) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
+        // The table's name is one of two constants, never input.
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE farm_jobs SET state = 'queued', lease_sha256 = NULL WHERE state = 'running' \
-             AND id IN (SELECT id FROM apalis.jobs WHERE status = 'Pending')",
-        )
+             AND id IN (SELECT id FROM {} WHERE status = 'Pending')",
+            self.queue_jobs
+        )))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -464,19 +478,17 @@ impl Store {
         attempt: i64,
         bodies: &[String],
     ) -> Result<(), sqlx::Error> {
+        // Each insert numbers itself, so that the transaction writes from its first statement:
+        // SQLite cannot turn a transaction that has read into one that writes while another
+        // connection writes, and would refuse it rather than wait.
         let mut tx = self.pool.begin().await?;
-        let next: i64 =
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM farm_job_events WHERE job_id = $1")
-                .bind(job)
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-        for (i, body) in bodies.iter().enumerate() {
+        for body in bodies {
             sqlx::query(
-                "INSERT INTO farm_job_events (job_id, seq, attempt, body) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO farm_job_events (job_id, seq, attempt, body) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM farm_job_events \
+                 WHERE job_id = $1",
             )
             .bind(job)
-            .bind(next + i as i64)
             .bind(attempt)
             .bind(body)
             .execute(&mut *tx)

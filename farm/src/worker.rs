@@ -83,6 +83,8 @@ pub struct WorkerOptions {
     pub enroll_key_file: Option<PathBuf>,
     /// What it can build.
     pub capabilities: Capabilities,
+    /// The host's own build database (SQLite), where its builds are recorded.
+    pub database: PathBuf,
 }
 
 impl WorkerOptions {
@@ -281,7 +283,6 @@ fn run_job(
             Err(error) => eprintln!("job {}: binhost: {}", job.id, one_line(&error)),
         }
     }
-    let database = options.workdir.join("autogentoo.db");
     let mut command = Command::new(&options.program);
     command
         .arg("--workdir")
@@ -293,10 +294,7 @@ fn run_job(
         .args(["--json", "build", &job.system])
         // The host's own database, whatever the site config says: a host never holds the
         // farm database's credentials.
-        .env(
-            autogentoo_db::URL_VAR,
-            format!("sqlite://{}", database.display()),
-        )
+        .env(autogentoo_db::URL_VAR, database_url(options))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -377,7 +375,7 @@ fn run_job(
         );
         return Ok(());
     }
-    let db = Database::open(&Location::Sqlite(database))?;
+    let db = Database::open(&Location::Sqlite(options.database.clone()))?;
     let record = db
         .list(Some(&job.system), 1)?
         .into_iter()
@@ -439,6 +437,12 @@ fn run_job(
     }
 }
 
+/// The host's own database, for the commands the worker runs: a host never holds the farm
+/// database's credentials, and never records into the server's.
+fn database_url(options: &WorkerOptions) -> String {
+    format!("sqlite://{}", options.database.display())
+}
+
 /// The host's binary package cache for `arch`, as `workdir status` names it: `binpkgs` for the
 /// host's own arch, `binpkgs-ARCH` for another (`None` when it has none yet).
 fn binpkgs_cache(options: &WorkerOptions, arch: &str) -> Option<PathBuf> {
@@ -446,6 +450,7 @@ fn binpkgs_cache(options: &WorkerOptions, arch: &str) -> Option<PathBuf> {
         .arg("--workdir")
         .arg(&options.workdir)
         .args(["--backend", &options.backend, "--json", "workdir", "status"])
+        .env(autogentoo_db::URL_VAR, database_url(options))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -457,11 +462,6 @@ fn binpkgs_cache(options: &WorkerOptions, arch: &str) -> Option<PathBuf> {
         format!("binpkgs-{arch}")
     };
     status["caches"][&name].as_str().map(PathBuf::from)
-}
-
-/// A binhost path as one URL segment.
-fn segment(path: &str) -> String {
-    path.replace('%', "%25").replace('/', "%2F")
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
@@ -483,7 +483,7 @@ fn fetch_packages(
         if target.exists() {
             continue;
         }
-        let bytes = host.get_bytes(&format!("/binhost/{arch}/files/{}", segment(&package.path)))?;
+        let bytes = host.get_bytes(&format!("/binhost/{arch}/{}", package.path))?;
         let got = sha256_of(&bytes);
         if got != package.sha256 {
             return Err(WorkerError::Binhost(format!(
@@ -521,6 +521,17 @@ fn publish_packages(
         path: cache.to_owned(),
         source,
     })?;
+    // Portage's own index of the cache, for each package's entry in the binhost's.
+    let index = match std::fs::read_to_string(cache.join("Packages")) {
+        Ok(text) => crate::binhost::Index::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::binhost::Index::parse(""),
+        Err(source) => {
+            return Err(WorkerError::Cache {
+                path: cache.join("Packages"),
+                source,
+            })
+        }
+    };
     let mut packages = Vec::new();
     for (path, file) in local {
         if known.contains(&path) {
@@ -535,7 +546,16 @@ fn publish_packages(
             .map_err(read)?;
         let sha256 = secret::hex(&hasher.finalize());
         client.upload_artifact(job, &file, &sha256)?;
-        packages.push(Package { path, sha256, size });
+        let metadata = index.entry(&path).unwrap_or_default();
+        if metadata.is_empty() {
+            eprintln!("job {job}: {path} is not in the cache's Packages index; Portage clients of the binhost will not see it");
+        }
+        packages.push(Package {
+            path,
+            sha256,
+            size,
+            metadata,
+        });
     }
     if packages.is_empty() {
         return Ok(0);

@@ -15,8 +15,8 @@ use crate::remote::RemoteArgs;
 /// Queue a build of a system of the farm server's site config; a host that can build its
 /// arch takes it. The same build (system, site config and snapshot) submitted again is the
 /// same job, and nothing is queued twice. Prints the job; with --wait, waits for it to end
-/// (exit code 0 if it succeeded, 1 if not) and prints the build's record. Needs the operator
-/// role.
+/// (exit code 0 if it succeeded, 1 if not) and prints the build's record. With --host-backend,
+/// only a host of that storage backend builds it. Needs the operator role.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The system, as `[systems.NAME]` in the server's site config
@@ -25,6 +25,11 @@ pub struct SubmitArgs {
     /// Wait until the build ends
     #[arg(long)]
     pub wait: bool,
+
+    /// Only a build host with this storage backend builds it (`zfs`, `btrfs`, `dir`, or a
+    /// plugin's)
+    #[arg(long, value_name = "BACKEND")]
+    pub host_backend: Option<String>,
 
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -37,6 +42,7 @@ pub fn run(ctx: &Context, args: SubmitArgs) -> Result<()> {
             "/jobs",
             &SubmitRequest {
                 system: args.system.clone(),
+                backend: args.host_backend.clone(),
             },
         )?
         .expect("POST /jobs answers with the job");

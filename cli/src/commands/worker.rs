@@ -66,6 +66,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<()> {
         program: std::env::current_exe().context("cannot find this program")?,
         enroll_key_file: args.enroll_key_file,
         capabilities: worker::detect_capabilities(&ctx.backend, &args.arches)?,
+        database: ctx.settings.workdir.join(autogentoo_db::SQLITE_FILE),
     };
     worker::run(&options, &stop)?;
     Ok(())

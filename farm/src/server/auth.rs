@@ -12,8 +12,16 @@ use super::AppState;
 use crate::api_types::Job;
 use crate::role::Role;
 
+/// The secret of `Authorization: Bearer SECRET`.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
+    authorization(parts)?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not `Bearer …`".into()))
+}
+
+fn authorization(parts: &Parts) -> Result<&str, ApiError> {
+    parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -23,11 +31,28 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
                  `autogentoo farm token create`)"
                     .into(),
             )
-        })?;
-    value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not `Bearer …`".into()))
+        })
+}
+
+/// The secret of `Authorization: Bearer SECRET`, or the password of `Authorization: Basic …`
+/// (the user name is not looked at): Portage can send only the latter to a binhost.
+fn bearer_or_basic(parts: &Parts) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    let value = authorization(parts)?;
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return bearer(parts).map(str::to_owned);
+    };
+    let malformed = || {
+        ApiError::Unauthorized(
+            "the Authorization header's Basic credential is not base64 of `USER:TOKEN`".into(),
+        )
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (_, secret) = text.split_once(':').ok_or_else(malformed)?;
+    Ok(secret.to_owned())
 }
 
 /// A person, by API token.
@@ -125,7 +150,8 @@ impl FromRequestParts<Arc<AppState>> for JobAuth {
     }
 }
 
-/// Whoever may read the binhost: a person with a token (any role), or a build host.
+/// Whoever may read the binhost: a person with a token (any role), or a build host; by Bearer
+/// or, for Portage, by HTTP Basic.
 pub struct Reader;
 
 impl FromRequestParts<Arc<AppState>> for Reader {
@@ -135,9 +161,9 @@ impl FromRequestParts<Arc<AppState>> for Reader {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let secret = bearer(parts)?;
-        if state.store.person(secret).await?.is_some()
-            || state.store.host_of(secret).await?.is_some()
+        let secret = bearer_or_basic(parts)?;
+        if state.store.person(&secret).await?.is_some()
+            || state.store.host_of(&secret).await?.is_some()
         {
             Ok(Self)
         } else {

@@ -1,30 +1,43 @@
-//! `/binhost/{arch}`: the binary packages hosts built, per arch; and a job's host publishing
-//! the packages its build made (`/jobs/{id}/packages`).
+//! `/binhost/{arch}`: the binary packages hosts built, per arch, as a Portage binhost (its
+//! `Packages` index and the packages under their `PATH`); and a job's host publishing the
+//! packages its build made (`/jobs/{id}/packages`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::Json;
+use serde::{Deserialize, Serialize};
 
 use super::auth::{JobAuth, Reader};
 use super::error::{ApiError, ApiResult};
 use super::jobs::artifacts_ok;
 use super::AppState;
 use crate::api_types::{Package, Published};
-use crate::binhost::check_path;
+use crate::binhost::{check_entry, check_path};
 
-/// The binhost's index of `arch`: path → package.
-fn index_path(state: &AppState, arch: &str) -> std::path::PathBuf {
-    state.data_dir.join("binhost").join(arch).join("index.json")
+/// A binhost as the server keeps it: its packages by path, and when it last grew.
+#[derive(Default, Serialize, Deserialize)]
+struct Binhost {
+    /// Seconds since the epoch; each publication that adds a package makes it larger, so that
+    /// Portage, which fetches the index again only for a newer `TIMESTAMP`, sees the change.
+    timestamp: u64,
+    packages: BTreeMap<String, Package>,
 }
 
-async fn read_index(state: &AppState, arch: &str) -> ApiResult<BTreeMap<String, Package>> {
-    match tokio::fs::read(index_path(state, arch)).await {
+/// Where the server keeps `arch`'s binhost (`index.json`, and the packages under their paths).
+fn tree(state: &AppState, arch: &str) -> std::path::PathBuf {
+    state.data_dir.join("binhost").join(arch)
+}
+
+async fn read_binhost(state: &AppState, arch: &str) -> ApiResult<Binhost> {
+    match tokio::fs::read(tree(state, arch).join("index.json")).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::internal("read a binhost index", e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Binhost::default()),
         Err(e) => Err(ApiError::internal("read a binhost index", e)),
     }
 }
@@ -37,7 +50,7 @@ fn check_arch(arch: &str) -> ApiResult<()> {
 
 /// The binary packages of `arch`'s binhost.
 #[utoipa::path(get, path = "/binhost/{arch}", params(("arch" = String, Path)),
-    security(("bearer" = [])), responses((status = 200, body = Vec<Package>)))]
+    security(("bearer" = []), ("basic" = [])), responses((status = 200, body = Vec<Package>)))]
 pub async fn index(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
@@ -45,28 +58,55 @@ pub async fn index(
 ) -> ApiResult<Json<Vec<Package>>> {
     check_arch(&arch)?;
     Ok(Json(
-        read_index(&state, &arch).await?.into_values().collect(),
+        read_binhost(&state, &arch)
+            .await?
+            .packages
+            .into_values()
+            .collect(),
     ))
 }
 
-/// A binary package of `arch`'s binhost.
-#[utoipa::path(get, path = "/binhost/{arch}/files/{path}", security(("bearer" = [])),
-    params(("arch" = String, Path), ("path" = String, Path)),
+/// `arch`'s binhost's Portage `Packages` index: this URL without `/Packages` is a binhost for
+/// `binrepos.conf` (`sync-uri = https://x:TOKEN@SERVER/api/v1/binhost/ARCH`; Portage sends the
+/// token by HTTP Basic).
+#[utoipa::path(get, path = "/binhost/{arch}/Packages", params(("arch" = String, Path)),
+    security(("bearer" = []), ("basic" = [])),
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn packages(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    Path(arch): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    check_arch(&arch)?;
+    let binhost = read_binhost(&state, &arch).await?;
+    let text = crate::binhost::write_index(&arch, binhost.timestamp, binhost.packages.values());
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// A binary package of `arch`'s binhost, at its `PATH` in the index.
+#[utoipa::path(get, path = "/binhost/{arch}/{category}/{pn}/{file}",
+    security(("bearer" = []), ("basic" = [])),
+    params(("arch" = String, Path), ("category" = String, Path), ("pn" = String, Path),
+        ("file" = String, Path)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)))]
 pub async fn file(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
-    Path((arch, path)): Path<(String, String)>,
+    Path((arch, category, pn, file)): Path<(String, String, String, String)>,
 ) -> ApiResult<Body> {
     check_arch(&arch)?;
+    let path = format!("{category}/{pn}/{file}");
     check_path(&path).map_err(ApiError::BadRequest)?;
-    let index = read_index(&state, &arch).await?;
-    if !index.contains_key(&path) {
+    if !read_binhost(&state, &arch)
+        .await?
+        .packages
+        .contains_key(&path)
+    {
         return Err(ApiError::NotFound(format!(
             "the {arch} binhost has no {path}"
         )));
     }
-    let file = tokio::fs::File::open(state.data_dir.join("binhost").join(&arch).join(&path))
+    let file = tokio::fs::File::open(tree(&state, &arch).join(&path))
         .await
         .map_err(|e| ApiError::internal("read a binary package", e))?;
     Ok(Body::from_stream(super::builds::file_stream(file)))
@@ -88,6 +128,9 @@ pub async fn publish(
     let store = state.data_dir.join("artifacts");
     for package in &packages {
         check_path(&package.path).map_err(ApiError::BadRequest)?;
+        if !package.metadata.is_empty() {
+            check_entry(package).map_err(ApiError::BadRequest)?;
+        }
         if !artifacts_ok(&package.sha256) || !store.join(&package.sha256).is_file() {
             return Err(ApiError::BadRequest(format!(
                 "package {} ({}) was not uploaded; upload it to /jobs/{id}/artifacts/SHA256 first",
@@ -96,14 +139,14 @@ pub async fn publish(
         }
     }
     let _writing = state.binhost.lock().await;
-    let tree = state.data_dir.join("binhost").join(&job.arch);
-    let mut index = read_index(&state, &job.arch).await?;
+    let tree = tree(&state, &job.arch);
+    let mut binhost = read_binhost(&state, &job.arch).await?;
     let mut published = Published {
         added: Vec::new(),
         kept: Vec::new(),
     };
     for package in packages {
-        if index.contains_key(&package.path) {
+        if binhost.packages.contains_key(&package.path) {
             published.kept.push(package.path);
             continue;
         }
@@ -118,10 +161,16 @@ pub async fn publish(
         .map_err(|e| ApiError::internal("publish a binary package", e))?
         .map_err(|e| ApiError::internal("publish a binary package", e))?;
         published.added.push(package.path.clone());
-        index.insert(package.path.clone(), package);
+        binhost.packages.insert(package.path.clone(), package);
     }
-    let bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
-    let path = index_path(&state, &job.arch);
+    if !published.added.is_empty() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        binhost.timestamp = now.max(binhost.timestamp + 1);
+    }
+    let bytes = serde_json::to_vec_pretty(&binhost).unwrap_or_default();
+    let path = tree.join("index.json");
     let partial = path.with_extension("json.partial");
     let io = |e| ApiError::internal("write a binhost index", e);
     tokio::fs::create_dir_all(&tree).await.map_err(io)?;

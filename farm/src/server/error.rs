@@ -55,8 +55,8 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<apalis_postgres::Error> for ApiError {
-    fn from(error: apalis_postgres::Error) -> Self {
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(error: crate::queue::QueueError) -> Self {
         Self::internal("use its queue", error)
     }
 }
@@ -66,6 +66,18 @@ impl IntoResponse for ApiError {
         let body = ApiErrorBody {
             error: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let status = self.status();
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // The challenge HTTP asks for; Portage (urllib, wget) sends a binhost's credential
+            // only when challenged for Basic.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Basic realm=\"autogentoo\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+        response
     }
 }

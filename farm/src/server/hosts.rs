@@ -15,7 +15,7 @@ use super::AppState;
 use crate::api_types::{
     Capabilities, EnrollRequest, Enrolled, Host, Lease, LeaseRequest, Liveness,
 };
-use crate::queue::queue_of;
+use crate::queue::{queue_of, queue_of_job};
 use crate::role::Role;
 use crate::store::{now_ms, EnrollRefused};
 
@@ -74,7 +74,7 @@ pub async fn hello(
             .queue
             .abandon(
                 &host.name,
-                &queue_of(&job.arch),
+                &queue_of_job(&job),
                 std::slice::from_ref(&job.id),
             )
             .await?;
@@ -98,7 +98,20 @@ pub async fn heartbeat(
 }
 
 fn queues_of(caps: &Capabilities) -> Vec<String> {
-    caps.arches.iter().map(|a| queue_of(&a.arch)).collect()
+    caps.arches
+        .iter()
+        .flat_map(|a| queues_of_arch(caps, &a.arch))
+        .collect()
+}
+
+/// The queues a host with `caps` takes `arch`'s jobs from: those pinned to one of its backends
+/// first, then those any host can build.
+fn queues_of_arch(caps: &Capabilities, arch: &str) -> Vec<String> {
+    caps.backends
+        .iter()
+        .map(|backend| queue_of(arch, Some(backend)))
+        .chain(std::iter::once(queue_of(arch, None)))
+        .collect()
 }
 
 /// Gives the host a job it can run: of an arch it runs natively first; of one it runs through
@@ -152,8 +165,12 @@ async fn next_job(
     let mut arches = caps.arches.clone();
     arches.sort_by_key(|a| !a.native);
     let alive_since = now_ms() - state.queue.dead_after.as_millis() as i64;
-    for arch in arches {
-        let queue = queue_of(&arch.arch);
+    let queues = arches.iter().flat_map(|arch| {
+        queues_of_arch(caps, &arch.arch)
+            .into_iter()
+            .map(move |queue| (arch, queue))
+    });
+    for (arch, queue) in queues {
         if !arch.native
             && state
                 .store
@@ -236,7 +253,7 @@ pub async fn revoke(
     for job in state.store.running_jobs_of(&name).await? {
         state
             .queue
-            .abandon(&name, &queue_of(&job.arch), std::slice::from_ref(&job.id))
+            .abandon(&name, &queue_of_job(&job), std::slice::from_ref(&job.id))
             .await?;
     }
     state.store.release_requeued().await?;

@@ -15,7 +15,7 @@ use super::auth::{JobAuth, Person};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::api_types::{Job, JobResult, SubmitRequest, Submitted};
-use crate::queue::queue_of;
+use crate::queue::{queue_of, queue_of_job};
 use crate::role::Role;
 use crate::secret;
 use crate::store::NewJob;
@@ -32,6 +32,9 @@ pub async fn submit(
     Json(request): Json<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
     person.require(Role::Operator)?;
+    if let Some(backend) = &request.backend {
+        crate::check_name(backend).map_err(ApiError::BadRequest)?;
+    }
     let config_file = state.config_file.clone();
     let sites = state.data_dir.join("sites");
     let system = request.system.clone();
@@ -39,12 +42,17 @@ pub async fn submit(
         tokio::task::spawn_blocking(move || snapshot_site(&config_file, &sites, &system))
             .await
             .map_err(|e| ApiError::internal("snapshot the site config", e))??;
-    let key = secret::sha256(&format!("{}\0{hash}", request.system));
+    let backend = request.backend.as_deref();
+    let key = match backend {
+        None => secret::sha256(&format!("{}\0{hash}", request.system)),
+        Some(backend) => secret::sha256(&format!("{}\0{hash}\0{backend}", request.system)),
+    };
     let id = ulid::Ulid::generate().to_string();
     let new = NewJob {
         id: &id,
         system: &request.system,
         arch: &arch,
+        backend,
         config_hash: &hash,
         idempotency_key: &key,
         submitted_by: &person.name,
@@ -61,7 +69,7 @@ pub async fn submit(
             }),
         ));
     };
-    if let Err(error) = state.queue.push(&id, &queue_of(&arch), &key).await {
+    if let Err(error) = state.queue.push(&id, &queue_of(&arch, backend), &key).await {
         state.store.delete_job(&id).await?;
         return Err(error.into());
     }
@@ -167,11 +175,7 @@ pub async fn post_events(
 /// back to the queue).
 pub async fn require_lease(state: &AppState, job: &Job) -> ApiResult<()> {
     let host = job.host.as_deref().unwrap_or_default();
-    if state
-        .queue
-        .holds(host, &queue_of(&job.arch), &job.id)
-        .await?
-    {
+    if state.queue.holds(host, &queue_of_job(job), &job.id).await? {
         Ok(())
     } else {
         Err(ApiError::Conflict(format!(
@@ -222,7 +226,7 @@ pub async fn result(
     let succeeded = record.build.outcome == Outcome::Succeeded;
     if !state
         .queue
-        .complete(&host, &queue_of(&job.arch), &id, job.attempt, succeeded)
+        .complete(&host, &queue_of_job(&job), &id, job.attempt, succeeded)
         .await?
     {
         return Err(ApiError::Conflict(format!(

@@ -1,7 +1,9 @@
 //! `autogentoo serve`: the farm's coordinator. A REST API under `/api/v1` (its OpenAPI
 //! document at `/api/v1/openapi.json`, Swagger UI at `/api/v1/docs`), over TLS unless told to
 //! listen in plain HTTP on loopback. It holds the build database, the queue, the site config
-//! (snapshots by hash), and the artifacts (by SHA-256).
+//! (snapshots by hash), and the artifacts (by SHA-256). A farm's database is PostgreSQL; on one
+//! machine it is the workdir's SQLite, and the server builds the jobs itself with a worker of
+//! its own ([`LocalWorker`]).
 
 mod admin;
 mod artifacts;
@@ -11,6 +13,7 @@ mod builds;
 mod error;
 mod hosts;
 mod jobs;
+mod local_worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,23 +21,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autogentoo_db::{Database, Location};
-use sqlx::postgres::PgPoolOptions;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueError};
 use crate::store::Store;
 
 pub use error::ApiError;
+pub use local_worker::LocalWorker;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("plain HTTP is only for a loopback address, not {0}: give --tls-cert and --tls-key")]
     PlainNotLoopback(SocketAddr),
-    #[error("the farm needs PostgreSQL for its queue; {0} is not a postgres:// database")]
-    NotPostgres(String),
     #[error(transparent)]
     Db(#[from] autogentoo_db::DbError),
     #[error("cannot connect to the farm's database {shown}")]
@@ -44,7 +45,11 @@ pub enum ServeError {
         source: sqlx::Error,
     },
     #[error("cannot set up the queue in the farm's database")]
-    Queue(#[source] apalis_postgres::Error),
+    Queue(#[source] QueueError),
+    #[error("cannot make an enrollment key for the server's own worker")]
+    LocalKey(#[source] sqlx::Error),
+    #[error("the server's own worker stopped: {0}")]
+    LocalWorker(String),
     #[error("cannot read the TLS certificate and key")]
     Tls(#[source] std::io::Error),
     #[error("cannot make the server's directory {}", .0.display())]
@@ -68,6 +73,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
     pub dead_after: Duration,
+    /// A worker of the server's own, building on this machine.
+    pub local_worker: Option<LocalWorker>,
 }
 
 /// What every handler shares.
@@ -106,19 +113,25 @@ impl AppState {
         description = "Builds, jobs, build hosts, keys and tokens of an autogentoo build farm."
     ),
     servers((url = "/api/v1")),
-    modifiers(&BearerAuth)
+    modifiers(&Credentials)
 )]
 struct ApiDoc;
 
-struct BearerAuth;
+/// Credentials go as `Authorization: Bearer SECRET`; the binhost also takes the secret as an HTTP
+/// Basic password, which is what Portage can send.
+struct Credentials;
 
-impl utoipa::Modify for BearerAuth {
+impl utoipa::Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
     }
 }
@@ -150,6 +163,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin::revoke_token))
         .routes(routes!(admin::audit))
         .routes(routes!(binhost::index))
+        .routes(routes!(binhost::packages))
         .routes(routes!(binhost::file))
         .routes(routes!(binhost::publish))
 }
@@ -183,9 +197,6 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if options.tls.is_none() && !options.listen.ip().is_loopback() {
         return Err(ServeError::PlainNotLoopback(options.listen));
     }
-    let Location::Postgres { url } = options.database.clone() else {
-        return Err(ServeError::NotPostgres(options.database.shown()));
-    };
     for dir in [
         "sites",
         "artifacts",
@@ -207,20 +218,10 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     let served = runtime.block_on(async move {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .connect(&url)
-            .await
-            .map_err(|source| ServeError::Connect {
-                shown: options.database.shown(),
-                source,
-            })?;
-        let queue = Queue::setup(pool.clone(), options.heartbeat, options.dead_after)
-            .await
-            .map_err(ServeError::Queue)?;
+        let (store, queue) = connect(&options).await?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let state = Arc::new(AppState {
-            store: Store::new(pool),
+            store,
             queue,
             db,
             config_file: options.config_file.clone(),
@@ -230,9 +231,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             binhost: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(hosts::requeue_loop(state.clone()));
-        let app = router(state);
-        let handle = axum_server::Handle::new();
-        tokio::spawn(shutdown_on_signal(handle.clone()));
+        let app = router(state.clone());
         let listener = std::net::TcpListener::bind(options.listen)
             .map_err(|e| ServeError::Listen(options.listen, e))?;
         let bound = listener.local_addr().unwrap_or(options.listen);
@@ -242,6 +241,33 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             "http"
         };
         eprintln!("serving the farm API at {scheme}://{bound}/api/v1");
+        let handle = axum_server::Handle::new();
+        let mut handles = vec![handle.clone()];
+        // The server's own worker reaches it in plain HTTP on loopback: on the listener itself
+        // when that is one, else on one of its own.
+        let local = match &options.local_worker {
+            None => None,
+            Some(local) => {
+                let at = if options.tls.is_none() {
+                    bound
+                } else {
+                    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                    let internal = std::net::TcpListener::bind(loopback)
+                        .map_err(|e| ServeError::Listen(loopback, e))?;
+                    let at = internal.local_addr().unwrap_or(loopback);
+                    let handle = axum_server::Handle::new();
+                    handles.push(handle.clone());
+                    let server = axum_server::from_tcp(internal)
+                        .map_err(|e| ServeError::Listen(at, e))?
+                        .handle(handle)
+                        .serve(app.clone().into_make_service());
+                    tokio::spawn(server);
+                    at
+                };
+                Some(local_worker::start(&state, local, at).await?)
+            }
+        };
+        let stopping = tokio::spawn(shutdown(handles, local));
         let served = match &options.tls {
             Some((cert, key)) => {
                 let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -261,24 +287,97 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
                     .await
             }
         };
-        served.map_err(|e| ServeError::Listen(options.listen, e))
+        served.map_err(|e| ServeError::Listen(options.listen, e))?;
+        match stopping.await {
+            Ok(Some(why)) => Err(ServeError::LocalWorker(why)),
+            _ => Ok(()),
+        }
     });
     drop(runtime);
     drop(closing);
     served
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>) {
+/// The store's and the queue's connections to the build database: apalis's PostgreSQL storage
+/// for a farm, its SQLite storage on one machine.
+async fn connect(options: &ServeOptions) -> Result<(Store, Queue), ServeError> {
+    let shown = options.database.shown();
+    let failed = |source| ServeError::Connect {
+        shown: shown.clone(),
+        source,
+    };
+    let url = options.database.connect_url();
+    let sqlite = matches!(options.database, Location::Sqlite(_));
+    let any = autogentoo_db::pool_options(&options.database, if sqlite { 4 } else { 16 })
+        .connect(&url)
+        .await
+        .map_err(failed)?;
+    let store = Store::new(any, crate::queue::jobs_table(&options.database));
+    let queue = match &options.database {
+        Location::Postgres { url } => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await
+                .map_err(failed)?;
+            Queue::postgres(pool, options.heartbeat, options.dead_after).await
+        }
+        Location::Sqlite(_) => {
+            use std::str::FromStr as _;
+            let connect = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                .map_err(failed)?
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(connect)
+                .await
+                .map_err(failed)?;
+            Queue::sqlite(pool, options.heartbeat, options.dead_after).await
+        }
+    }
+    .map_err(ServeError::Queue)?;
+    Ok((store, queue))
+}
+
+/// On SIGINT or SIGTERM, or when the server's own worker ends on its own: stops that worker
+/// first (it gives its job back through the server), then the listeners. Returns why the
+/// worker failed, if it did.
+async fn shutdown(
+    handles: Vec<axum_server::Handle<SocketAddr>>,
+    local: Option<local_worker::Running>,
+) -> Option<String> {
+    let ended = async {
+        match &local {
+            Some(running) => running.ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = signalled() => {}
+        () = ended => {}
+    }
+    let why = match local {
+        Some(running) => running.stop().await,
+        None => None,
+    };
+    for handle in handles {
+        handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    }
+    why
+}
+
+/// SIGINT or SIGTERM.
+async fn signalled() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        return;
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
 }
