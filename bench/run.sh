@@ -1051,9 +1051,17 @@ stop_farm() {
     FARM_PIDS=()
 }
 FARM_JOBS=${AUTOGENTOO_BENCH_FARM_JOBS:-300}
+# The load on a farm server on PostgreSQL, then on one on SQLite (its own worker off: the same
+# hosts do the building), to show how far a single machine's database carries.
 bench_farm_load() {
     use_backend dir
-    start_postgres
+    farm_load_on postgres
+    farm_load_on sqlite
+}
+
+# farm_load_on postgres|sqlite: one load run on a server with that database.
+farm_load_on() {
+    local engine=$1
     local dir=$SCRATCH/farm i port
     mkdir -p "$dir/site" "$dir/stage/bin"
     cp "$(command -v busybox)" "$dir/stage/bin/busybox"
@@ -1061,9 +1069,12 @@ bench_farm_load() {
     printf '#!/bin/sh\nexec sh\n' >"$dir/stage/init"
     chmod 755 "$dir/stage/init"
     tar -C "$dir/stage" -czf "$dir/stage.tar.gz" .
+    [[ $engine == postgres ]] && start_postgres
     {
-        printf '[database]\nurl = "postgres://autogentoo@127.0.0.1:%s/postgres"\npassword_file = "%s"\n' \
-            "$PG_PORT" "$PG_DIR/password"
+        if [[ $engine == postgres ]]; then
+            printf '[database]\nurl = "postgres://autogentoo@127.0.0.1:%s/postgres"\npassword_file = "%s"\n' \
+                "$PG_PORT" "$PG_DIR/password"
+        fi
         for ((i = 0; i < FARM_JOBS; i++)); do
             printf '[systems.tiny-%d]\nstage = "tiny"\nkernel_build = "none"\n' "$i"
         done
@@ -1079,7 +1090,7 @@ bench_farm_load() {
     local url=https://127.0.0.1:$port server=("$AUTOGENTOO_BIN" --config "$dir/site/autogentoo.toml" --workdir "$dir/server")
     "${server[@]}" -q farm token create bench --role admin >"$dir/admin.token"
     "${server[@]}" serve --listen "127.0.0.1:$port" --tls-cert "$dir/server.pem" --tls-key "$dir/server.key" \
-        >"$dir/server.log" 2>&1 &
+        --no-local-worker >"$dir/server.log" 2>&1 &
     FARM_PIDS=($!)
     local server_pid=$!
     until grep -q "serving the farm API" "$dir/server.log"; do sleep 0.1; done
@@ -1102,23 +1113,32 @@ bench_farm_load() {
     cpu_s=$(awk -v a="$cpu_before" -v t="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15 - a) / t }' "/proc/$server_pid/stat")
     mem=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$server_pid/status")
     local lease
-    lease=$(pg_client -c "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY leased_at - submitted_at), \
-        percentile_cont(0.99) WITHIN GROUP (ORDER BY leased_at - submitted_at) FROM farm_jobs")
+    if [[ $engine == postgres ]]; then
+        lease=$(pg_client -c "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY leased_at - submitted_at), \
+            percentile_cont(0.99) WITHIN GROUP (ORDER BY leased_at - submitted_at) FROM farm_jobs")
+    else
+        lease=$(python3 -c '
+import sqlite3, sys
+waits = sorted(r[0] for r in sqlite3.connect(sys.argv[1]).execute(
+    "SELECT leased_at - submitted_at FROM farm_jobs WHERE leased_at IS NOT NULL"))
+print("%s|%s" % (waits[len(waits) // 2], waits[min(len(waits) - 1, len(waits) * 99 // 100)]))
+' "$dir/server/autogentoo.db")
+    fi
     stop_farm
     local line
     line=$(python3 -c '
 import json, sys
 r = json.loads(sys.argv[1]); p50, p99 = (float(x) / 1000 for x in sys.argv[2].split("|"))
-print("farm load, %d hosts, %d tiny jobs over TLS on loopback: %.0f submissions/s (p99 %.3f s); "
+print("farm load on %s, %d hosts, %d tiny jobs over TLS on loopback: %.0f submissions/s (p99 %.3f s); "
       "submit to lease p50 %.2f s, p99 %.2f s; API reads while loaded p50 %.3f s, p99 %.3f s "
       "(%d reads); all ended in %.1f s, %d failed, %d request errors; server CPU %s s, peak RSS %s MB"
-      % (int(sys.argv[3]), r["jobs"], r["submissions_per_s"], r["submit_p99_s"], p50, p99,
-         r["api_read_p50_s"], r["api_read_p99_s"], r["api_reads"], r["drained_s"], r["failed"],
+      % (sys.argv[6], int(sys.argv[3]), r["jobs"], r["submissions_per_s"], r["submit_p99_s"], p50,
+         p99, r["api_read_p50_s"], r["api_read_p99_s"], r["api_reads"], r["drained_s"], r["failed"],
          r["error_count"], sys.argv[4], sys.argv[5]))
-' "$result" "$lease" "$FARM_HOSTS" "$cpu_s" "$mem")
+' "$result" "$lease" "$FARM_HOSTS" "$cpu_s" "$mem" "$engine")
     TABLE+=("$line")
     JSON_LINES+=("$result")
-    stop_postgres
+    [[ $engine == postgres ]] && stop_postgres
     rm -rf "$dir"
 }
 
