@@ -1284,7 +1284,8 @@ fn serve_worker_and_clients_refuse_unsafe_or_impossible_setups() -> Result<()> {
 /// One machine: `serve` with no database configured keeps everything in the workdir's SQLite
 /// database and builds the jobs itself, in that workdir, with a worker of its own. Stopped in
 /// the middle of a build, it gives the job back, and builds it when it starts again; each build
-/// is recorded once, and the local `builds list` shows what the server's API does.
+/// is recorded once, and the local `builds list` shows what the server's API does. On a new
+/// database its worker enrolls again.
 #[test]
 fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
     let workdir = busybox_workdir()?;
@@ -1428,6 +1429,25 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
         pinned["state"] == "queued",
         "a job for btrfs went to a dir host: {pinned}"
     );
+    server.signal(rustix::process::Signal::TERM);
+    server.wait();
+
+    // A new database does not know the worker's credential: the worker enrolls again.
+    for file in ["autogentoo.db", "autogentoo.db-wal", "autogentoo.db-shm"] {
+        let _ = fs::remove_file(workdir.path().join(file));
+    }
+    let made = workdir.ok([
+        "--config", &config, "farm", "token", "create", "me", "--role", "operator",
+    ]);
+    fs::write(&token, made.stdout.trim())?;
+    let mut server = start()?;
+    ensure!(
+        server.log().matches("enrolled as").count() == 2,
+        "{}",
+        tail(&server.log())
+    );
+    let quick = client(&["--json", "submit", "alone-quick", "--wait"]);
+    ensure!(quick.status.success(), "{}", quick.describe());
     server.signal(rustix::process::Signal::TERM);
     server.wait();
     Ok(())

@@ -85,13 +85,8 @@ pub struct WorkerOptions {
     pub capabilities: Capabilities,
     /// The host's own build database (SQLite), where its builds are recorded.
     pub database: PathBuf,
-}
-
-impl WorkerOptions {
-    /// Where the host keeps its credential.
-    pub fn credential_file(&self) -> PathBuf {
-        self.workdir.join("farm").join("host-credential")
-    }
+    /// Where the host keeps its credential (mode 0600).
+    pub credential: PathBuf,
 }
 
 /// What the host can build as things stand: the arches it runs natively or through qemu-user
@@ -192,7 +187,7 @@ pub fn run(options: &WorkerOptions, stop: &Arc<AtomicBool>) -> Result<(), Worker
 
 /// The host credential: kept from an earlier start, or got now with the enrollment key.
 fn credential(options: &WorkerOptions, client: &Client) -> Result<String, WorkerError> {
-    let path = options.credential_file();
+    let path = options.credential.clone();
     if path.exists() {
         return secret::read_file(&path).map_err(|source| WorkerError::Secret { path, source });
     }

@@ -67,6 +67,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<()> {
         enroll_key_file: args.enroll_key_file,
         capabilities: worker::detect_capabilities(&ctx.backend, &args.arches)?,
         database: ctx.settings.workdir.join(autogentoo_db::SQLITE_FILE),
+        credential: ctx.settings.workdir.join("farm").join("host-credential"),
     };
     worker::run(&options, &stop)?;
     Ok(())

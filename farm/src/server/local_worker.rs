@@ -1,7 +1,9 @@
 //! `serve`'s own build host, for one machine: a worker on a thread of the server's process that
 //! builds in the server's workdir, as `autogentoo worker` would. It reaches the server as any
-//! host does, through the API, on loopback in plain HTTP; the first time, it enrolls with a key
-//! the server makes for it in the database directly.
+//! host does, through the API, on loopback in plain HTTP. The first time, and whenever the
+//! server does not know its credential (a new database), it enrolls with a key the server makes
+//! for it in the database directly. Its credential is kept in the server's directory: a build
+//! host's credential in the same workdir is never touched.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,8 +55,21 @@ pub async fn start(
         // Apart from the workdir's database, which is the server's here: the server records
         // each job's build there itself.
         database: local.workdir.join("farm").join("local-worker.db"),
+        credential: state.data_dir.join("local-worker.credential"),
     };
-    if !options.credential_file().exists() {
+    let known = match crate::secret::read_file(&options.credential) {
+        Ok(secret) => state
+            .store
+            .host_of(&secret)
+            .await
+            .map_err(ServeError::LocalKey)?
+            .is_some(),
+        Err(_) => false,
+    };
+    if !known {
+        // Unknown to this database: enrolled with another one. Enrolling again under the same
+        // name is refused if this database has a host of that name, revoked or not.
+        let _ = std::fs::remove_file(&options.credential);
         let (id, key, _) = state
             .store
             .create_key(KEY_LIFETIME.as_millis() as i64, "serve")
