@@ -18,7 +18,7 @@ use anyhow::{ensure, Context as _, Result};
 use autogentoo_tests::postgres::{free_port, PrivatePostgres};
 use autogentoo_tests::{
     arm64_busybox, build_busybox_tree_of, busybox_workdir, example_repo, isolated_binary,
-    kernel_source, portage_stage, run_tool, wait_until, Run, Workdir,
+    portage_stage, run_tool, wait_until, Run, Workdir, KERNEL_SOURCE_TARBALL,
 };
 use serde_json::Value;
 
@@ -539,25 +539,13 @@ struct Host {
 
 impl Host {
     /// A host taking jobs of `arches` (every arch it can build when empty), with the busybox
-    /// stage and, for an arm64 host, an arm64 one; for an amd64 host, the Portage stage, the
-    /// example repository's snapshot and its distfiles.
+    /// stage; for an amd64 host, the Portage stage and the example repository's distfiles. The
+    /// arm64 stage and the repository snapshot come from the farm.
     fn new(farm: &Farm, index: usize, arches: &str) -> Result<Self> {
         let workdir = busybox_workdir()?;
-        if arches == "arm64" {
-            let stage = workdir.scratch().join("arm64-stage");
-            build_busybox_tree_of(&stage, &arm64_busybox()?)?;
-            workdir.import(&stage, "arm64-busybox");
-        } else {
+        if arches != "arm64" {
             workdir.import(&portage_stage(), "portage");
-            let (repo, distfiles) = example_repo();
-            workdir.ok([
-                "repo",
-                "pack",
-                "--dir",
-                repo.to_str().unwrap(),
-                "--name",
-                "example",
-            ]);
+            let (_, distfiles) = example_repo();
             let status = workdir.ok(["workdir", "status", "--json"]).json();
             let cache = status["caches"]["distfiles"]
                 .as_str()
@@ -650,6 +638,7 @@ fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
         run.describe()
     );
     ensure!(farm.jobs().is_empty(), "a refused submission queued a job");
+    let inputs = add_inputs(farm, scratch, &viewer)?;
 
     // A host enrolls by hand, and takes the two jobs there are.
     let key = scratch.join("fake.key");
@@ -691,6 +680,24 @@ fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
         ));
     }
     let ((job_a, secret_a), (job_b, _)) = (&leases[0], &leases[1]);
+    // A job's credential fetches its own inputs (the newest repository snapshot), not another
+    // job's nor an input its job does not carry.
+    let (code, _) = farm.curl(
+        "GET",
+        &format!("/jobs/{job_a}/inputs/{}", inputs.repo),
+        Some(secret_a),
+        None,
+    );
+    ensure!(code == 200, "a job's own input: {code}");
+    for (job, sha256) in [(job_b, &inputs.repo), (job_a, &inputs.stage)] {
+        let (code, body) = farm.curl(
+            "GET",
+            &format!("/jobs/{job}/inputs/{sha256}"),
+            Some(secret_a),
+            None,
+        );
+        ensure!(code == 403, "{job}'s input {sha256}: {code} {body}");
+    }
     // Job A's credential on job B: refused, and B has no events.
     let event = r#"{"event":"note","step":"root","plugin":"x","text":"forged"}"#;
     let (code, body) = farm.curl(
@@ -774,6 +781,8 @@ fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
     );
     let audit = farm.admin(&["farm", "audit"]).stdout;
     for action in [
+        "input add\trepo/example",
+        "input add\tstage/arm64-busybox",
         "token create\twatcher",
         "host enroll\tfake",
         "host revoke\tfake",
@@ -785,6 +794,136 @@ fn refusals(farm: &Farm, scratch: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The SHA-256s of the inputs the farm hands out.
+struct Inputs {
+    repo: String,
+    stage: String,
+}
+
+/// The admin hands the example repository's snapshot and the arm64 busybox stage to the
+/// farm's hosts; a viewer may list them, not add one; a content that is not what its kind
+/// says is refused.
+fn add_inputs(farm: &Farm, scratch: &Path, viewer: &Path) -> Result<Inputs> {
+    let (repo, _) = example_repo();
+    let packed = farm.server_dir.ok([
+        "repo",
+        "pack",
+        "--dir",
+        repo.to_str().unwrap(),
+        "--name",
+        "example",
+    ]);
+    let image = PathBuf::from(packed.stdout.trim());
+    let tree = scratch.join("arm64-stage");
+    build_busybox_tree_of(&tree, &arm64_busybox()?)?;
+    let tarball = scratch.join("arm64-busybox.tar.gz");
+    run_tool(
+        Command::new("tar")
+            .args(["--numeric-owner", "-czf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree)
+            .arg("."),
+    )?;
+    let run = farm.run_as(
+        Some(viewer),
+        &[
+            "farm",
+            "input",
+            "add",
+            "repo",
+            "example",
+            image.to_str().unwrap(),
+        ],
+    );
+    run.expect_one_error();
+    ensure!(
+        run.stderr.contains("needs the admin role"),
+        "{}",
+        run.describe()
+    );
+    let run = farm.run_as(
+        Some(&farm.admin),
+        &[
+            "farm",
+            "input",
+            "add",
+            "repo",
+            "example",
+            tarball.to_str().unwrap(),
+        ],
+    );
+    run.expect_one_error();
+    ensure!(run.stderr.contains("SquashFS"), "{}", run.describe());
+    ensure!(
+        farm.admin(&["farm", "input", "list"]).stdout.is_empty(),
+        "a refused input was added"
+    );
+    let repo = farm
+        .admin(&[
+            "farm",
+            "input",
+            "add",
+            "repo",
+            "example",
+            image.to_str().unwrap(),
+        ])
+        .stdout
+        .trim()
+        .to_owned();
+    ensure!(
+        repo == sha256_hex(&fs::read(&image)?),
+        "the repo's SHA-256: {repo}"
+    );
+    let stage = farm
+        .admin(&[
+            "farm",
+            "input",
+            "add",
+            "stage",
+            "arm64-busybox",
+            tarball.to_str().unwrap(),
+        ])
+        .stdout
+        .trim()
+        .to_owned();
+    // The server checks too: a tarball named as a repository snapshot is refused.
+    let admin = fs::read_to_string(&farm.admin)?;
+    let (code, body) = farm.curl(
+        "PUT",
+        "/inputs/repo/not-squashfs",
+        Some(admin.trim()),
+        Some(&format!(r#"{{"sha256":"{stage}"}}"#)),
+    );
+    ensure!(code == 400 && body.contains("SquashFS"), "{code} {body}");
+    let listed = farm.run_as(Some(viewer), &["--json", "farm", "input", "list"]);
+    let listed: Vec<(String, String)> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                format!(
+                    "{}/{}",
+                    i["kind"].as_str().unwrap(),
+                    i["name"].as_str().unwrap()
+                ),
+                i["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        listed
+            == [
+                ("stage/arm64-busybox".to_owned(), stage.clone()),
+                ("repo/example".to_owned(), repo.clone())
+            ],
+        "{listed:?}"
+    );
+    Ok(Inputs { repo, stage })
 }
 
 #[test]
@@ -839,6 +978,22 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
     ensure!(
         job["state"] == "succeeded" && job["host"] == "host-0" && job["arch"] == "arm64",
         "{job}"
+    );
+    // Its stage came from the farm, by content, with the repository snapshot.
+    let log = hosts[0].log();
+    ensure!(
+        log.contains("fetching stage 'arm64-busybox'") && log.contains("fetching repo 'example'"),
+        "host-0 did not take its inputs from the farm:\n{}",
+        tail(&log)
+    );
+    let stages = hosts[0].workdir.ok(["--json", "stage", "list"]).json();
+    ensure!(
+        stages
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"]["name"] == "arm64-busybox" && s["properties"]["arch"] == "arm64"),
+        "{stages}"
     );
 
     // The same build again is the same job.
@@ -1172,18 +1327,24 @@ fn portage_client_installs_from_the_binhost(farm: &Farm, host: &Host, built: &Pa
 /// `host` (the only amd64 host taking jobs) builds [`WITH_KERNEL`] with the kernel sources it
 /// imports now; the EFI image the server hands out is the host's, and boots.
 fn a_kernel_built_on_the_farm_boots(farm: &Farm, host: &Host) -> Result<()> {
-    host.workdir.ok([
-        "kernel".as_ref(),
-        "import".as_ref(),
-        kernel_source().as_os_str(),
-        "--name".as_ref(),
-        std::ffi::OsStr::new("linux"),
+    farm.admin(&[
+        "farm",
+        "input",
+        "add",
+        "kernel",
+        "linux",
+        KERNEL_SOURCE_TARBALL,
     ]);
     farm.submit(WITH_KERNEL);
     let job = farm.wait_ended_within(WITH_KERNEL, Duration::from_secs(1800));
     ensure!(
         job["state"] == "succeeded" && job["host"] == host.name.as_str(),
         "{job}\n{}",
+        tail(&host.log())
+    );
+    ensure!(
+        host.log().contains("fetching kernel 'linux'"),
+        "the host did not take the kernel sources from the farm:\n{}",
         tail(&host.log())
     );
     let number = job["build_number"].as_i64().unwrap().to_string();
@@ -1448,6 +1609,41 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
     );
     let quick = client(&["--json", "submit", "alone-quick", "--wait"]);
     ensure!(quick.status.success(), "{}", quick.describe());
+
+    // The farm hands out a stage under the name of one this machine imported by hand: the job
+    // fails, saying what to remove, and the machine's own stage is left as it was.
+    let stages = || workdir.ok(["--json", "stage", "list"]).stdout;
+    let before = stages();
+    let tarball = scratch.join("other-busybox.tar");
+    let tree = workdir.ok(["stage", "path", "busybox"]).stdout;
+    run_tool(
+        Command::new("tar")
+            .args(["--numeric-owner", "-cf"])
+            .arg(&tarball)
+            .args(["-C", tree.trim(), "--exclude=./etc", "."]),
+    )?;
+    let admin = scratch.join("admin.token");
+    let made = workdir.ok([
+        "--config", &config, "farm", "token", "create", "boss", "--role", "admin",
+    ]);
+    fs::write(&admin, made.stdout.trim())?;
+    let mut add = isolated_binary();
+    add.env("AUTOGENTOO_SERVER", &url)
+        .env("AUTOGENTOO_TOKEN_FILE", &admin)
+        .args(["farm", "input", "add", "stage", "busybox"])
+        .arg(&tarball);
+    Run::of(add).expect_code(0);
+    let theirs = client(&["--json", "submit", "alone-quick", "--wait"]);
+    ensure!(
+        !theirs.status.success()
+            && theirs
+                .stderr
+                .contains("stage 'busybox' is not the one the farm hands out")
+            && theirs.stderr.contains("autogentoo stage remove busybox"),
+        "{}",
+        theirs.describe()
+    );
+    ensure!(stages() == before, "the machine's own stage was touched");
     server.signal(rustix::process::Signal::TERM);
     server.wait();
     Ok(())

@@ -54,6 +54,81 @@ pub struct Job {
     pub submitted_at: i64,
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    /// The stages, kernel sources and repository snapshot the farm hands its host, by content.
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+}
+
+/// What a build starts from that the farm server keeps by content: a host that lacks it, or
+/// has another content under its name, fetches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// A stage tarball, imported with `stage import`.
+    Stage,
+    /// A kernel source tarball, imported with `kernel import`.
+    Kernel,
+    /// A SquashFS snapshot of the ebuild repository, as `repo pack` writes it.
+    Repo,
+}
+
+impl InputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stage => "stage",
+            Self::Kernel => "kernel",
+            Self::Repo => "repo",
+        }
+    }
+}
+
+impl std::fmt::Display for InputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for InputKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "stage" => Ok(Self::Stage),
+            "kernel" => Ok(Self::Kernel),
+            "repo" => Ok(Self::Repo),
+            _ => Err(format!(
+                "`{text}` is not an input kind: stage, kernel or repo"
+            )),
+        }
+    }
+}
+
+/// One input of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Input {
+    pub kind: InputKind,
+    /// Its name in the site config (and on the host): a stage's, a kernel volume's, a
+    /// repository image's (without `.sqfs`).
+    pub name: String,
+    /// The SHA-256 of its content: the tarball or the SquashFS image.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// An input as the server keeps it: `farm input list`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct InputRecord {
+    #[serde(flatten)]
+    pub input: Input,
+    pub added_by: String,
+    /// Milliseconds since the epoch.
+    pub added_at: i64,
+}
+
+/// `PUT /inputs/{kind}/{name}`: the content (uploaded before) a name now stands for.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AddInput {
+    pub sha256: String,
 }
 
 /// What `POST /jobs` answers.

@@ -1,7 +1,7 @@
 //! The API's client: the command line against `--server URL`, and the build hosts. Blocking
 //! (the command line has no runtime of its own). TLS always, but to a loopback address.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -174,8 +174,26 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<Option<T>, ClientError> {
-        let what = format!("POST {path}");
-        let response = self.send(&what, self.request(Method::POST, path).json(body))?;
+        self.send_json(Method::POST, path, body)
+    }
+
+    /// PUT `body` as JSON to `path`; the answer as JSON, or `None` for 204.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Option<T>, ClientError> {
+        self.send_json(Method::PUT, path, body)
+    }
+
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<Option<T>, ClientError> {
+        let what = format!("{method} {path}");
+        let response = self.send(&what, self.request(method, path).json(body))?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -207,6 +225,40 @@ impl Client {
                 url: self.base.clone(),
                 source,
             })
+    }
+
+    /// GET `path` into `file` (created or truncated); returns the SHA-256 of what came.
+    pub fn download(&self, path: &str, file: &Path) -> Result<String, ClientError> {
+        use sha2::Digest;
+        let what = format!("GET {path}");
+        let response = self.send(
+            &what,
+            self.request(Method::GET, path)
+                // A stage or kernel tarball takes as long as the link needs.
+                .timeout(Duration::from_secs(24 * 3600)),
+        )?;
+        let file_error = |source| ClientError::File {
+            path: file.to_owned(),
+            source,
+        };
+        let mut out = std::fs::File::create(file).map_err(file_error)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, response);
+        loop {
+            let chunk = reader.fill_buf().map_err(|source| ClientError::File {
+                path: path.into(),
+                source,
+            })?;
+            if chunk.is_empty() {
+                break;
+            }
+            hasher.update(chunk);
+            out.write_all(chunk).map_err(file_error)?;
+            let n = chunk.len();
+            reader.consume(n);
+        }
+        out.sync_all().map_err(file_error)?;
+        Ok(crate::secret::hex(&hasher.finalize()))
     }
 
     /// GET `path` as server-sent events: calls `each` with each event's data, until the stream
@@ -248,7 +300,18 @@ impl Client {
     /// Uploads `file` (whose SHA-256 is `sha256`) as an artifact of `job`, resuming where an
     /// earlier upload stopped; nothing is sent when the server has it already.
     pub fn upload_artifact(&self, job: &str, file: &Path, sha256: &str) -> Result<(), ClientError> {
-        let path = format!("/jobs/{job}/artifacts/{sha256}");
+        self.upload_content(&format!("/jobs/{job}/artifacts"), file, sha256)
+    }
+
+    /// Uploads `file` (whose SHA-256 is `sha256`) to `PREFIX/SHA256`, resuming where an
+    /// earlier upload stopped (`HEAD` says where); nothing is sent when the server has it.
+    pub fn upload_content(
+        &self,
+        prefix: &str,
+        file: &Path,
+        sha256: &str,
+    ) -> Result<(), ClientError> {
+        let path = format!("{prefix}/{sha256}");
         let what = format!("the upload of {}", file.display());
         let file_error = |source| ClientError::File {
             path: file.to_owned(),
@@ -256,8 +319,31 @@ impl Client {
         };
         let mut handle = std::fs::File::open(file).map_err(file_error)?;
         let length = handle.metadata().map_err(file_error)?.len();
-        let head = self.send(&what, self.request(Method::HEAD, &path))?;
-        if head.status() == StatusCode::OK {
+        let head =
+            self.request(Method::HEAD, &path)
+                .send()
+                .map_err(|source| ClientError::Connect {
+                    url: self.base.clone(),
+                    source,
+                })?;
+        let head = if head.status().is_success() {
+            head
+        } else {
+            // An answer to HEAD has no body to say why: the same request as an empty PATCH
+            // gets the server's words (and changes nothing).
+            self.send(
+                &what,
+                self.request(Method::PATCH, &path)
+                    .header(OFFSET, 0)
+                    .header(LENGTH, length)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/offset+octet-stream",
+                    )
+                    .body(Vec::new()),
+            )?
+        };
+        if head.status() == StatusCode::OK || head.status() == StatusCode::CREATED {
             return Ok(());
         }
         let mut offset = header_number(&head, OFFSET).unwrap_or(0);

@@ -6,6 +6,7 @@
 pub mod api_types;
 pub mod binhost;
 pub mod client;
+pub mod inputs;
 pub mod local;
 pub mod queue;
 pub mod role;

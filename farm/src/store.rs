@@ -6,7 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::api_types::{AuditEntry, Capabilities, Host, Job, Token};
+use crate::api_types::{AuditEntry, Capabilities, Host, Input, InputRecord, Job, Token};
 use crate::role::Role;
 use crate::secret::{self, Kind};
 
@@ -32,6 +32,7 @@ pub struct NewJob<'a> {
     pub config_hash: &'a str,
     pub idempotency_key: &'a str,
     pub submitted_by: &'a str,
+    pub inputs: &'a [Input],
 }
 
 /// The farm's tables.
@@ -50,7 +51,7 @@ pub fn now_ms() -> i64 {
 macro_rules! job_columns {
     () => {
         "id, system, arch, config_hash, state, host, attempt, build_number, submitted_by, \
-         submitted_at, ended_at, error, backend"
+         submitted_at, ended_at, error, backend, inputs"
     };
 }
 
@@ -69,6 +70,8 @@ fn job_of(row: &AnyRow) -> Result<Job, sqlx::Error> {
         ended_at: row.try_get(10)?,
         error: row.try_get(11)?,
         backend: row.try_get(12)?,
+        inputs: serde_json::from_str(row.try_get(13)?)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
@@ -319,8 +322,8 @@ impl Store {
     pub async fn insert_job(&self, job: &NewJob<'_>) -> Result<Option<Job>, sqlx::Error> {
         let row = sqlx::query(concat!(
             "INSERT INTO farm_jobs (id, system, arch, config_hash, idempotency_key, \
-             submitted_by, submitted_at, backend, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') \
+             submitted_by, submitted_at, backend, inputs, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued') \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
             job_columns!(),
             ""
@@ -333,6 +336,7 @@ impl Store {
         .bind(job.submitted_by)
         .bind(now_ms())
         .bind(job.backend)
+        .bind(serde_json::to_string(job.inputs).unwrap_or_else(|_| "[]".into()))
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_of).transpose()
@@ -530,6 +534,54 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_of).transpose()
+    }
+
+    // --- inputs
+
+    /// Points the input `kind`/`name` at content `sha256` (stored before).
+    pub async fn put_input(&self, input: &Input, by: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO farm_inputs (kind, name, sha256, size, added_by, added_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, name) DO UPDATE SET \
+             sha256 = excluded.sha256, size = excluded.size, added_by = excluded.added_by, \
+             added_at = excluded.added_at",
+        )
+        .bind(input.kind.as_str())
+        .bind(&input.name)
+        .bind(&input.sha256)
+        .bind(i64::try_from(input.size).unwrap_or(i64::MAX))
+        .bind(by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The inputs the farm keeps, newest first.
+    pub async fn inputs(&self) -> Result<Vec<InputRecord>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT kind, name, sha256, size, added_by, added_at FROM farm_inputs \
+             ORDER BY added_at DESC, kind, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InputRecord {
+                    input: Input {
+                        kind: row
+                            .try_get::<&str, _>(0)?
+                            .parse()
+                            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                        name: row.try_get(1)?,
+                        sha256: row.try_get(2)?,
+                        size: u64::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
+                    },
+                    added_by: row.try_get(4)?,
+                    added_at: row.try_get(5)?,
+                })
+            })
+            .collect()
     }
 
     // --- audit

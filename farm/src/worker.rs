@@ -122,6 +122,7 @@ const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker until `stop` is set.
 pub fn run(options: &WorkerOptions, stop: &Arc<AtomicBool>) -> Result<(), WorkerError> {
+    crate::inputs::sweep_downloads(&options.workdir);
     let anonymous = Client::new(&options.server, options.ca.as_deref(), None)?;
     let credential = credential(options, &anonymous)?;
     let host = anonymous.with_secret(credential);
@@ -266,6 +267,30 @@ fn run_job(
         let bytes = retry(stop, || client.get_bytes(&format!("/jobs/{}/site", job.id)))?;
         crate::site::unpack(&bytes, &job.config_hash, &site)?;
     }
+    // The stages, kernel sources and repository snapshot the farm hands out for this job.
+    let repo_image = match provide_inputs(options, &client, &job, stop) {
+        Ok(repo) => repo,
+        Err(_) if stop.load(Ordering::SeqCst) => {
+            let _ = host.post::<_, Liveness>("/hosts/hello", &());
+            eprintln!(
+                "job {}: the worker stops; the job goes back to the queue",
+                job.id
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            let why = one_line(&error);
+            eprintln!("job {}: {why}", job.id);
+            let result = crate::api_types::JobResult {
+                record: serde_json::to_value(unrecorded(&job.system, 0, why)).unwrap_or_default(),
+                logs: Vec::new(),
+            };
+            retry(stop, || {
+                client.post::<_, serde_json::Value>(&format!("/jobs/{}/result", job.id), &result)
+            })?;
+            return Ok(());
+        }
+    };
     // What the farm built already, in this host's cache before the build looks for it.
     let cache = binpkgs_cache(options, &job.arch);
     if let Some(cache) = &cache {
@@ -287,6 +312,7 @@ fn run_job(
         .arg("--config")
         .arg(site.join("autogentoo.toml"))
         .args(["--json", "build", &job.system])
+        .args(repo_image.iter().flat_map(|name| ["--repo-image", name]))
         // The host's own database, whatever the site config says: a host never holds the
         // farm database's credentials.
         .env(autogentoo_db::URL_VAR, database_url(options))
@@ -429,6 +455,35 @@ fn run_job(
             Ok(())
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Makes the job's inputs ready in the host's workdir, waiting for a server that cannot be
+/// reached; returns the repository snapshot the build mounts, when the job names one.
+fn provide_inputs(
+    options: &WorkerOptions,
+    client: &Client,
+    job: &crate::api_types::Job,
+    stop: &AtomicBool,
+) -> Result<Option<String>, crate::inputs::InputError> {
+    let host = crate::inputs::HostWorkdir {
+        program: &options.program,
+        workdir: &options.workdir,
+        backend: &options.backend,
+        database_url: database_url(options),
+    };
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match crate::inputs::provide(&host, client, job) {
+            Err(crate::inputs::InputError::Client(error @ ClientError::Connect { .. }))
+                if !stop.load(Ordering::SeqCst) =>
+            {
+                eprintln!("worker: {} (retrying)", one_line(&error));
+                std::thread::sleep(backoff(wait));
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
     }
 }
 

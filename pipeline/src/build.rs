@@ -192,7 +192,7 @@ impl<'r, 'o> Build<'r, 'o> {
         let stage_made = storage.get(&stage).what(cannot)?.created;
         let inputs = Inputs {
             stage: format!("{} (created {stage_made})", system.stage),
-            repo: newest_repo(&req.layout)?,
+            repo: repo_in_use(&req.layout, &req.config.mounts)?,
             packages: system
                 .image
                 .as_ref()
@@ -444,7 +444,10 @@ impl<'r, 'o> Build<'r, 'o> {
             .text("commands", &self.system.commands.join("\n"))
             .text("root", &self.root_made)
             .text("stage", &format!("{stage_made}"))
-            .text("repo", &newest_repo(&self.req.layout)?)
+            .text(
+                "repo",
+                &repo_in_use(&self.req.layout, &self.req.config.mounts)?,
+            )
             .finish();
         let count = self.system.commands.len();
         let run = count > 0 && !self.state.unchanged("commands", &self.commands_print);
@@ -503,7 +506,10 @@ impl<'r, 'o> Build<'r, 'o> {
             .text("libraries", &format!("{:?}", config.libraries))
             .text("root", &self.root_made)
             .text("commands", &self.commands_print)
-            .text("repo", &newest_repo(&self.req.layout)?);
+            .text(
+                "repo",
+                &repo_in_use(&self.req.layout, &self.req.config.mounts)?,
+            );
         // The binary packages the image is installed from: their index changes with every
         // package built or rebuilt.
         let arch = Arch::named(self.system.arch(&self.req.config.build));
@@ -827,16 +833,31 @@ impl<'r, 'o> Build<'r, 'o> {
     }
 }
 
-/// The newest repository snapshot, the one roots mount, as the fingerprints see it.
-fn newest_repo(layout: &Layout) -> Result<String, PipelineError> {
+/// The repository snapshot roots mount (the one the site config names, else the newest), as
+/// the fingerprints see it: its path and modification time, so that an image replaced under
+/// the same name counts as a new snapshot.
+fn repo_in_use(
+    layout: &Layout,
+    mounts: &autogentoo_core::site_config::MountsSection,
+) -> Result<String, PipelineError> {
     let repos = layout.repos();
-    Ok(root_mounts::newest_repo_image(&repos)
-        .what(|| {
+    let image = match &mounts.repo_image {
+        Some(name) => Some(repos.join(format!("{name}.sqfs"))),
+        None => root_mounts::newest_repo_image(&repos).what(|| {
             format!(
                 "cannot look for repository snapshots in {}",
                 repos.display()
             )
-        })?
-        .map(|p| p.display().to_string())
+        })?,
+    };
+    Ok(image
+        .map(|path| {
+            let modified = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            format!("{} (modified {modified})", path.display())
+        })
         .unwrap_or_default())
 }

@@ -131,11 +131,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Import(args)) => kernel::import::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::List(args)) => kernel::list::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Path(args)) => kernel::path::run(&ctx, args),
+        Command::Kernel(kernel::KernelCommand::Remove(args)) => kernel::remove::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Config(args)) => kernel::config::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Mount(args)) => kernel::mount::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
-        Command::Build(args) => build::run(&ctx, args),
+        Command::Build(args) => build::run(ctx, args),
         Command::Builds(builds::BuildsCommand::List(args)) => builds::list::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Show(args)) => builds::show::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Log(args)) => builds::log::run(&ctx, args),
@@ -157,7 +158,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn farm_command(ctx: &Context, command: farm::FarmCommand) -> Result<()> {
-    use farm::{FarmCommand, HostCommand, KeyCommand, TokenCommand};
+    use farm::{FarmCommand, HostCommand, InputCommand, KeyCommand, TokenCommand};
     match command {
         FarmCommand::Key(KeyCommand::Create(args)) => farm::key_create::run(ctx, args),
         FarmCommand::Token(TokenCommand::Create(args)) => farm::token_create::run(ctx, args),
@@ -165,6 +166,8 @@ fn farm_command(ctx: &Context, command: farm::FarmCommand) -> Result<()> {
         FarmCommand::Token(TokenCommand::Revoke(args)) => farm::token_revoke::run(ctx, args),
         FarmCommand::Host(HostCommand::List(args)) => farm::host_list::run(ctx, args),
         FarmCommand::Host(HostCommand::Revoke(args)) => farm::host_revoke::run(ctx, args),
+        FarmCommand::Input(InputCommand::Add(args)) => farm::input_add::run(ctx, args),
+        FarmCommand::Input(InputCommand::List(args)) => farm::input_list::run(ctx, args),
         FarmCommand::Audit(args) => farm::audit::run(ctx, args),
     }
 }

@@ -50,14 +50,22 @@ pub async fn offset(
 ) -> ApiResult<(StatusCode, HeaderMap)> {
     auth.for_job(&id)?;
     let (stored, partial) = paths(&state, &id, &sha256)?;
+    Ok(offset_of(&stored, &partial).await)
+}
+
+/// How much of a content upload to `stored` the server has (in `partial` while incomplete).
+pub async fn offset_of(
+    stored: &std::path::Path,
+    partial: &std::path::Path,
+) -> (StatusCode, HeaderMap) {
     let mut headers = HeaderMap::new();
-    if let Ok(meta) = tokio::fs::metadata(&stored).await {
+    if let Ok(meta) = tokio::fs::metadata(stored).await {
         headers.insert(OFFSET, HeaderValue::from(meta.len()));
-        return Ok((StatusCode::OK, headers));
+        return (StatusCode::OK, headers);
     }
-    let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
+    let have = tokio::fs::metadata(partial).await.map_or(0, |m| m.len());
     headers.insert(OFFSET, HeaderValue::from(have));
-    Ok((StatusCode::NO_CONTENT, headers))
+    (StatusCode::NO_CONTENT, headers)
 }
 
 /// Appends to an artifact's upload at `Upload-Offset` (which must be what `HEAD` said), of a
@@ -78,6 +86,18 @@ pub async fn upload(
 ) -> ApiResult<(StatusCode, HeaderMap)> {
     auth.for_job(&id)?;
     let (stored, partial) = paths(&state, &id, &sha256)?;
+    receive(&stored, &partial, &sha256, &headers, body).await
+}
+
+/// Appends `body` to the upload of content `sha256` in `partial`; the last part moves it to
+/// `stored` once its SHA-256 is checked (a wrong one drops the whole upload).
+pub async fn receive(
+    stored: &std::path::Path,
+    partial: &std::path::Path,
+    sha256: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, HeaderMap)> {
     let number = |name: &str| -> ApiResult<u64> {
         headers
             .get(name)
@@ -87,11 +107,11 @@ pub async fn upload(
     };
     let (offset, length) = (number(OFFSET)?, number(LENGTH)?);
     let mut answer = HeaderMap::new();
-    if tokio::fs::metadata(&stored).await.is_ok() {
+    if tokio::fs::metadata(stored).await.is_ok() {
         answer.insert(OFFSET, HeaderValue::from(length));
         return Ok((StatusCode::CREATED, answer));
     }
-    let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
+    let have = tokio::fs::metadata(partial).await.map_or(0, |m| m.len());
     if offset != have {
         answer.insert(OFFSET, HeaderValue::from(have));
         return Err(ApiError::Conflict(format!(
@@ -108,7 +128,7 @@ pub async fn upload(
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&partial)
+        .open(partial)
         .await
         .map_err(io)?;
     file.write_all(&body).await.map_err(io)?;
@@ -120,7 +140,7 @@ pub async fn upload(
     }
     file.sync_all().await.map_err(io)?;
     drop(file);
-    let check = partial.clone();
+    let check = partial.to_owned();
     let got = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut hasher = Sha256::new();
         std::io::copy(&mut std::fs::File::open(check)?, &mut hasher)?;
@@ -130,11 +150,11 @@ pub async fn upload(
     .map_err(|e| ApiError::internal("check an upload", e))?
     .map_err(io)?;
     if got != sha256 {
-        let _ = tokio::fs::remove_file(&partial).await;
+        let _ = tokio::fs::remove_file(partial).await;
         return Err(ApiError::BadRequest(format!(
             "the uploaded content has SHA-256 {got}, not {sha256}; it was dropped"
         )));
     }
-    tokio::fs::rename(&partial, &stored).await.map_err(io)?;
+    tokio::fs::rename(partial, stored).await.map_err(io)?;
     Ok((StatusCode::CREATED, answer))
 }

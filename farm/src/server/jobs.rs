@@ -38,15 +38,21 @@ pub async fn submit(
     let config_file = state.config_file.clone();
     let sites = state.data_dir.join("sites");
     let system = request.system.clone();
-    let (hash, arch) =
-        tokio::task::spawn_blocking(move || snapshot_site(&config_file, &sites, &system))
-            .await
-            .map_err(|e| ApiError::internal("snapshot the site config", e))??;
+    let site = tokio::task::spawn_blocking(move || snapshot_site(&config_file, &sites, &system))
+        .await
+        .map_err(|e| ApiError::internal("snapshot the site config", e))??;
+    let (hash, arch) = (site.hash, site.arch);
+    let inputs = crate::inputs::for_job(&site.uses, &state.store.inputs().await?);
     let backend = request.backend.as_deref();
-    let key = match backend {
-        None => secret::sha256(&format!("{}\0{hash}", request.system)),
-        Some(backend) => secret::sha256(&format!("{}\0{hash}\0{backend}", request.system)),
-    };
+    // The same system, site config, inputs (snapshot, stages) and backend: the same build.
+    let mut identity = format!("{}\0{hash}", request.system);
+    for input in &inputs {
+        identity.push_str(&format!("\0{}:{}:{}", input.kind, input.name, input.sha256));
+    }
+    if let Some(backend) = backend {
+        identity.push_str(&format!("\0{backend}"));
+    }
+    let key = secret::sha256(&identity);
     let id = ulid::Ulid::generate().to_string();
     let new = NewJob {
         id: &id,
@@ -56,6 +62,7 @@ pub async fn submit(
         config_hash: &hash,
         idempotency_key: &key,
         submitted_by: &person.name,
+        inputs: &inputs,
     };
     let Some(job) = state.store.insert_job(&new).await? else {
         let job = state.store.job_by_key(&key).await?.ok_or_else(|| {
@@ -89,19 +96,29 @@ pub async fn submit(
     ))
 }
 
+/// A site config snapshot, for a job of one of its systems.
+struct SiteSnapshot {
+    hash: String,
+    /// The system's arch.
+    arch: String,
+    /// The inputs the system names ([`crate::inputs::used_by`]).
+    uses: Vec<(crate::api_types::InputKind, String)>,
+}
+
 /// Packs the site config's directory, keeps the snapshot as `sites/HASH.tar`, and returns its
-/// hash with the system's arch.
+/// hash with what the system needs.
 fn snapshot_site(
     config_file: &std::path::Path,
     sites: &std::path::Path,
     system: &str,
-) -> ApiResult<(String, String)> {
+) -> ApiResult<SiteSnapshot> {
     let config =
         SiteConfig::load(config_file).map_err(|e| ApiError::internal("read its site config", e))?;
     let found = config
         .system(system)
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
     let arch = found.arch(&config.build).to_owned();
+    let uses = crate::inputs::used_by(&config, found);
     let dir = config_file.parent().unwrap_or(std::path::Path::new("."));
     let (hash, bytes) =
         crate::site::pack(dir).map_err(|e| ApiError::internal("snapshot the site config", e))?;
@@ -112,7 +129,7 @@ fn snapshot_site(
             .and_then(|()| std::fs::rename(&partial, &path))
             .map_err(|e| ApiError::internal("keep the site config snapshot", e))?;
     }
-    Ok((hash, arch))
+    Ok(SiteSnapshot { hash, arch, uses })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,7 +1,8 @@
 //! `autogentoo serve`: the farm's coordinator. A REST API under `/api/v1` (its OpenAPI
 //! document at `/api/v1/openapi.json`, Swagger UI at `/api/v1/docs`), over TLS unless told to
 //! listen in plain HTTP on loopback. It holds the build database, the queue, the site config
-//! (snapshots by hash), and the artifacts (by SHA-256). A farm's database is PostgreSQL; on one
+//! (snapshots by hash), the stages, kernel sources and repository snapshots hosts build from, and
+//! the artifacts (all by SHA-256). A farm's database is PostgreSQL; on one
 //! machine it is the workdir's SQLite, and the server builds the jobs itself with a worker of
 //! its own ([`LocalWorker`]).
 
@@ -12,6 +13,7 @@ mod binhost;
 mod builds;
 mod error;
 mod hosts;
+mod inputs;
 mod jobs;
 mod local_worker;
 
@@ -110,7 +112,7 @@ impl AppState {
 #[openapi(
     info(
         title = "autogentoo farm API",
-        description = "Builds, jobs, build hosts, keys and tokens of an autogentoo build farm."
+        description = "Builds, jobs, build hosts, inputs, keys and tokens of an autogentoo build farm."
     ),
     servers((url = "/api/v1")),
     modifiers(&Credentials)
@@ -152,6 +154,10 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(jobs::result))
         .routes(routes!(jobs::site))
         .routes(routes!(artifacts::offset, artifacts::upload))
+        .routes(routes!(inputs::offset, inputs::upload))
+        .routes(routes!(inputs::add))
+        .routes(routes!(inputs::list))
+        .routes(routes!(inputs::fetch))
         .routes(routes!(hosts::enroll))
         .routes(routes!(hosts::hello))
         .routes(routes!(hosts::heartbeat))

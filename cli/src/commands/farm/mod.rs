@@ -1,8 +1,10 @@
-//! `autogentoo farm …`: a farm's enrollment keys, API tokens, build hosts and audit log.
+//! `autogentoo farm …`: a farm's enrollment keys, API tokens, build hosts, inputs and audit log.
 
 pub mod audit;
 pub mod host_list;
 pub mod host_revoke;
+pub mod input_add;
+pub mod input_list;
 pub mod key_create;
 pub mod token_create;
 pub mod token_list;
@@ -21,6 +23,9 @@ pub enum FarmCommand {
     /// The enrolled build hosts
     #[command(subcommand)]
     Host(HostCommand),
+    /// The stages, kernel sources and repository snapshots the farm hands to its hosts
+    #[command(subcommand)]
+    Input(InputCommand),
     Audit(audit::AuditArgs),
 }
 
@@ -40,6 +45,12 @@ pub enum TokenCommand {
 pub enum HostCommand {
     List(host_list::HostListArgs),
     Revoke(host_revoke::HostRevokeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InputCommand {
+    Add(input_add::InputAddArgs),
+    List(input_list::InputListArgs),
 }
 
 /// A duration such as `90s`, `15m`, `1h` or `2d`, in seconds.

@@ -7,6 +7,7 @@ pub mod import;
 pub mod list;
 pub mod mount;
 pub mod path;
+pub mod remove;
 
 use clap::Subcommand;
 
@@ -15,6 +16,7 @@ pub enum KernelCommand {
     Import(import::ImportArgs),
     List(list::ListArgs),
     Path(path::PathArgs),
+    Remove(remove::RemoveArgs),
     Config(config::ConfigArgs),
     Mount(mount::MountArgs),
     Build(build::BuildArgs),
