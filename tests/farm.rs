@@ -1205,6 +1205,15 @@ fn a_farm_spreads_builds_records_them_once_and_survives_faults() -> Result<()> {
         !log.contains(">>> Emerging (1 of 1) app-misc/hello"),
         "built again: {log}"
     );
+    // Its root's Portage fetched it (`--getbinpkg`) through its worker's loopback binhost:
+    // that one package, not the whole binhost.
+    ensure!(
+        hosts[i]
+            .log()
+            .contains("1 binary packages from the amd64 binhost"),
+        "{}",
+        tail(&hosts[i].log())
+    );
     let gpkg = "app-misc/hello/hello-1.0-1.gpkg.tar";
     let cache = |host: &Host| -> Result<PathBuf> {
         let status = host.workdir.ok(["workdir", "status", "--json"]).json();

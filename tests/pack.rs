@@ -26,6 +26,7 @@ const APP: &str = "secret-sauce/app";
 const EXCLUDED_DIRS: &[&str] = &[
     "var/cache/distfiles",
     "var/cache/binpkgs",
+    "var/cache/binhost",
     "var/db/repos",
     "usr/src",
     "var/tmp",
@@ -78,6 +79,7 @@ mod rootfs {
     pub const EXCLUDED_FILES: &[&str] = &[
         "var/cache/distfiles/x",
         "var/cache/binpkgs/pkg.gpkg.tar",
+        "var/cache/binhost/farm/app-misc/hello/hello-1.0-1.gpkg.tar",
         "var/db/repos/gentoo/profiles/repo_name",
         "var/tmp/y",
         "usr/src/linux/z",

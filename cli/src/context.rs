@@ -48,6 +48,21 @@ pub struct GlobalArgs {
     /// Machine-readable output on stdout (stable field names)
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Mount this repository snapshot (NAME.sqfs in WORKDIR/repos) in roots; overrides
+    /// `mounts.repo_image`
+    #[arg(
+        long,
+        global = true,
+        env = "AUTOGENTOO_REPO_IMAGE",
+        value_name = "NAME"
+    )]
+    pub repo_image: Option<String>,
+
+    /// A Portage binhost for the commands run in roots (`PORTAGE_BINHOST`, with
+    /// `FEATURES=getbinpkg`), like the one a farm's build host serves on loopback
+    #[arg(long, global = true, env = "AUTOGENTOO_BINHOST", value_name = "URL")]
+    pub binhost: Option<String>,
 }
 
 /// The resolved run context.
@@ -63,7 +78,32 @@ pub struct Context {
     pub plugins: Plugins,
     /// The site file read, to hand on to the commands we start ourselves.
     config_path: Option<PathBuf>,
+    /// What the command line put over the site config, handed on likewise.
+    overrides: Overrides,
     registry: Registry,
+}
+
+/// Global options that change the site config for this run.
+#[derive(Clone, Debug, Default)]
+struct Overrides {
+    repo_image: Option<String>,
+    binhost: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut SiteConfig) {
+        if let Some(name) = &self.repo_image {
+            config.mounts.repo_image = Some(name.clone());
+        }
+        if let Some(url) = &self.binhost {
+            let env = &mut config.build.env;
+            env.insert("PORTAGE_BINHOST".to_owned(), url.clone());
+            // FEATURES in the environment adds to make.conf's: keep the site's, add ours.
+            let features = env.get("FEATURES").map_or("", String::as_str);
+            let features = format!("{features} getbinpkg").trim_start().to_owned();
+            env.insert("FEATURES".to_owned(), features);
+        }
+    }
 }
 
 impl Context {
@@ -75,10 +115,15 @@ impl Context {
             }
             None => None,
         };
-        let config = match &config_path {
+        let mut config = match &config_path {
             Some(path) => SiteConfig::load(path)?,
             None => SiteConfig::default(),
         };
+        let overrides = Overrides {
+            repo_image: global.repo_image.clone(),
+            binhost: global.binhost.clone(),
+        };
+        overrides.apply(&mut config);
         let backend = global
             .backend
             .clone()
@@ -111,6 +156,7 @@ impl Context {
             verbose: global.verbose > 0,
             plugins: Plugins::default(),
             config_path: config_path.map(|p| std::path::absolute(&p).unwrap_or(p)),
+            overrides,
             registry,
         };
         let reinvoke = ctx.reinvoke();
@@ -141,6 +187,12 @@ impl Context {
         }
         if self.quiet {
             command.arg("--quiet");
+        }
+        if let Some(name) = &self.overrides.repo_image {
+            command.arg("--repo-image").arg(name);
+        }
+        if let Some(url) = &self.overrides.binhost {
+            command.arg("--binhost").arg(url);
         }
         command
     }

@@ -264,6 +264,7 @@ impl Default for PackSection {
         let exclude = [
             "var/cache/distfiles",
             "var/cache/binpkgs",
+            "var/cache/binhost",
             "var/db/repos",
             "usr/src",
             "var/tmp",

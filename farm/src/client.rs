@@ -227,16 +227,19 @@ impl Client {
             })
     }
 
+    /// GET `path` as a stream of bytes (a large file: the transfer takes as long as it needs).
+    pub fn get_stream(&self, path: &str) -> Result<Response, ClientError> {
+        self.send(
+            &format!("GET {path}"),
+            self.request(Method::GET, path)
+                .timeout(Duration::from_secs(24 * 3600)),
+        )
+    }
+
     /// GET `path` into `file` (created or truncated); returns the SHA-256 of what came.
     pub fn download(&self, path: &str, file: &Path) -> Result<String, ClientError> {
         use sha2::Digest;
-        let what = format!("GET {path}");
-        let response = self.send(
-            &what,
-            self.request(Method::GET, path)
-                // A stage or kernel tarball takes as long as the link needs.
-                .timeout(Duration::from_secs(24 * 3600)),
-        )?;
+        let response = self.get_stream(path)?;
         let file_error = |source| ClientError::File {
             path: file.to_owned(),
             source,

@@ -5,6 +5,7 @@
 
 pub mod api_types;
 pub mod binhost;
+pub mod binhost_proxy;
 pub mod client;
 pub mod inputs;
 pub mod local;

@@ -1,8 +1,11 @@
 //! `autogentoo worker`: a build host. It enrolls once with a one-time key (keeping the host
 //! credential it gets, readable by root only), says what it can build, takes jobs, and runs
 //! each as `autogentoo build SYSTEM --json` of its own workdir and backend, with the job's
-//! site config snapshot. The build's events stream to the server as they come; at its end the
-//! artifacts are uploaded by content, then the host's own record of the build is the result.
+//! site config snapshot, the stages and repository snapshot the farm hands out for it
+//! ([`crate::inputs`]), and the farm's binhost of the job's arch on loopback for its roots
+//! ([`crate::binhost_proxy`]). The build's events stream to the server as they come; at its
+//! end the artifacts and the binary packages it made are uploaded by content, then the host's
+//! own record of the build is the result.
 //!
 //! The host never holds the database's credentials: its build records into its own SQLite,
 //! and the server copies what it reports. A build runs in a process of its own that dies with
@@ -291,18 +294,15 @@ fn run_job(
             return Ok(());
         }
     };
-    // What the farm built already, in this host's cache before the build looks for it.
+    // The binhost of the job's arch, on loopback for the build's roots (`--getbinpkg`).
     let cache = binpkgs_cache(options, &job.arch);
-    if let Some(cache) = &cache {
-        match fetch_packages(host, &job.arch, cache) {
-            Ok(0) => {}
-            Ok(n) => eprintln!(
-                "job {}: {n} binary packages from the {} binhost",
-                job.id, job.arch
-            ),
-            Err(error) => eprintln!("job {}: binhost: {}", job.id, one_line(&error)),
+    let binhost = match crate::binhost_proxy::BinhostProxy::start(host.clone(), &job.arch) {
+        Ok(binhost) => Some(binhost),
+        Err(error) => {
+            eprintln!("job {}: no binhost for the build: {error}", job.id);
+            None
         }
-    }
+    };
     let mut command = Command::new(&options.program);
     command
         .arg("--workdir")
@@ -313,6 +313,7 @@ fn run_job(
         .arg(site.join("autogentoo.toml"))
         .args(["--json", "build", &job.system])
         .args(repo_image.iter().flat_map(|name| ["--repo-image", name]))
+        .args(binhost.iter().flat_map(|b| ["--binhost", b.url()]))
         // The host's own database, whatever the site config says: a host never holds the
         // farm database's credentials.
         .env(autogentoo_db::URL_VAR, database_url(options))
@@ -381,6 +382,15 @@ fn run_job(
     let _ = poster.join();
     if let Some(thread) = tail_thread {
         let _ = thread.join();
+    }
+    if let Some(binhost) = binhost {
+        let n = binhost.packages_served();
+        if n > 0 {
+            eprintln!(
+                "job {}: {n} binary packages from the {} binhost",
+                job.id, job.arch
+            );
+        }
     }
     if lost.load(Ordering::SeqCst) {
         eprintln!("job {}: the lease was lost; the build was stopped", job.id);
@@ -512,47 +522,6 @@ fn binpkgs_cache(options: &WorkerOptions, arch: &str) -> Option<PathBuf> {
         format!("binpkgs-{arch}")
     };
     status["caches"][&name].as_str().map(PathBuf::from)
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    secret::hex(&sha2::Sha256::digest(bytes))
-}
-
-/// Fetches the packages of `arch`'s binhost that `cache` lacks; returns how many.
-fn fetch_packages(
-    host: &Client,
-    arch: &str,
-    cache: &std::path::Path,
-) -> Result<usize, WorkerError> {
-    let index: Vec<Package> = host.get(&format!("/binhost/{arch}"))?;
-    let mut fetched = 0;
-    for package in index {
-        crate::binhost::check_path(&package.path).map_err(WorkerError::Binhost)?;
-        let target = cache.join(&package.path);
-        if target.exists() {
-            continue;
-        }
-        let bytes = host.get_bytes(&format!("/binhost/{arch}/{}", package.path))?;
-        let got = sha256_of(&bytes);
-        if got != package.sha256 {
-            return Err(WorkerError::Binhost(format!(
-                "{} from the binhost has SHA-256 {got}, not {}",
-                package.path, package.sha256
-            )));
-        }
-        let dir = target.parent().unwrap_or(cache);
-        let partial = dir.join(format!(".{}.partial", secret::random_hex(4)));
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&partial, &bytes))
-            .and_then(|()| std::fs::rename(&partial, &target))
-            .map_err(|source| WorkerError::Cache {
-                path: target.clone(),
-                source,
-            })?;
-        fetched += 1;
-    }
-    Ok(fetched)
 }
 
 /// Uploads the packages in `cache` that `arch`'s binhost lacks, as job `job`'s, and publishes

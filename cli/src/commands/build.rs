@@ -34,18 +34,9 @@ pub struct BuildArgs {
     /// Print the plan (each step and whether it would run) and do nothing
     #[arg(long)]
     pub pretend: bool,
-
-    /// Mount this repository snapshot (NAME.sqfs in WORKDIR/repos) instead of the site
-    /// config's `mounts.repo_image` or the newest
-    #[arg(long, value_name = "NAME")]
-    pub repo_image: Option<String>,
 }
 
-pub fn run(mut ctx: Context, args: BuildArgs) -> Result<()> {
-    if let Some(name) = &args.repo_image {
-        ctx.config.mounts.repo_image = Some(name.clone());
-    }
-    let ctx = &ctx;
+pub fn run(ctx: &Context, args: BuildArgs) -> Result<()> {
     let system = ctx.config.system(&args.system)?;
     let packer = ctx.packer(&ctx.config.pack.packer)?;
     let builder = if system.kernel_build == NO_KERNEL {

@@ -136,7 +136,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(kernel::KernelCommand::Mount(args)) => kernel::mount::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Build(args)) => kernel::build::run(&ctx, args),
         Command::Kernel(kernel::KernelCommand::Boot(args)) => kernel::boot::run(&ctx, args),
-        Command::Build(args) => build::run(ctx, args),
+        Command::Build(args) => build::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::List(args)) => builds::list::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Show(args)) => builds::show::run(&ctx, args),
         Command::Builds(builds::BuildsCommand::Log(args)) => builds::log::run(&ctx, args),
