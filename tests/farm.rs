@@ -1629,7 +1629,7 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
         Command::new("tar")
             .args(["--numeric-owner", "-cf"])
             .arg(&tarball)
-            .args(["-C", tree.trim(), "--exclude=./etc", "."]),
+            .args(["-C", tree.trim(), "."]),
     )?;
     let admin = scratch.join("admin.token");
     let made = workdir.ok([
@@ -1653,6 +1653,20 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
         theirs.describe()
     );
     ensure!(stages() == before, "the machine's own stage was touched");
+    // Its own stage removed, the failed build submitted again is built again, from the farm's.
+    workdir.ok(["stage", "remove", "busybox", "--recursive"]);
+    let again = client(&["--json", "submit", "alone-quick", "--wait"]);
+    ensure!(
+        again.status.success() && again.json()["id"] != theirs.json()["id"],
+        "{}\n{}",
+        again.describe(),
+        tail(&server.log())
+    );
+    ensure!(
+        server.log().contains("fetching stage 'busybox'"),
+        "{}",
+        tail(&server.log())
+    );
     server.signal(rustix::process::Signal::TERM);
     server.wait();
     Ok(())

@@ -354,6 +354,19 @@ impl Store {
         row.as_ref().map(job_of).transpose()
     }
 
+    /// Sets a failed job aside so that the same build can be submitted again: its idempotency
+    /// key gets its id appended. False when the job is not failed (any more).
+    pub async fn retire_failed(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE farm_jobs SET idempotency_key = idempotency_key || '#' || id \
+             WHERE id = $1 AND state = 'failed'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Forgets a job that could not be queued.
     pub async fn delete_job(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM farm_jobs WHERE id = $1")

@@ -13,8 +13,9 @@ use crate::remote::RemoteArgs;
 /// Submit a build to a farm
 ///
 /// Queue a build of a system of the farm server's site config; a host that can build its
-/// arch takes it. The same build (system, site config and snapshot) submitted again is the
-/// same job, and nothing is queued twice. Prints the job; with --wait, waits for it to end
+/// arch takes it. The same build (system, site config, the stages and snapshot the farm
+/// hands out, backend) submitted again is the same job, and nothing is queued twice; a build
+/// that failed is built again, as a new job. Prints the job; with --wait, waits for it to end
 /// (exit code 0 if it succeeded, 1 if not) and prints the build's record. With --host-backend,
 /// only a host of that storage backend builds it. Needs the operator role.
 #[derive(Args, Debug)]

@@ -21,7 +21,8 @@ use crate::secret;
 use crate::store::NewJob;
 
 /// Submits a build of a system of the server's site config. The same build (system, site
-/// config and snapshot) submitted again is the same job: nothing new is queued.
+/// config, inputs and backend) submitted again is the same job, and nothing new is queued;
+/// unless that job failed: then it is built again, as a new job.
 #[utoipa::path(post, path = "/jobs", request_body = SubmitRequest, security(("bearer" = [])),
     responses((status = 201, description = "Queued", body = Submitted),
         (status = 200, description = "Submitted before: that job", body = Submitted),
@@ -64,19 +65,37 @@ pub async fn submit(
         submitted_by: &person.name,
         inputs: &inputs,
     };
-    let Some(job) = state.store.insert_job(&new).await? else {
+    let mut inserted = state.store.insert_job(&new).await?;
+    if inserted.is_none() {
         let job = state.store.job_by_key(&key).await?.ok_or_else(|| {
             ApiError::internal("find the job submitted before", "no job with its key")
         })?;
-        return Ok((
-            StatusCode::OK,
-            Json(Submitted {
-                job,
-                existing: true,
-            }),
-        ));
+        // A build that failed is built again when submitted again; one queued, running or
+        // done is that job.
+        if !(job.state == "failed" && state.store.retire_failed(&job.id).await?) {
+            return Ok((
+                StatusCode::OK,
+                Json(Submitted {
+                    job,
+                    existing: true,
+                }),
+            ));
+        }
+        inserted = state.store.insert_job(&new).await?;
+    }
+    let Some(job) = inserted else {
+        return Err(ApiError::Conflict(format!(
+            "{} was submitted by someone else at the same time; submit it again",
+            request.system
+        )));
     };
-    if let Err(error) = state.queue.push(&id, &queue_of(&arch, backend), &key).await {
+    // The queue's own key is this job's: a failed build submitted again is a new task.
+    let queue_key = format!("{key}#{id}");
+    if let Err(error) = state
+        .queue
+        .push(&id, &queue_of(&arch, backend), &queue_key)
+        .await
+    {
         state.store.delete_job(&id).await?;
         return Err(error.into());
     }
