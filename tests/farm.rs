@@ -1470,7 +1470,9 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
          [systems.alone-slow]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
          commands = [\"echo started; sleep 8; echo slept > /etc/built\"]\n\n\
          [systems.alone-pinned]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
-         commands = [\"echo pinned > /etc/built\"]\n",
+         commands = [\"echo pinned > /etc/built\"]\n\n\
+         [systems.alone-cancelled]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
+         commands = [\"echo started; sleep 8; echo slept > /etc/built\"]\n",
     )?;
     let config = config.to_str().unwrap().to_owned();
     let token = scratch.join("me.token");
@@ -1598,6 +1600,43 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
     ensure!(
         pinned["state"] == "queued",
         "a job for btrfs went to a dir host: {pinned}"
+    );
+    // Cancelled: the waiting job leaves the queue; the running one is stopped on its host, and
+    // its record ends as interrupted. A job that has ended cannot be cancelled.
+    let cancel = |id: &str| client(&["--json", "farm", "job", "cancel", id]);
+    let id = pinned["id"].as_str().unwrap().to_owned();
+    ensure!(cancel(&id).json()["state"] == "cancelled", "{pinned}");
+    let run = client(&["farm", "job", "cancel", &id]);
+    run.expect_one_error();
+    ensure!(run.stderr.contains("has ended"), "{}", run.describe());
+    let running = client(&["--json", "submit", "alone-cancelled"]).json();
+    let id = running["id"].as_str().unwrap().to_owned();
+    wait_until("alone-cancelled runs", Duration::from_secs(120), || {
+        client(&["--json", "farm", "job", "list"])
+            .json()
+            .as_array()
+            .is_some_and(|jobs| {
+                jobs.iter()
+                    .any(|j| j["id"] == id.as_str() && j["state"] == "running")
+            })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(cancel(&id).json()["state"] == "cancelled", "{running}");
+    wait_until("the cancelled build stops", Duration::from_secs(60), || {
+        server.log().contains("the lease was lost")
+    });
+    let builds = jobs();
+    ensure!(
+        builds
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["system"] == "alone-cancelled"
+                && b["outcome"] == "interrupted"
+                && b["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cancelled by me"))),
+        "{builds}"
     );
     server.signal(rustix::process::Signal::TERM);
     server.wait();

@@ -41,7 +41,7 @@ pub struct Job {
     pub backend: Option<String>,
     /// The SHA-256 of the site config snapshot the job builds with.
     pub config_hash: String,
-    /// queued, running, succeeded or failed.
+    /// queued, running, succeeded, failed or cancelled.
     pub state: String,
     /// The host that runs (or ran) it.
     pub host: Option<String>,

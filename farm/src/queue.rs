@@ -323,6 +323,32 @@ impl Queue {
         Ok(given)
     }
 
+    /// Takes job `id` out of the queue, waiting or running: no host gets it after this, and
+    /// a result for it is refused. False when it had ended already.
+    pub async fn cancel(&self, id: &str) -> Result<bool, QueueError> {
+        let changed = match &self.engine {
+            Engine::Postgres(pool) => sqlx::query(
+                "UPDATE apalis.jobs SET status = 'Killed', done_at = NOW(), lock_by = NULL, \
+                 last_result = '{\"Err\": \"cancelled\"}' \
+                 WHERE id = $1 AND status IN ('Pending', 'Queued', 'Running')",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Engine::Sqlite(pool) => sqlx::query(
+                "UPDATE Jobs SET status = 'Killed', done_at = strftime('%s', 'now'), \
+                 lock_by = NULL, last_result = '{\"Err\": \"cancelled\"}' \
+                 WHERE id = ?1 AND status IN ('Pending', 'Queued', 'Running')",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(changed == 1)
+    }
+
     /// Puts the jobs of hosts not heard from for [`Queue::dead_after`] back in their queues;
     /// returns how many. Their hosts' credentials for them stop counting (see
     /// [`Queue::holds`]).

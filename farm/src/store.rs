@@ -354,12 +354,12 @@ impl Store {
         row.as_ref().map(job_of).transpose()
     }
 
-    /// Sets a failed job aside so that the same build can be submitted again: its idempotency
-    /// key gets its id appended. False when the job is not failed (any more).
+    /// Sets a failed or cancelled job aside so that the same build can be submitted again:
+    /// its idempotency key gets its id appended. False when the job is not failed (any more).
     pub async fn retire_failed(&self, id: &str) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE farm_jobs SET idempotency_key = idempotency_key || '#' || id \
-             WHERE id = $1 AND state = 'failed'",
+             WHERE id = $1 AND state IN ('failed', 'cancelled')",
         )
         .bind(id)
         .execute(&self.pool)
@@ -402,18 +402,18 @@ impl Store {
     }
 
     /// Hands a job to `host` for `attempt` with a new credential (returned); the credential of
-    /// any earlier attempt stops working.
+    /// any earlier attempt stops working. `None` when the job was cancelled meanwhile.
     pub async fn lease_job(
         &self,
         id: &str,
         host: &str,
         attempt: i64,
         build_number: i64,
-    ) -> Result<String, sqlx::Error> {
+    ) -> Result<Option<String>, sqlx::Error> {
         let secret = secret::new(Kind::Job);
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE farm_jobs SET state = 'running', host = $1, attempt = $2, lease_sha256 = $3, \
-             leased_at = $4, build_number = $5 WHERE id = $6",
+             leased_at = $4, build_number = $5 WHERE id = $6 AND state IN ('queued', 'running')",
         )
         .bind(host)
         .bind(attempt)
@@ -423,7 +423,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(secret)
+        Ok((done.rows_affected() == 1).then_some(secret))
     }
 
     /// The running job a job credential is for, with its host, while the host is not revoked.
@@ -472,6 +472,20 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Cancels a job that has not ended; its credential stops working. False when it ended.
+    pub async fn cancel_job(&self, id: &str, why: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE farm_jobs SET state = 'cancelled', error = $1, ended_at = $2, \
+             lease_sha256 = NULL WHERE id = $3 AND state IN ('queued', 'running')",
+        )
+        .bind(why)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Takes back the credentials of running jobs the queue gave back (their host missed its

@@ -75,7 +75,7 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Submit a build to a farm server
     Submit(submit::SubmitArgs),
-    /// A farm's enrollment keys, API tokens, build hosts and audit log
+    /// A farm's enrollment keys, API tokens, build hosts, inputs, jobs and audit log
     #[command(subcommand)]
     Farm(farm::FarmCommand),
     /// Plugins: what is loaded, from where, and what could not be
@@ -158,7 +158,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn farm_command(ctx: &Context, command: farm::FarmCommand) -> Result<()> {
-    use farm::{FarmCommand, HostCommand, InputCommand, KeyCommand, TokenCommand};
+    use farm::{FarmCommand, HostCommand, InputCommand, JobCommand, KeyCommand, TokenCommand};
     match command {
         FarmCommand::Key(KeyCommand::Create(args)) => farm::key_create::run(ctx, args),
         FarmCommand::Token(TokenCommand::Create(args)) => farm::token_create::run(ctx, args),
@@ -168,6 +168,8 @@ fn farm_command(ctx: &Context, command: farm::FarmCommand) -> Result<()> {
         FarmCommand::Host(HostCommand::Revoke(args)) => farm::host_revoke::run(ctx, args),
         FarmCommand::Input(InputCommand::Add(args)) => farm::input_add::run(ctx, args),
         FarmCommand::Input(InputCommand::List(args)) => farm::input_list::run(ctx, args),
+        FarmCommand::Job(JobCommand::List(args)) => farm::job_list::run(ctx, args),
+        FarmCommand::Job(JobCommand::Cancel(args)) => farm::job_cancel::run(ctx, args),
         FarmCommand::Audit(args) => farm::audit::run(ctx, args),
     }
 }

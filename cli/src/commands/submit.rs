@@ -57,7 +57,7 @@ pub fn run(ctx: &Context, args: SubmitArgs) -> Result<()> {
         eprintln!("{} {how} job {} ({})", args.system, job.id, job.state);
     }
     if args.wait {
-        while !matches!(job.state.as_str(), "succeeded" | "failed") {
+        while !matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled") {
             std::thread::sleep(Duration::from_millis(500));
             job = client.get(&format!("/jobs/{}", job.id))?;
         }

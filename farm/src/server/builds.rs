@@ -137,7 +137,9 @@ pub fn event_stream(
                 }
                 // Whether it ended is read before its events: none can come after.
                 let ended = match state.store.job(&job).await {
-                    Ok(Some(j)) => matches!(j.state.as_str(), "succeeded" | "failed"),
+                    Ok(Some(j)) => {
+                        matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled")
+                    }
                     _ => true,
                 };
                 match state.store.events_after(&job, seq).await {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use autogentoo_db::Outcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -193,13 +194,31 @@ async fn next_job(
                 .await?;
             continue;
         };
+        if !matches!(job.state.as_str(), "queued" | "running") {
+            // Cancelled as the queue handed it out.
+            state
+                .queue
+                .complete(host, &queue, &id, attempt, false)
+                .await?;
+            continue;
+        }
         let leased = async {
             let number = begin_build(state, &job, host).await?;
-            Ok::<_, ApiError>(state.store.lease_job(&id, host, attempt, number).await?)
+            let secret = state.store.lease_job(&id, host, attempt, number).await?;
+            Ok::<_, ApiError>((number, secret))
         }
         .await;
         let secret = match leased {
-            Ok(secret) => secret,
+            Ok((_, Some(secret))) => secret,
+            Ok((number, None)) => {
+                // Cancelled in between: its record ends as the cancel left the job.
+                let system = job.system.clone();
+                state
+                    .db(move |db| db.end_remote(&system, number, Outcome::Interrupted, "cancelled"))
+                    .await?
+                    .map_err(|e| ApiError::internal("end a cancelled build's record", e))?;
+                continue;
+            }
             Err(error) => {
                 // Not handed out after all: back to the queue, not held by a host that never
                 // heard of it.

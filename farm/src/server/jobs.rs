@@ -70,9 +70,10 @@ pub async fn submit(
         let job = state.store.job_by_key(&key).await?.ok_or_else(|| {
             ApiError::internal("find the job submitted before", "no job with its key")
         })?;
-        // A build that failed is built again when submitted again; one queued, running or
-        // done is that job.
-        if !(job.state == "failed" && state.store.retire_failed(&job.id).await?) {
+        // A build that failed or was cancelled is built again when submitted again; one
+        // queued, running or done is that job.
+        let again = matches!(job.state.as_str(), "failed" | "cancelled");
+        if !(again && state.store.retire_failed(&job.id).await?) {
             return Ok((
                 StatusCode::OK,
                 Json(Submitted {
@@ -289,6 +290,49 @@ pub async fn result(
     let ended = if succeeded { "succeeded" } else { "failed" };
     state.store.end_job(&id, ended, error.as_deref()).await?;
     let _ = state.events.send(id.clone());
+    let job = state.store.job(&id).await?.unwrap_or(job);
+    Ok(Json(job))
+}
+
+/// Cancels a job: a waiting one leaves the queue; a running one's host is told its lease is
+/// gone the next time it reports, and stops the build. Its build record ends as interrupted.
+#[utoipa::path(post, path = "/jobs/{id}/cancel", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Job), (status = 404, body = crate::api_types::ApiErrorBody),
+        (status = 409, body = crate::api_types::ApiErrorBody)))]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    person: Person,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    person.require(Role::Operator)?;
+    let job = state
+        .store
+        .job(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let why = format!("cancelled by {}", person.name);
+    if !matches!(job.state.as_str(), "queued" | "running")
+        || !state.store.cancel_job(&id, &why).await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "job {id} ({}) has ended: it is {}",
+            job.system, job.state
+        )));
+    }
+    state.queue.cancel(&id).await?;
+    if let Some(number) = job.build_number {
+        let (system, error) = (job.system.clone(), why.clone());
+        state
+            .db(move |db| db.end_remote(&system, number, Outcome::Interrupted, &error))
+            .await?
+            .map_err(|e| ApiError::internal("end a cancelled build's record", e))?;
+    }
+    let _ = state.events.send(id.clone());
+    state
+        .store
+        .audit(&person.name, "job cancel", &job.system, &id)
+        .await?;
     let job = state.store.job(&id).await?.unwrap_or(job);
     Ok(Json(job))
 }

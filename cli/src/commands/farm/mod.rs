@@ -1,10 +1,13 @@
-//! `autogentoo farm …`: a farm's enrollment keys, API tokens, build hosts, inputs and audit log.
+//! `autogentoo farm …`: a farm's enrollment keys, API tokens, build hosts, inputs, jobs and
+//! audit log.
 
 pub mod audit;
 pub mod host_list;
 pub mod host_revoke;
 pub mod input_add;
 pub mod input_list;
+pub mod job_cancel;
+pub mod job_list;
 pub mod key_create;
 pub mod token_create;
 pub mod token_list;
@@ -26,6 +29,9 @@ pub enum FarmCommand {
     /// The stages, kernel sources and repository snapshots the farm hands to its hosts
     #[command(subcommand)]
     Input(InputCommand),
+    /// The jobs: list them, cancel one
+    #[command(subcommand)]
+    Job(JobCommand),
     Audit(audit::AuditArgs),
 }
 
@@ -45,6 +51,12 @@ pub enum TokenCommand {
 pub enum HostCommand {
     List(host_list::HostListArgs),
     Revoke(host_revoke::HostRevokeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    List(job_list::JobListArgs),
+    Cancel(job_cancel::JobCancelArgs),
 }
 
 #[derive(Subcommand, Debug)]
