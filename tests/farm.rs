@@ -827,68 +827,39 @@ fn add_inputs(farm: &Farm, scratch: &Path, viewer: &Path) -> Result<Inputs> {
             .arg(&tree)
             .arg("."),
     )?;
-    let run = farm.run_as(
-        Some(viewer),
-        &[
-            "farm",
-            "input",
-            "add",
-            "repo",
-            "example",
-            image.to_str().unwrap(),
-        ],
-    );
+    let add = |token: &Path, kind: &str, name: &str, file: &Path| {
+        farm.run_as(
+            Some(token),
+            &["farm", "input", "add", kind, name, file.to_str().unwrap()],
+        )
+    };
+    let run = add(viewer, "repo", "example", &image);
     run.expect_one_error();
     ensure!(
         run.stderr.contains("needs the admin role"),
         "{}",
         run.describe()
     );
-    let run = farm.run_as(
-        Some(&farm.admin),
-        &[
-            "farm",
-            "input",
-            "add",
-            "repo",
-            "example",
-            tarball.to_str().unwrap(),
-        ],
-    );
+    let run = add(&farm.admin, "repo", "example", &tarball);
     run.expect_one_error();
     ensure!(run.stderr.contains("SquashFS"), "{}", run.describe());
     ensure!(
         farm.admin(&["farm", "input", "list"]).stdout.is_empty(),
         "a refused input was added"
     );
-    let repo = farm
-        .admin(&[
-            "farm",
-            "input",
-            "add",
-            "repo",
-            "example",
-            image.to_str().unwrap(),
-        ])
-        .stdout
-        .trim()
-        .to_owned();
+    let added = |kind: &str, name: &str, file: &Path| {
+        add(&farm.admin, kind, name, file)
+            .expect_code(0)
+            .stdout
+            .trim()
+            .to_owned()
+    };
+    let repo = added("repo", "example", &image);
     ensure!(
         repo == sha256_hex(&fs::read(&image)?),
         "the repo's SHA-256: {repo}"
     );
-    let stage = farm
-        .admin(&[
-            "farm",
-            "input",
-            "add",
-            "stage",
-            "arm64-busybox",
-            tarball.to_str().unwrap(),
-        ])
-        .stdout
-        .trim()
-        .to_owned();
+    let stage = added("stage", "arm64-busybox", &tarball);
     // The server checks too: a tarball named as a repository snapshot is refused.
     let admin = fs::read_to_string(&farm.admin)?;
     let (code, body) = farm.curl(

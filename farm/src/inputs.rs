@@ -150,17 +150,25 @@ impl HostWorkdir<'_> {
         command
     }
 
-    /// The creation time of the volume `name` of `kind` (a stage, a kernel), if it is there.
-    fn volume_created(&self, kind: InputKind, name: &str) -> Result<Option<i64>, InputError> {
-        let output = self
-            .command()
-            .args(["--json", kind.as_str(), "list"])
+    /// Runs the program with `args`; its output, whatever its exit status.
+    fn run<I, S>(&self, args: I) -> Result<std::process::Output, InputError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command()
+            .args(args)
             .stderr(Stdio::piped())
             .output()
             .map_err(|source| InputError::Io {
                 path: self.program.to_owned(),
                 source,
-            })?;
+            })
+    }
+
+    /// The creation time of the volume `name` of `kind` (a stage, a kernel), if it is there.
+    fn volume_created(&self, kind: InputKind, name: &str) -> Result<Option<i64>, InputError> {
+        let output = self.run(["--json", kind.as_str(), "list"])?;
         if !output.status.success() {
             return Err(InputError::Import {
                 kind,
@@ -180,18 +188,13 @@ impl HostWorkdir<'_> {
     }
 
     fn import(&self, input: &Input, file: &Path) -> Result<(), InputError> {
-        let output = self
-            .command()
-            .args([input.kind.as_str(), "import"])
-            .arg(file)
-            .args(["--name", &input.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| InputError::Io {
-                path: self.program.to_owned(),
-                source,
-            })?;
+        let output = self.run([
+            input.kind.as_str().as_ref(),
+            "import".as_ref(),
+            file.as_os_str(),
+            "--name".as_ref(),
+            std::ffi::OsStr::new(&input.name),
+        ])?;
         if output.status.success() {
             return Ok(());
         }

@@ -18,9 +18,11 @@ use super::AppState;
 use crate::api_types::{UPLOAD_LENGTH as LENGTH, UPLOAD_OFFSET as OFFSET};
 use crate::secret::hex;
 
-fn paths(
+/// Where content `sha256` is kept (artifacts and inputs alike: one copy of each content),
+/// and where its upload called `upload` grows until it is complete.
+pub fn content_paths(
     state: &AppState,
-    job: &str,
+    upload: &str,
     sha256: &str,
 ) -> ApiResult<(std::path::PathBuf, std::path::PathBuf)> {
     if !artifacts_ok(sha256) {
@@ -30,11 +32,16 @@ fn paths(
     }
     Ok((
         state.data_dir.join("artifacts").join(sha256),
-        state
-            .data_dir
-            .join("uploads")
-            .join(format!("{job}-{sha256}")),
+        state.data_dir.join("uploads").join(upload),
     ))
+}
+
+fn paths(
+    state: &AppState,
+    job: &str,
+    sha256: &str,
+) -> ApiResult<(std::path::PathBuf, std::path::PathBuf)> {
+    content_paths(state, &format!("{job}-{sha256}"), sha256)
 }
 
 /// How much of an artifact the server has: `Upload-Offset` is the whole length once it is

@@ -13,7 +13,6 @@ use super::artifacts::{offset_of, receive};
 use super::auth::{JobAuth, Person};
 use super::builds::file_stream;
 use super::error::{ApiError, ApiResult};
-use super::jobs::artifacts_ok;
 use super::AppState;
 use crate::api_types::{AddInput, Input, InputKind, InputRecord};
 use crate::role::Role;
@@ -22,18 +21,7 @@ fn content_paths(
     state: &AppState,
     sha256: &str,
 ) -> ApiResult<(std::path::PathBuf, std::path::PathBuf)> {
-    if !artifacts_ok(sha256) {
-        return Err(ApiError::BadRequest(format!(
-            "`{sha256}` is not a SHA-256 in lowercase hex"
-        )));
-    }
-    Ok((
-        state.data_dir.join("artifacts").join(sha256),
-        state
-            .data_dir
-            .join("uploads")
-            .join(format!("input-{sha256}")),
-    ))
+    super::artifacts::content_paths(state, &format!("input-{sha256}"), sha256)
 }
 
 /// How much of an input's content the server has: `Upload-Offset` is the whole length once
