@@ -1443,7 +1443,7 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
          [systems.alone-pinned]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
          commands = [\"echo pinned > /etc/built\"]\n\n\
          [systems.alone-cancelled]\nstage = \"busybox\"\nkernel_build = \"none\"\n\
-         commands = [\"echo started; sleep 8; echo slept > /etc/built\"]\n",
+         commands = [\"echo started; sleep 30; echo slept > /etc/built\"]\n",
     )?;
     let config = config.to_str().unwrap().to_owned();
     let token = scratch.join("me.token");
@@ -1596,6 +1596,12 @@ fn one_machine_serves_and_builds_alone_on_sqlite() -> Result<()> {
     wait_until("the cancelled build stops", Duration::from_secs(60), || {
         server.log().contains("the lease was lost")
     });
+    // Stopped in the middle of its quiet command, not when it next reported.
+    let root = workdir.ok(["root", "path", "alone-cancelled"]).stdout;
+    ensure!(
+        !Path::new(root.trim()).join("etc/built").exists(),
+        "the cancelled command ran to its end"
+    );
     let builds = jobs();
     ensure!(
         builds

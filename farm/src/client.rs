@@ -214,6 +214,12 @@ impl Client {
         self.send(&format!("POST {path}"), request).map(drop)
     }
 
+    /// GET `path`, expecting only a status: success, or the refusal.
+    pub fn get_status(&self, path: &str) -> Result<(), ClientError> {
+        self.send(&format!("GET {path}"), self.request(Method::GET, path))
+            .map(drop)
+    }
+
     /// GET `path` as bytes.
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let what = format!("GET {path}");

@@ -255,6 +255,7 @@ fn run_job(
     lease: Lease,
     stop: &Arc<AtomicBool>,
 ) -> Result<(), WorkerError> {
+    let heartbeat_ms = lease.liveness.heartbeat_ms;
     let job = lease.job;
     let client = host.with_secret(lease.secret);
     eprintln!(
@@ -350,15 +351,31 @@ fn run_job(
     let lost = Arc::new(AtomicBool::new(false));
     // A worker told to stop stops its build too, even one that prints nothing for hours.
     let ended = Arc::new(AtomicBool::new(false));
+    // It asks the server every heartbeat interval whether the lease holds, so that a job
+    // cancelled or given to another host stops even while its build prints nothing.
     let watcher = {
         let (ended, stop, lost, child) = (ended.clone(), stop.clone(), lost.clone(), child.id());
+        let (client, lease) = (client.clone(), format!("/jobs/{}/lease", job.id));
+        let every = Duration::from_millis(heartbeat_ms.max(500));
         std::thread::spawn(move || {
+            let mut since = Duration::ZERO;
             while !ended.load(Ordering::SeqCst) {
                 if stop.load(Ordering::SeqCst) || lost.load(Ordering::SeqCst) {
                     stop_build(child);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(200));
+                since += Duration::from_millis(200);
+                if since >= every {
+                    since = Duration::ZERO;
+                    if let Err(e) = client.get_status(&lease) {
+                        if matches!(e.status(), Some(s) if s == StatusCode::CONFLICT || s == StatusCode::UNAUTHORIZED)
+                        {
+                            eprintln!("{}", one_line(&e));
+                            lost.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
             }
         })
     };

@@ -223,6 +223,24 @@ pub async fn require_lease(state: &AppState, job: &Job) -> ApiResult<()> {
     }
 }
 
+/// Whether the host still holds the job's lease: 204 while it does. A host asks every
+/// heartbeat interval while it builds, so that a job cancelled or given to another host stops
+/// even when its build prints nothing for a long time.
+#[utoipa::path(get, path = "/jobs/{id}/lease", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204, description = "The lease holds"),
+        (status = 401, body = crate::api_types::ApiErrorBody),
+        (status = 409, body = crate::api_types::ApiErrorBody)))]
+pub async fn lease(
+    State(state): State<Arc<AppState>>,
+    auth: JobAuth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let job = auth.for_job(&id)?;
+    require_lease(&state, job).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Ends a job with its host's record of the build. Refused unless the host still holds the
 /// job's lease, and unless every artifact of the record was uploaded. The build is recorded
 /// once: a second result for the same job is refused.

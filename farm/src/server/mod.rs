@@ -151,6 +151,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::lease))
         .routes(routes!(jobs::post_events))
         .routes(routes!(jobs::result))
         .routes(routes!(jobs::site))
